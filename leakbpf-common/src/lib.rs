@@ -1,0 +1,170 @@
+//! Records that cross the kernel/user boundary.
+//!
+//! Every ring-buffer record starts with an [`EventHeader`]; its `kind` says
+//! which of the `*Event` structs follows. The layouts are `#[repr(C)]` with
+//! explicit padding so both sides agree byte for byte; `leakbpf::event`
+//! decodes them and pins their sizes in tests.
+#![no_std]
+
+/// Length of a task's `comm`, as in the kernel's `TASK_COMM_LEN`.
+pub const COMM_LEN: usize = 16;
+
+/// Values of [`EventHeader::kind`].
+pub mod kind {
+    /// A socket got an owner: a connect() started or an accept() returned it.
+    pub const OPEN: u32 = 1;
+    /// The kernel moved a socket from one TCP state to another.
+    pub const STATE: u32 = 2;
+    /// A process released the socket (close(), exit, last fd gone).
+    pub const CLOSE: u32 = 3;
+    /// The kernel destroyed the socket.
+    pub const DESTROY: u32 = 4;
+}
+
+/// Values of [`OpenEvent::direction`].
+pub mod direction {
+    pub const CONNECT: u8 = 1;
+    pub const ACCEPT: u8 = 2;
+}
+
+/// Indexes of the per-CPU `LOST` counters: everything the kernel side had to
+/// drop, so user space can say a result may be incomplete.
+pub mod lost {
+    /// `bpf_ringbuf_reserve` failed: the ring was full, the event is gone.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// `bpf_get_stackid` failed for a user stack (map full, collision).
+    pub const USER_STACK: u32 = 1;
+    /// `bpf_get_stackid` failed for a kernel stack.
+    pub const KERNEL_STACK: u32 = 2;
+    /// A kernel read on the accept path failed; that accept is not reported.
+    pub const ACCEPT_READ: u32 = 3;
+    /// Number of counters.
+    pub const COUNT: u32 = 4;
+}
+
+/// First bytes of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of [`kind`].
+    pub kind: u32,
+    /// CPU the event was taken on (ordering hints only).
+    pub cpu: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub time_ns: u64,
+    /// The socket's cookie: its identity for its whole life.
+    pub cookie: u64,
+}
+
+/// The task that did something to a socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Task {
+    /// Thread-group id (what users call the pid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// A socket's addresses and state as read from its `struct sock_common`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u16,
+    /// Local port, host byte order (0 until bound).
+    pub local_port: u16,
+    /// Remote port, host byte order.
+    pub remote_port: u16,
+    /// TCP state (`TCP_ESTABLISHED` = 1 ...).
+    pub state: u8,
+    pub _pad: u8,
+    /// IPv4 in the first 4 bytes (network order), or IPv6.
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+/// A stack id the kernel could not get is stored as `-errno`.
+pub type StackId = i32;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenEvent {
+    pub header: EventHeader,
+    pub task: Task,
+    pub endpoints: Endpoints,
+    /// One of [`direction`].
+    pub direction: u8,
+    pub _pad: [u8; 3],
+    /// File descriptor the owner holds it by, or -1 where the hook cannot know.
+    pub fd: i32,
+    pub user_stack_id: StackId,
+    pub kernel_stack_id: StackId,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateEvent {
+    pub header: EventHeader,
+    /// Addresses after the change; `endpoints.state` is the new state.
+    pub endpoints: Endpoints,
+    pub old_state: u8,
+    pub _pad: [u8; 7],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CloseEvent {
+    pub header: EventHeader,
+    pub task: Task,
+    pub family: u16,
+    /// TCP state at release.
+    pub state: u8,
+    pub _pad: [u8; 5],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DestroyEvent {
+    pub header: EventHeader,
+}
+
+/// Byte offsets into kernel structures and tracepoint records, read by user
+/// space from BTF and tracefs format files at start-up and written into the
+/// programs as a read-only global before load. Rust eBPF has no CO-RE, so
+/// nothing here may be a compile-time constant.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    // struct sock (struct sock_common is its first member)
+    pub sk_family: u32,
+    pub sk_state: u32,
+    pub sk_num: u32,
+    pub sk_dport: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_cookie: u32,
+    pub sk_protocol: u32,
+    // task_struct -> files_struct -> fdtable -> file -> socket -> sock
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    // tracepoint records
+    /// `ret` in `syscalls:sys_exit_accept{,4}`.
+    pub accept_exit_ret: u32,
+    /// `sock_cookie` in `tcp:tcp_destroy_sock`.
+    pub destroy_cookie: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] integers with no implicit padding.
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}

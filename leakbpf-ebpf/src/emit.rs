@@ -1,0 +1,89 @@
+//! Maps and the helpers that fill them: the ring buffer of events, the stack
+//! map, and the per-CPU counters of everything that had to be dropped.
+use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        generated::{bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    },
+    macros::map,
+    maps::{PerCpuArray, RingBuf, StackTrace},
+    programs::tracing::StackIdContext,
+};
+use leakbpf_common::{EventHeader, StackId, Task, lost};
+
+/// Default size; user space may resize it before load (`--ring-bytes`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// User and kernel stacks of open events. Without BPF_F_REUSE_STACKID a hash
+/// collision fails (and is counted) instead of silently replacing an older
+/// stack that an outstanding socket still points to.
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::COUNT, 0);
+
+#[inline(always)]
+pub fn count_lost(counter: u32) {
+    if let Some(slot) = LOST.get_ptr_mut(counter) {
+        // Per-CPU slot: no other writer while this program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn header(kind: u32, cookie: u64) -> EventHeader {
+    EventHeader {
+        kind,
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        time_ns: unsafe { bpf_ktime_get_ns() },
+        cookie,
+    }
+}
+
+/// The current task. Only meaningful in process context (syscalls, connect(),
+/// release), never in softirq.
+#[inline(always)]
+pub fn current_task() -> Task {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    Task {
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    }
+}
+
+/// (user stack id, kernel stack id); a failure is kept as `-errno` and counted.
+#[inline(always)]
+pub fn stack_ids<C: StackIdContext>(ctx: &C) -> (StackId, StackId) {
+    let user = match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
+        Ok(id) => id as StackId,
+        Err(err) => {
+            count_lost(lost::USER_STACK);
+            err
+        }
+    };
+    let kernel = match ctx.get_stackid(&STACKS, 0) {
+        Ok(id) => id as StackId,
+        Err(err) => {
+            count_lost(lost::KERNEL_STACK);
+            err
+        }
+    };
+    (user, kernel)
+}
+
+/// Copies `event` into the ring buffer, or counts it as lost.
+#[inline(always)]
+pub fn submit<T: 'static>(event: T) {
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            entry.write(event);
+            entry.submit(0);
+        }
+        None => count_lost(lost::RINGBUF_FULL),
+    }
+}

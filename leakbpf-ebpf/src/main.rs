@@ -1,0 +1,25 @@
+//! leakbpf's kernel side. Each program stamps facts about a TCP socket (who,
+//! when, which socket, which stack) into the `EVENTS` ring buffer; deciding
+//! what is a leak is user space's job.
+//!
+//! Hook sets (user space picks one per kernel, see `leakbpf::hooks`):
+//! - [`tracepoint_set`]: stable tracepoints + a cgroup socket hook; needs
+//!   neither kprobes nor BPF trampolines.
+#![no_std]
+#![no_main]
+
+mod emit;
+mod sock;
+mod tracepoint_set;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier proves programs cannot panic; this is never reached.
+    loop {}
+}
+
+// bpf_probe_read_kernel and bpf_get_current_task are GPL-only helpers.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

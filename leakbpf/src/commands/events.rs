@@ -1,0 +1,333 @@
+//! `leakbpf events`: every lifecycle event of every socket opened while it
+//! runs, attributed to the socket's owner through the socket table.
+use std::{
+    io::{BufWriter, Write as _},
+    process::ExitCode,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    cli::{EventFormat, EventsArgs},
+    clock::Clock,
+    event::{Direction, Event, Family, Stack, Task, TcpState},
+    filter::Filter,
+    socket_table::{Applied, Socket, SocketTable},
+    symbolize::{Frame, Symbolizer},
+    tracer::{LostCounts, Tracer, TracerOptions},
+};
+
+/// One output line.
+#[derive(Debug, Serialize)]
+struct Record<'a> {
+    event: &'static str,
+    /// RFC 3339 wall time.
+    time: String,
+    /// Kernel CLOCK_MONOTONIC time, for ordering and arithmetic.
+    time_ns: u64,
+    pid: u32,
+    tid: u32,
+    comm: &'a str,
+    cgroup_id: u64,
+    cookie: u64,
+    family: Family,
+    local: String,
+    remote: String,
+    state: TcpState,
+    direction: Direction,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old_state: Option<TcpState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fd: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lifetime_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_stack_id: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel_stack_id: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_stack: Option<Vec<Frame>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel_stack: Option<Vec<Frame>>,
+}
+
+#[derive(Debug, Serialize)]
+struct Summary {
+    event: &'static str,
+    hooks: &'static str,
+    duration_s: f64,
+    events: u64,
+    shown: u64,
+    lost_events: u64,
+    lost_stacks: u64,
+    lost: LostCounts,
+    /// False whenever something was lost: counts may be wrong.
+    complete: bool,
+}
+
+pub fn run(args: EventsArgs) -> Result<ExitCode> {
+    let filter = Filter::new(&args.filter);
+    filter.check_pids_exist()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(stream(args, filter))
+}
+
+async fn stream(args: EventsArgs, filter: Filter) -> Result<ExitCode> {
+    let mut tracer = Tracer::start(TracerOptions {
+        hooks: args.tracer.hooks,
+        ring_bytes: args.tracer.ring_bytes,
+    })?;
+    let clock = Clock::now();
+    let started = Instant::now();
+    eprintln!(
+        "leakbpf: tracing TCP sockets with the {} hook set; {}",
+        tracer.hooks(),
+        match args.duration {
+            Some(d) => format!("stopping after {}", humantime::format_duration(d)),
+            None => "Ctrl-C to stop".to_owned(),
+        }
+    );
+
+    let mut printer = Printer {
+        format: args.format,
+        out: BufWriter::new(std::io::stdout().lock()),
+        clock,
+        symbolizer: args.stacks.then(Symbolizer::default),
+        filter,
+        table: SocketTable::default(),
+        events: 0,
+        shown: 0,
+    };
+    if args.format == EventFormat::Text {
+        printer.header()?;
+    }
+
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            read = tracer.read(&mut batch) => read?,
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+            () = sleep_until(deadline) => break,
+        }
+        printer.print_batch(&tracer, &mut batch)?;
+    }
+    // Whatever the kernel wrote before we stopped still counts.
+    tracer.drain(&mut batch);
+    printer.print_batch(&tracer, &mut batch)?;
+
+    let lost = tracer.lost();
+    let summary = Summary {
+        event: "summary",
+        hooks: tracer.hooks().name(),
+        duration_s: started.elapsed().as_secs_f64(),
+        events: printer.events,
+        shown: printer.shown,
+        lost_events: lost.events(),
+        lost_stacks: lost.stacks(),
+        lost,
+        complete: lost.events() == 0 && lost.stacks() == 0,
+    };
+    if args.format == EventFormat::Json {
+        serde_json::to_writer(&mut printer.out, &summary)?;
+        writeln!(printer.out)?;
+    }
+    printer.out.flush()?;
+    eprintln!(
+        "leakbpf: {} events in {:.1} s ({} shown), hooks: {}, lost events: {}, lost stacks: {}",
+        summary.events,
+        summary.duration_s,
+        summary.shown,
+        summary.hooks,
+        summary.lost_events,
+        summary.lost_stacks
+    );
+    if !summary.complete {
+        eprintln!(
+            "leakbpf: warning: the kernel dropped data ({lost:?}); counts may be wrong. \
+             A larger --ring-bytes helps against ring buffer losses."
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Printer<W: std::io::Write> {
+    format: EventFormat,
+    out: W,
+    clock: Clock,
+    symbolizer: Option<Symbolizer>,
+    filter: Filter,
+    table: SocketTable,
+    events: u64,
+    shown: u64,
+}
+
+impl<W: std::io::Write> Printer<W> {
+    fn header(&mut self) -> Result<()> {
+        writeln!(
+            self.out,
+            "{:<15} {:<7} {:>7} {:<15} {:<8} {:>22} {:>22} {:<11} {}",
+            "TIME", "EVENT", "PID", "COMM", "DIR", "LOCAL", "REMOTE", "STATE", "DETAIL"
+        )?;
+        Ok(())
+    }
+
+    fn print_batch(&mut self, tracer: &Tracer, batch: &mut Vec<Event>) -> Result<()> {
+        for event in batch.drain(..) {
+            self.events += 1;
+            // A destroy removes the socket: look at it first.
+            let before = match &event {
+                Event::Destroy(d) => self.table.get(d.cookie).cloned(),
+                _ => None,
+            };
+            let applied = self.table.apply(&event);
+            let socket = match applied {
+                Applied::Untracked | Applied::DroppedFull => continue,
+                Applied::Destroyed => before,
+                _ => self.table.get(event.cookie()).cloned(),
+            };
+            let Some(socket) = socket else { continue };
+            if !self.filter.matches(&socket.owner, socket.endpoints.family) {
+                continue;
+            }
+            self.shown += 1;
+            let record = self.record(tracer, &event, &applied, &socket);
+            match self.format {
+                EventFormat::Json => {
+                    serde_json::to_writer(&mut self.out, &record)?;
+                    writeln!(self.out)?;
+                }
+                EventFormat::Text => self.text(&record)?,
+            }
+        }
+        self.out.flush()?;
+        Ok(())
+    }
+
+    fn record<'a>(
+        &self,
+        tracer: &Tracer,
+        event: &'a Event,
+        applied: &Applied,
+        socket: &'a Socket,
+    ) -> Record<'a> {
+        // Open and close happen in a process; state and destroy show the owner.
+        let task: &Task = match event {
+            Event::Open(open) => &open.task,
+            Event::Close(close) => &close.task,
+            _ => &socket.owner,
+        };
+        let mut record = Record {
+            event: match event {
+                Event::Open(_) => "open",
+                Event::State(_) => "state",
+                Event::Close(_) => "close",
+                Event::Destroy(_) => "destroy",
+            },
+            time: humantime::format_rfc3339_micros(self.clock.wall(event.time_ns())).to_string(),
+            time_ns: event.time_ns(),
+            pid: task.pid,
+            tid: task.tid,
+            comm: &task.comm,
+            cgroup_id: task.cgroup_id,
+            cookie: socket.cookie,
+            family: socket.endpoints.family,
+            local: socket.endpoints.local.to_string(),
+            remote: socket.endpoints.remote.to_string(),
+            state: socket.endpoints.state,
+            direction: socket.direction,
+            old_state: None,
+            fd: None,
+            lifetime_ms: None,
+            user_stack_id: None,
+            kernel_stack_id: None,
+            user_stack: None,
+            kernel_stack: None,
+        };
+        match (event, applied) {
+            (Event::Open(open), _) => {
+                record.fd = open.fd;
+                record.user_stack_id = stack_id(open.user_stack);
+                record.kernel_stack_id = stack_id(open.kernel_stack);
+                if let Some(symbolizer) = &self.symbolizer {
+                    let frames = |stack| match stack {
+                        Stack::Id(id) => tracer.stack(id),
+                        Stack::Missing(_) => None,
+                    };
+                    record.user_stack =
+                        frames(open.user_stack).map(|addrs| symbolizer.user(open.task.pid, &addrs));
+                    record.kernel_stack =
+                        frames(open.kernel_stack).map(|addrs| symbolizer.kernel(&addrs));
+                }
+            }
+            (Event::State(change), _) => record.old_state = Some(change.old),
+            (Event::Close(close), Applied::Closed { lifetime_ns }) => {
+                record.state = close.state;
+                record.lifetime_ms = Some(*lifetime_ns as f64 / 1e6);
+            }
+            _ => {}
+        }
+        record
+    }
+
+    fn text(&mut self, r: &Record<'_>) -> Result<()> {
+        let time = r.time.get(11..26).unwrap_or(&r.time);
+        let mut detail = format!("cookie={}", r.cookie);
+        if let Some(old) = r.old_state {
+            detail = format!("from {old} {detail}");
+        }
+        if let Some(ms) = r.lifetime_ms {
+            detail = format!("after {ms:.3} ms {detail}");
+        }
+        if let Some(fd) = r.fd {
+            detail.push_str(&format!(" fd={fd}"));
+        }
+        writeln!(
+            self.out,
+            "{:<15} {:<7} {:>7} {:<15} {:<8} {:>22} {:>22} {:<11} {}",
+            time,
+            r.event,
+            r.pid,
+            r.comm,
+            r.direction.as_str(),
+            r.local,
+            r.remote,
+            r.state.name(),
+            detail
+        )?;
+        for (label, frames) in [("user", &r.user_stack), ("kernel", &r.kernel_stack)] {
+            for frame in frames.iter().flatten() {
+                writeln!(
+                    self.out,
+                    "    {label:<6} {:#018x} {}",
+                    frame.address,
+                    frame.symbol.as_deref().unwrap_or("[unknown]")
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn stack_id(stack: Stack) -> Option<u32> {
+    match stack {
+        Stack::Id(id) => Some(id),
+        Stack::Missing(_) => None,
+    }
+}

@@ -1,0 +1,17 @@
+//! One module per subcommand; `run` dispatches. Errors bubble up to main,
+//! which prints them once, on one line.
+mod check;
+mod events;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command};
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Events(args) => events::run(args),
+        Command::Check(args) => check::run(args),
+    }
+}

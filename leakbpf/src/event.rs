@@ -1,0 +1,549 @@
+//! The one decoder of ring-buffer records, and the event model every command
+//! shares. Records are the `#[repr(C)]` structs of `leakbpf_common`; decoding
+//! checks sizes before reading and never panics on bad bytes.
+use std::{
+    fmt,
+    mem::size_of,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use leakbpf_common::{self as common, direction, kind};
+use serde::Serialize;
+
+/// One socket lifecycle fact from the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Open(Open),
+    State(StateChange),
+    Close(Close),
+    Destroy(Destroy),
+}
+
+impl Event {
+    pub fn time_ns(&self) -> u64 {
+        match self {
+            Event::Open(e) => e.time_ns,
+            Event::State(e) => e.time_ns,
+            Event::Close(e) => e.time_ns,
+            Event::Destroy(e) => e.time_ns,
+        }
+    }
+
+    pub fn cookie(&self) -> u64 {
+        match self {
+            Event::Open(e) => e.cookie,
+            Event::State(e) => e.cookie,
+            Event::Close(e) => e.cookie,
+            Event::Destroy(e) => e.cookie,
+        }
+    }
+}
+
+/// A socket got an owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Open {
+    pub time_ns: u64,
+    pub cookie: u64,
+    pub task: Task,
+    pub endpoints: Endpoints,
+    pub direction: Direction,
+    /// The owner's fd, where the hook knows it (accept).
+    pub fd: Option<i32>,
+    pub user_stack: Stack,
+    pub kernel_stack: Stack,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateChange {
+    pub time_ns: u64,
+    pub cookie: u64,
+    pub old: TcpState,
+    /// Addresses after the change; `endpoints.state` is the new state.
+    pub endpoints: Endpoints,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Close {
+    pub time_ns: u64,
+    pub cookie: u64,
+    pub task: Task,
+    pub state: TcpState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destroy {
+    pub time_ns: u64,
+    pub cookie: u64,
+}
+
+/// The process (and thread) that did something.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Task {
+    pub pid: u32,
+    pub tid: u32,
+    pub cgroup_id: u64,
+    pub comm: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Connect,
+    Accept,
+    /// Found already open when tracing started.
+    Preexisting,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Connect => "connect",
+            Direction::Accept => "accept",
+            Direction::Preexisting => "preexisting",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Family {
+    #[serde(rename = "ipv4")]
+    Ipv4,
+    #[serde(rename = "ipv6")]
+    Ipv6,
+}
+
+/// A socket's addresses and TCP state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoints {
+    pub family: Family,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: TcpState,
+}
+
+/// A stack id from the kernel's stack map, or why there is none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stack {
+    Id(u32),
+    /// `bpf_get_stackid` failed with this errno (e.g. EEXIST on a collision,
+    /// EFAULT without a user stack).
+    Missing(i32),
+}
+
+/// TCP states, numbered as in the kernel's `include/net/tcp_states.h`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TcpState {
+    Established,
+    SynSent,
+    SynRecv,
+    FinWait1,
+    FinWait2,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    Closing,
+    NewSynRecv,
+    BoundInactive,
+    Unknown(u8),
+}
+
+impl TcpState {
+    pub fn from_kernel(value: u8) -> Self {
+        use TcpState::*;
+        match value {
+            1 => Established,
+            2 => SynSent,
+            3 => SynRecv,
+            4 => FinWait1,
+            5 => FinWait2,
+            6 => TimeWait,
+            7 => Close,
+            8 => CloseWait,
+            9 => LastAck,
+            10 => Listen,
+            11 => Closing,
+            12 => NewSynRecv,
+            13 => BoundInactive,
+            other => Unknown(other),
+        }
+    }
+
+    /// The name `ss` and the kernel use, e.g. `CLOSE_WAIT`.
+    pub fn name(self) -> &'static str {
+        use TcpState::*;
+        match self {
+            Established => "ESTABLISHED",
+            SynSent => "SYN_SENT",
+            SynRecv => "SYN_RECV",
+            FinWait1 => "FIN_WAIT1",
+            FinWait2 => "FIN_WAIT2",
+            TimeWait => "TIME_WAIT",
+            Close => "CLOSE",
+            CloseWait => "CLOSE_WAIT",
+            LastAck => "LAST_ACK",
+            Listen => "LISTEN",
+            Closing => "CLOSING",
+            NewSynRecv => "NEW_SYN_RECV",
+            BoundInactive => "BOUND_INACTIVE",
+            Unknown(_) => "UNKNOWN",
+        }
+    }
+}
+
+impl fmt::Display for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for TcpState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+/// Why a record could not be decoded.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {got} bytes is shorter than a {what} ({need} bytes)")]
+    Short {
+        what: &'static str,
+        need: usize,
+        got: usize,
+    },
+    #[error("record has unknown kind {0}")]
+    UnknownKind(u32),
+    #[error("record has unknown address family {0}")]
+    UnknownFamily(u16),
+    #[error("open record has unknown direction {0}")]
+    UnknownDirection(u8),
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let header: common::EventHeader = read_record(bytes, "header")?;
+    match header.kind {
+        kind::OPEN => {
+            let raw: common::OpenEvent = read_record(bytes, "open record")?;
+            let direction = match raw.direction {
+                direction::CONNECT => Direction::Connect,
+                direction::ACCEPT => Direction::Accept,
+                other => return Err(DecodeError::UnknownDirection(other)),
+            };
+            Ok(Event::Open(Open {
+                time_ns: header.time_ns,
+                cookie: header.cookie,
+                task: task(&raw.task),
+                endpoints: endpoints(&raw.endpoints)?,
+                direction,
+                fd: (raw.fd >= 0).then_some(raw.fd),
+                user_stack: stack(raw.user_stack_id),
+                kernel_stack: stack(raw.kernel_stack_id),
+            }))
+        }
+        kind::STATE => {
+            let raw: common::StateEvent = read_record(bytes, "state record")?;
+            Ok(Event::State(StateChange {
+                time_ns: header.time_ns,
+                cookie: header.cookie,
+                old: TcpState::from_kernel(raw.old_state),
+                endpoints: endpoints(&raw.endpoints)?,
+            }))
+        }
+        kind::CLOSE => {
+            let raw: common::CloseEvent = read_record(bytes, "close record")?;
+            Ok(Event::Close(Close {
+                time_ns: header.time_ns,
+                cookie: header.cookie,
+                task: task(&raw.task),
+                state: TcpState::from_kernel(raw.state),
+            }))
+        }
+        kind::DESTROY => {
+            let _: common::DestroyEvent = read_record(bytes, "destroy record")?;
+            Ok(Event::Destroy(Destroy {
+                time_ns: header.time_ns,
+                cookie: header.cookie,
+            }))
+        }
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+/// Reads a plain-old-data record from the front of `bytes`.
+fn read_record<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
+    let need = size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short {
+            what,
+            need,
+            got: bytes.len(),
+        });
+    }
+    // SAFETY: the length was checked; every T used here is a #[repr(C)]
+    // struct of integers and byte arrays, valid for any bit pattern.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+fn task(raw: &common::Task) -> Task {
+    let len = raw
+        .comm
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(raw.comm.len());
+    Task {
+        pid: raw.pid,
+        tid: raw.tid,
+        cgroup_id: raw.cgroup_id,
+        comm: String::from_utf8_lossy(&raw.comm[..len]).into_owned(),
+    }
+}
+
+fn stack(id: common::StackId) -> Stack {
+    match u32::try_from(id) {
+        Ok(id) => Stack::Id(id),
+        Err(_) => Stack::Missing(-id),
+    }
+}
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+fn endpoints(raw: &common::Endpoints) -> Result<Endpoints, DecodeError> {
+    let (family, local, remote) = match raw.family {
+        AF_INET => {
+            let v4 = |a: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]));
+            (Family::Ipv4, v4(&raw.local_addr), v4(&raw.remote_addr))
+        }
+        AF_INET6 => (
+            Family::Ipv6,
+            IpAddr::V6(Ipv6Addr::from(raw.local_addr)),
+            IpAddr::V6(Ipv6Addr::from(raw.remote_addr)),
+        ),
+        other => return Err(DecodeError::UnknownFamily(other)),
+    };
+    Ok(Endpoints {
+        family,
+        local: SocketAddr::new(local, raw.local_port),
+        remote: SocketAddr::new(remote, raw.remote_port),
+        state: TcpState::from_kernel(raw.state),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T: Copy>(value: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a #[repr(C)] POD value.
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    fn raw_task() -> common::Task {
+        let mut comm = [0u8; 16];
+        comm[..6].copy_from_slice(b"client");
+        common::Task {
+            pid: 4242,
+            tid: 4243,
+            cgroup_id: 7,
+            comm,
+        }
+    }
+
+    fn raw_endpoints_v4() -> common::Endpoints {
+        let mut local = [0u8; 16];
+        local[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let mut remote = [0u8; 16];
+        remote[..4].copy_from_slice(&[10, 1, 2, 3]);
+        common::Endpoints {
+            family: AF_INET,
+            local_port: 50000,
+            remote_port: 8080,
+            state: 1,
+            _pad: 0,
+            local_addr: local,
+            remote_addr: remote,
+        }
+    }
+
+    /// The record sizes are an ABI between the two halves: pin them.
+    #[test]
+    fn record_sizes_are_pinned() {
+        assert_eq!(size_of::<common::EventHeader>(), 24);
+        assert_eq!(size_of::<common::Task>(), 32);
+        assert_eq!(size_of::<common::Endpoints>(), 40);
+        assert_eq!(size_of::<common::OpenEvent>(), 112);
+        assert_eq!(size_of::<common::StateEvent>(), 72);
+        assert_eq!(size_of::<common::CloseEvent>(), 64);
+        assert_eq!(size_of::<common::DestroyEvent>(), 24);
+    }
+
+    #[test]
+    fn decodes_an_ipv4_connect() {
+        let raw = common::OpenEvent {
+            header: common::EventHeader {
+                kind: kind::OPEN,
+                cpu: 1,
+                time_ns: 1_000,
+                cookie: 99,
+            },
+            task: raw_task(),
+            endpoints: raw_endpoints_v4(),
+            direction: direction::CONNECT,
+            _pad: [0; 3],
+            fd: -1,
+            user_stack_id: 5,
+            kernel_stack_id: -17,
+        };
+        let event = decode(&bytes_of(&raw)).unwrap();
+        let Event::Open(open) = event else {
+            panic!("not an open: {event:?}")
+        };
+        assert_eq!(open.cookie, 99);
+        assert_eq!(open.time_ns, 1_000);
+        assert_eq!(open.task.pid, 4242);
+        assert_eq!(open.task.tid, 4243);
+        assert_eq!(open.task.comm, "client");
+        assert_eq!(open.direction, Direction::Connect);
+        assert_eq!(open.fd, None);
+        assert_eq!(open.endpoints.local, "127.0.0.1:50000".parse().unwrap());
+        assert_eq!(open.endpoints.remote, "10.1.2.3:8080".parse().unwrap());
+        assert_eq!(open.endpoints.state, TcpState::Established);
+        assert_eq!(open.user_stack, Stack::Id(5));
+        assert_eq!(open.kernel_stack, Stack::Missing(17));
+    }
+
+    #[test]
+    fn decodes_an_ipv6_state_change() {
+        let mut ep = raw_endpoints_v4();
+        ep.family = AF_INET6;
+        ep.local_addr = Ipv6Addr::LOCALHOST.octets();
+        ep.remote_addr = Ipv6Addr::LOCALHOST.octets();
+        ep.state = 8;
+        let raw = common::StateEvent {
+            header: common::EventHeader {
+                kind: kind::STATE,
+                cpu: 0,
+                time_ns: 5,
+                cookie: 3,
+            },
+            endpoints: ep,
+            old_state: 1,
+            _pad: [0; 7],
+        };
+        let Event::State(change) = decode(&bytes_of(&raw)).unwrap() else {
+            panic!("not a state change")
+        };
+        assert_eq!(change.old, TcpState::Established);
+        assert_eq!(change.endpoints.state, TcpState::CloseWait);
+        assert_eq!(change.endpoints.family, Family::Ipv6);
+        assert_eq!(change.endpoints.remote, "[::1]:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn decodes_close_and_destroy() {
+        let raw = common::CloseEvent {
+            header: common::EventHeader {
+                kind: kind::CLOSE,
+                cpu: 0,
+                time_ns: 10,
+                cookie: 3,
+            },
+            task: raw_task(),
+            family: AF_INET,
+            state: 7,
+            _pad: [0; 5],
+        };
+        let Event::Close(close) = decode(&bytes_of(&raw)).unwrap() else {
+            panic!("not a close")
+        };
+        assert_eq!(
+            (close.cookie, close.task.pid, close.state),
+            (3, 4242, TcpState::Close)
+        );
+
+        let raw = common::DestroyEvent {
+            header: common::EventHeader {
+                kind: kind::DESTROY,
+                cpu: 0,
+                time_ns: 11,
+                cookie: 3,
+            },
+        };
+        assert_eq!(
+            decode(&bytes_of(&raw)).unwrap(),
+            Event::Destroy(Destroy {
+                time_ns: 11,
+                cookie: 3
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        assert_eq!(
+            decode(&[1, 0, 0]),
+            Err(DecodeError::Short {
+                what: "header",
+                need: 24,
+                got: 3
+            })
+        );
+        let header = common::EventHeader {
+            kind: kind::OPEN,
+            cpu: 0,
+            time_ns: 0,
+            cookie: 1,
+        };
+        assert_eq!(
+            decode(&bytes_of(&header)),
+            Err(DecodeError::Short {
+                what: "open record",
+                need: 112,
+                got: 24
+            })
+        );
+        let unknown = common::EventHeader { kind: 77, ..header };
+        assert_eq!(
+            decode(&bytes_of(&unknown)),
+            Err(DecodeError::UnknownKind(77))
+        );
+
+        let mut raw = common::StateEvent {
+            header: common::EventHeader {
+                kind: kind::STATE,
+                ..header
+            },
+            endpoints: raw_endpoints_v4(),
+            old_state: 1,
+            _pad: [0; 7],
+        };
+        raw.endpoints.family = 1;
+        assert_eq!(decode(&bytes_of(&raw)), Err(DecodeError::UnknownFamily(1)));
+    }
+
+    /// Arbitrary bytes never panic the decoder.
+    #[test]
+    fn garbage_never_panics() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for len in 0..300 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            let mut bytes = bytes;
+            if let Some(kind) = bytes.first_mut() {
+                // Mostly known kinds, so the per-kind paths are exercised.
+                *kind %= 6;
+            }
+            let _ = decode(&bytes);
+        }
+    }
+}

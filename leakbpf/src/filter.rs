@@ -1,0 +1,86 @@
+//! Which sockets a command shows, decided on the socket's owner and family.
+use crate::{
+    cli::FilterArgs,
+    event::{Family, Task},
+};
+
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pids: Vec<u32>,
+    comm: Option<String>,
+    family: Option<Family>,
+}
+
+impl Filter {
+    pub fn new(args: &FilterArgs) -> Self {
+        let family = match (args.ipv4, args.ipv6) {
+            (true, _) => Some(Family::Ipv4),
+            (_, true) => Some(Family::Ipv6),
+            _ => None,
+        };
+        Filter {
+            pids: args.pids.clone(),
+            comm: args.comm.clone(),
+            family,
+        }
+    }
+
+    pub fn matches(&self, owner: &Task, family: Family) -> bool {
+        (self.pids.is_empty() || self.pids.contains(&owner.pid))
+            && self.comm.as_ref().is_none_or(|comm| *comm == owner.comm)
+            && self.family.is_none_or(|f| f == family)
+    }
+
+    /// Fails on a `--pid` that names no running process.
+    pub fn check_pids_exist(&self) -> anyhow::Result<()> {
+        for pid in &self.pids {
+            if *pid == 0 || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                anyhow::bail!("no process with pid {pid}");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(pid: u32, comm: &str) -> Task {
+        Task {
+            pid,
+            tid: pid,
+            cgroup_id: 0,
+            comm: comm.to_owned(),
+        }
+    }
+
+    #[test]
+    fn empty_filter_matches_everything() {
+        assert!(Filter::default().matches(&task(1, "a"), Family::Ipv6));
+    }
+
+    #[test]
+    fn all_conditions_must_hold() {
+        let filter = Filter::new(&FilterArgs {
+            pids: vec![7, 8],
+            comm: Some("curl".to_owned()),
+            ipv4: true,
+            ipv6: false,
+        });
+        assert!(filter.matches(&task(7, "curl"), Family::Ipv4));
+        assert!(!filter.matches(&task(9, "curl"), Family::Ipv4));
+        assert!(!filter.matches(&task(8, "wget"), Family::Ipv4));
+        assert!(!filter.matches(&task(8, "curl"), Family::Ipv6));
+    }
+
+    #[test]
+    fn rejects_pids_that_do_not_exist() {
+        let filter = Filter::new(&FilterArgs {
+            pids: vec![std::process::id(), u32::MAX - 1],
+            ..FilterArgs::default()
+        });
+        let err = filter.check_pids_exist().unwrap_err().to_string();
+        assert_eq!(err, format!("no process with pid {}", u32::MAX - 1));
+    }
+}

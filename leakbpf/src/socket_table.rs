@@ -1,0 +1,393 @@
+//! The socket table: a pure state machine over lifecycle events. It knows
+//! which process owns each socket, since when, in which state, and which
+//! stack opened it. No aya types and no system clock: the events carry their
+//! own (kernel monotonic) time, so it is unit-tested without root.
+use std::collections::HashMap;
+
+use crate::event::{Close, Direction, Endpoints, Event, Open, Stack, StateChange, Task, TcpState};
+
+/// What the table knows of one socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Socket {
+    pub cookie: u64,
+    pub owner: Task,
+    pub direction: Direction,
+    pub opened_ns: u64,
+    pub endpoints: Endpoints,
+    /// Time of the last state change (or the open).
+    pub state_since_ns: u64,
+    pub fd: Option<i32>,
+    pub user_stack: Stack,
+    pub kernel_stack: Stack,
+    pub closed: Option<Closed>,
+}
+
+impl Socket {
+    pub fn is_open(&self) -> bool {
+        self.closed.is_none()
+    }
+}
+
+/// The release of a socket by a process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Closed {
+    pub time_ns: u64,
+    pub by: Task,
+    pub state: TcpState,
+}
+
+/// What applying one event did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// A new socket is tracked (or a tracked one connected again).
+    Opened,
+    StateChanged {
+        old: TcpState,
+    },
+    /// The owner let go of it after `lifetime_ns`.
+    Closed {
+        lifetime_ns: u64,
+    },
+    /// The kernel freed a tracked socket; it is forgotten.
+    Destroyed,
+    /// The event is about a socket the table does not track (a listener,
+    /// one opened before tracing, one dropped for lack of room).
+    Untracked,
+    /// The table was full: the socket is not tracked, results are incomplete.
+    DroppedFull,
+}
+
+/// Bounds on memory; anything dropped is counted in [`TableStats`].
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Sockets tracked at once (open or closed-but-not-destroyed).
+    pub max_sockets: usize,
+    /// How long a closed socket is remembered while waiting for its destroy
+    /// event (it may linger in FIN_WAIT/LAST_ACK, or its destroy was lost).
+    pub closed_retention_ns: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_sockets: 1 << 20,
+            closed_retention_ns: 120 * 1_000_000_000,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    pub opened: u64,
+    pub closed: u64,
+    pub destroyed: u64,
+    pub untracked_events: u64,
+    /// Opens not tracked because `max_sockets` was reached.
+    pub dropped_full: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct SocketTable {
+    sockets: HashMap<u64, Socket>,
+    limits: Limits,
+    stats: TableStats,
+}
+
+impl SocketTable {
+    pub fn new(limits: Limits) -> Self {
+        SocketTable {
+            sockets: HashMap::new(),
+            limits,
+            stats: TableStats::default(),
+        }
+    }
+
+    pub fn apply(&mut self, event: &Event) -> Applied {
+        let applied = match event {
+            Event::Open(open) => self.open(open),
+            Event::State(change) => self.state(change),
+            Event::Close(close) => self.close(close),
+            Event::Destroy(destroy) => match self.sockets.remove(&destroy.cookie) {
+                Some(_) => {
+                    self.stats.destroyed += 1;
+                    Applied::Destroyed
+                }
+                None => Applied::Untracked,
+            },
+        };
+        if applied == Applied::Untracked {
+            self.stats.untracked_events += 1;
+        }
+        applied
+    }
+
+    fn open(&mut self, open: &Open) -> Applied {
+        if !self.sockets.contains_key(&open.cookie) && self.sockets.len() >= self.limits.max_sockets
+        {
+            self.stats.dropped_full += 1;
+            return Applied::DroppedFull;
+        }
+        self.stats.opened += 1;
+        self.sockets.insert(
+            open.cookie,
+            Socket {
+                cookie: open.cookie,
+                owner: open.task.clone(),
+                direction: open.direction,
+                opened_ns: open.time_ns,
+                endpoints: open.endpoints,
+                state_since_ns: open.time_ns,
+                fd: open.fd,
+                user_stack: open.user_stack,
+                kernel_stack: open.kernel_stack,
+                closed: None,
+            },
+        );
+        Applied::Opened
+    }
+
+    fn state(&mut self, change: &StateChange) -> Applied {
+        let Some(socket) = self.sockets.get_mut(&change.cookie) else {
+            return Applied::Untracked;
+        };
+        let old = socket.endpoints.state;
+        // The connect's open is taken before the source port is chosen, and
+        // a socket moving to CLOSE is unhashed (its port reads 0): keep the
+        // best-known tuple, take the new state.
+        if change.endpoints.local.port() != 0 {
+            socket.endpoints = change.endpoints;
+        }
+        socket.endpoints.state = change.endpoints.state;
+        socket.state_since_ns = change.time_ns;
+        Applied::StateChanged { old }
+    }
+
+    fn close(&mut self, close: &Close) -> Applied {
+        let Some(socket) = self.sockets.get_mut(&close.cookie) else {
+            return Applied::Untracked;
+        };
+        if socket.closed.is_some() {
+            // A socket is released once; a second release is a lost destroy
+            // followed by cookie confusion we cannot resolve: ignore it.
+            return Applied::Untracked;
+        }
+        socket.closed = Some(Closed {
+            time_ns: close.time_ns,
+            by: close.task.clone(),
+            state: close.state,
+        });
+        self.stats.closed += 1;
+        Applied::Closed {
+            lifetime_ns: close.time_ns.saturating_sub(socket.opened_ns),
+        }
+    }
+
+    /// Forgets closed sockets whose destroy has not come within the
+    /// retention time. Call it now and then with the current monotonic time.
+    pub fn sweep(&mut self, now_ns: u64) {
+        let retention = self.limits.closed_retention_ns;
+        self.sockets.retain(|_, socket| match &socket.closed {
+            Some(closed) => now_ns.saturating_sub(closed.time_ns) < retention,
+            None => true,
+        });
+    }
+
+    pub fn get(&self, cookie: u64) -> Option<&Socket> {
+        self.sockets.get(&cookie)
+    }
+
+    /// Sockets still owned by a process.
+    pub fn open_sockets(&self) -> impl Iterator<Item = &Socket> {
+        self.sockets.values().filter(|socket| socket.is_open())
+    }
+
+    pub fn stats(&self) -> TableStats {
+        self.stats
+    }
+
+    pub fn len(&self) -> usize {
+        self.sockets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Destroy, Family};
+
+    fn task(pid: u32) -> Task {
+        Task {
+            pid,
+            tid: pid,
+            cgroup_id: 1,
+            comm: format!("p{pid}"),
+        }
+    }
+
+    fn endpoints(local_port: u16, state: TcpState) -> Endpoints {
+        Endpoints {
+            family: Family::Ipv4,
+            local: format!("127.0.0.1:{local_port}").parse().unwrap(),
+            remote: "127.0.0.1:8080".parse().unwrap(),
+            state,
+        }
+    }
+
+    fn open(cookie: u64, pid: u32, time_ns: u64) -> Event {
+        Event::Open(Open {
+            time_ns,
+            cookie,
+            task: task(pid),
+            endpoints: endpoints(0, TcpState::SynSent),
+            direction: Direction::Connect,
+            fd: None,
+            user_stack: Stack::Id(1),
+            kernel_stack: Stack::Id(2),
+        })
+    }
+
+    fn state(cookie: u64, time_ns: u64, to: TcpState) -> Event {
+        Event::State(StateChange {
+            time_ns,
+            cookie,
+            old: TcpState::SynSent,
+            endpoints: endpoints(40000, to),
+        })
+    }
+
+    fn close(cookie: u64, pid: u32, time_ns: u64) -> Event {
+        Event::Close(Close {
+            time_ns,
+            cookie,
+            task: task(pid),
+            state: TcpState::Established,
+        })
+    }
+
+    #[test]
+    fn tracks_a_connection_through_its_life() {
+        let mut table = SocketTable::default();
+        assert_eq!(table.apply(&open(1, 100, 10)), Applied::Opened);
+        assert_eq!(
+            table.apply(&state(1, 20, TcpState::Established)),
+            Applied::StateChanged {
+                old: TcpState::SynSent
+            }
+        );
+        let socket = table.get(1).unwrap();
+        assert_eq!(
+            socket.endpoints.local.port(),
+            40000,
+            "tuple completed by the state event"
+        );
+        assert_eq!(socket.state_since_ns, 20);
+        assert_eq!(table.open_sockets().count(), 1);
+
+        assert_eq!(
+            table.apply(&close(1, 100, 1_010)),
+            Applied::Closed { lifetime_ns: 1_000 }
+        );
+        assert_eq!(table.open_sockets().count(), 0);
+        assert_eq!(table.len(), 1, "remembered until destroyed");
+        assert_eq!(
+            table.apply(&Event::Destroy(Destroy {
+                time_ns: 2_000,
+                cookie: 1
+            })),
+            Applied::Destroyed
+        );
+        assert!(table.is_empty());
+        let stats = table.stats();
+        assert_eq!((stats.opened, stats.closed, stats.destroyed), (1, 1, 1));
+    }
+
+    #[test]
+    fn an_unhashed_socket_keeps_its_last_known_tuple() {
+        let mut table = SocketTable::default();
+        table.apply(&open(1, 100, 10));
+        table.apply(&state(1, 20, TcpState::Established));
+        let mut closing = state(1, 30, TcpState::Close);
+        if let Event::State(change) = &mut closing {
+            change.endpoints.local.set_port(0);
+        }
+        table.apply(&closing);
+        let socket = table.get(1).unwrap();
+        assert_eq!(socket.endpoints.local.port(), 40000);
+        assert_eq!(socket.endpoints.state, TcpState::Close);
+    }
+
+    #[test]
+    fn open_sockets_are_the_ones_never_released() {
+        let mut table = SocketTable::default();
+        for cookie in 1..=5 {
+            table.apply(&open(cookie, 100, cookie));
+        }
+        table.apply(&close(2, 100, 50));
+        table.apply(&close(4, 100, 50));
+        let mut open: Vec<u64> = table.open_sockets().map(|s| s.cookie).collect();
+        open.sort_unstable();
+        assert_eq!(open, [1, 3, 5]);
+    }
+
+    #[test]
+    fn events_for_unknown_sockets_are_counted_not_tracked() {
+        let mut table = SocketTable::default();
+        assert_eq!(
+            table.apply(&state(9, 1, TcpState::Listen)),
+            Applied::Untracked
+        );
+        assert_eq!(table.apply(&close(9, 1, 2)), Applied::Untracked);
+        assert_eq!(
+            table.apply(&Event::Destroy(Destroy {
+                time_ns: 3,
+                cookie: 9
+            })),
+            Applied::Untracked
+        );
+        assert!(table.is_empty());
+        assert_eq!(table.stats().untracked_events, 3);
+    }
+
+    #[test]
+    fn a_second_release_is_ignored() {
+        let mut table = SocketTable::default();
+        table.apply(&open(1, 100, 0));
+        table.apply(&close(1, 100, 5));
+        assert_eq!(table.apply(&close(1, 200, 6)), Applied::Untracked);
+        assert_eq!(table.get(1).unwrap().closed.as_ref().unwrap().by.pid, 100);
+    }
+
+    #[test]
+    fn a_full_table_drops_and_counts() {
+        let mut table = SocketTable::new(Limits {
+            max_sockets: 2,
+            ..Limits::default()
+        });
+        table.apply(&open(1, 100, 0));
+        table.apply(&open(2, 100, 0));
+        assert_eq!(table.apply(&open(3, 100, 0)), Applied::DroppedFull);
+        assert_eq!(table.stats().dropped_full, 1);
+        // Reconnecting a tracked socket still works when full.
+        assert_eq!(table.apply(&open(2, 100, 1)), Applied::Opened);
+    }
+
+    #[test]
+    fn sweep_forgets_closed_sockets_after_retention_only() {
+        let mut table = SocketTable::new(Limits {
+            max_sockets: 10,
+            closed_retention_ns: 100,
+        });
+        table.apply(&open(1, 100, 0));
+        table.apply(&open(2, 100, 0));
+        table.apply(&close(1, 100, 10));
+        table.sweep(50);
+        assert_eq!(table.len(), 2);
+        table.sweep(110);
+        assert_eq!(table.len(), 1);
+        assert!(table.get(2).is_some(), "open sockets are never swept");
+    }
+}

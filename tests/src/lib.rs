@@ -1,0 +1,338 @@
+//! Harness for leakbpf's privileged end-to-end tests: it builds the fixture
+//! programs (C, Go, Python under `fixtures/`), runs the real `leakbpf` binary
+//! (named by `LEAKBPF_BIN`, set by `cargo xtask test`) and real processes on
+//! loopback, and reads leakbpf's JSON lines. Anything that keeps a test from
+//! running panics with the reason: no test passes by skipping.
+use std::{
+    io::{BufRead as _, BufReader},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command, Stdio},
+    sync::{Arc, Mutex, OnceLock, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// How long to wait for anything a test expects to happen.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn leakbpf_bin() -> PathBuf {
+    let path = std::env::var_os("LEAKBPF_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!("LEAKBPF_BIN is not set: run the end-to-end tests through `./x test`")
+        });
+    assert!(
+        path.is_file(),
+        "LEAKBPF_BIN={} does not exist",
+        path.display()
+    );
+    path
+}
+
+pub fn fixture_source(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+fn build_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fixtures");
+    std::fs::create_dir_all(&dir).expect("creating target/fixtures");
+    dir
+}
+
+fn run_build(mut command: Command, what: &str) {
+    let output = command
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run the {what} build ({command:?}): {err}"));
+    assert!(
+        output.status.success(),
+        "{what} build failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The C server, built with frame pointers so its stacks are whole.
+pub fn c_server() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = build_dir().join("server");
+            let mut gcc = Command::new("gcc");
+            gcc.args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
+                .arg(&out)
+                .arg(fixture_source("server.c"));
+            run_build(gcc, "C server (gcc)");
+            out
+        })
+        .clone()
+}
+
+/// The Go dialer, built with Debian's Go (frame pointers, full symbols).
+pub fn go_dialer() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = build_dir().join("dialer");
+            let mut go = Command::new("go");
+            go.args(["build", "-o"])
+                .arg(&out)
+                .arg(fixture_source("dialer.go"))
+                .env("GO111MODULE", "off")
+                .env("GOCACHE", build_dir().join("go-cache"))
+                .env("HOME", build_dir());
+            run_build(go, "Go dialer (go build)");
+            out
+        })
+        .clone()
+}
+
+pub fn python(script: &str) -> Command {
+    let mut command = Command::new("python3");
+    command.arg("-u").arg(fixture_source(script));
+    command
+}
+
+/// A port nothing listens on (bound, then released).
+pub fn unused_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a probe port");
+    listener.local_addr().expect("probe port address").port()
+}
+
+/// A running fixture program: it prints `port N` and/or `ready` on stdout
+/// and holds its sockets until killed.
+pub struct Fixture {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    name: String,
+}
+
+impl Fixture {
+    pub fn spawn(mut command: Command) -> Fixture {
+        let name = format!("{command:?}");
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start fixture {name}: {err}"));
+        let stdout: ChildStdout = child.stdout.take().expect("fixture stdout");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Fixture { child, lines, name }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn line(&mut self) -> String {
+        self.lines
+            .recv_timeout(TIMEOUT)
+            .unwrap_or_else(|_| panic!("fixture {} printed nothing for {TIMEOUT:?}", self.name))
+    }
+
+    /// Reads the `port N` line.
+    pub fn port(&mut self) -> u16 {
+        let line = self.line();
+        line.strip_prefix("port ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("fixture {} said {line:?}, not `port N`", self.name))
+    }
+
+    /// Waits for the `ready` line: its work is done, its sockets are held.
+    pub fn ready(&mut self) {
+        let line = self.line();
+        assert_eq!(line, "ready", "fixture {} is not ready", self.name);
+    }
+
+    /// SIGKILL: the kernel releases every socket it held, in its context.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running `leakbpf events --format json`.
+pub struct Leakbpf {
+    child: Child,
+    events: Arc<Mutex<Vec<Value>>>,
+    stdout_reader: Option<thread::JoinHandle<()>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+/// What a stopped `leakbpf events` printed.
+pub struct Stopped {
+    pub events: Vec<Value>,
+    pub summary: Value,
+    pub stderr: String,
+}
+
+impl Leakbpf {
+    /// Starts `leakbpf events --format json ARGS` and waits until its
+    /// programs are attached.
+    pub fn events(args: &[&str]) -> Leakbpf {
+        let mut child = Command::new(leakbpf_bin())
+            .args(["events", "--format", "json"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting leakbpf");
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().expect("leakbpf stdout");
+        let sink = Arc::clone(&events);
+        let stdout_reader = thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let value: Value = serde_json::from_str(&line).unwrap_or_else(|err| {
+                    panic!("leakbpf printed a non-JSON line {line:?}: {err}")
+                });
+                sink.lock().unwrap().push(value);
+            }
+        });
+        let stderr_text = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("leakbpf stderr");
+        let sink = Arc::clone(&stderr_text);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("tracing TCP sockets") {
+                    let _ = ready_tx.send(());
+                }
+                let mut text = sink.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        let mut leakbpf = Leakbpf {
+            child,
+            events,
+            stdout_reader: Some(stdout_reader),
+            stderr: stderr_text,
+        };
+        if ready_rx.recv_timeout(TIMEOUT).is_err() {
+            let _ = leakbpf.child.kill();
+            let _ = leakbpf.child.wait();
+            thread::sleep(Duration::from_millis(100));
+            panic!(
+                "leakbpf did not start tracing within {TIMEOUT:?}; it said:\n{}",
+                leakbpf.stderr.lock().unwrap()
+            );
+        }
+        leakbpf
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until `done` holds on the events so far; panics with `what`
+    /// and the events seen if it does not within [`TIMEOUT`].
+    pub fn wait_for(&self, what: &str, done: impl Fn(&[Value]) -> bool) {
+        let start = Instant::now();
+        loop {
+            if done(&self.events.lock().unwrap()) {
+                return;
+            }
+            if start.elapsed() > TIMEOUT {
+                let events = self.events.lock().unwrap();
+                panic!(
+                    "timed out waiting for {what}; {} events seen:\n{}",
+                    events.len(),
+                    events
+                        .iter()
+                        .map(Value::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<Value> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// SIGSTOP/SIGCONT: freezes the consumer so the ring fills up.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        let rc = unsafe { libc::kill(self.pid() as i32, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+    }
+
+    /// SIGINT, then collect everything it printed.
+    pub fn stop(mut self) -> Stopped {
+        self.signal(libc::SIGINT);
+        let status = self.child.wait().expect("waiting for leakbpf");
+        if let Some(reader) = self.stdout_reader.take() {
+            reader.join().expect("stdout reader");
+        }
+        thread::sleep(Duration::from_millis(50));
+        let stderr = self.stderr.lock().unwrap().clone();
+        assert!(status.success(), "leakbpf exited with {status}:\n{stderr}");
+        let mut events = std::mem::take(&mut *self.events.lock().unwrap());
+        let summary = events
+            .pop()
+            .filter(|last| last["event"] == "summary")
+            .unwrap_or_else(|| panic!("leakbpf printed no summary line; stderr:\n{stderr}"));
+        Stopped {
+            events,
+            summary,
+            stderr,
+        }
+    }
+}
+
+impl Drop for Leakbpf {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Events of one kind (`open`, `close`, ...) from one pid.
+pub fn of<'a>(events: &'a [Value], kind: &str, pid: u32) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["event"] == kind && e["pid"] == pid)
+        .collect()
+}
+
+/// Open events from `pid` in one direction (`connect`, `accept`).
+pub fn opens<'a>(events: &'a [Value], pid: u32, direction: &str) -> Vec<&'a Value> {
+    of(events, "open", pid)
+        .into_iter()
+        .filter(|e| e["direction"] == direction)
+        .collect()
+}
+
+/// Symbol names of a frame list (`user_stack` / `kernel_stack`).
+pub fn symbols(stack: &Value) -> Vec<String> {
+    stack
+        .as_array()
+        .map(|frames| {
+            frames
+                .iter()
+                .filter_map(|f| f["symbol"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,251 @@
+//! End-to-end: the real programs attached to this kernel, real processes on
+//! loopback, exact counts per pid. Runs as root, one test at a time.
+use std::{thread, time::Duration};
+
+use leakbpf_tests::{
+    Fixture, Leakbpf, c_server, go_dialer, of, opens, python, symbols, unused_port,
+};
+use serde_json::Value;
+
+/// A Python client opens 5 and closes 2 (plus one refused connect); a C
+/// server in another process accepts 5 and closes 2. Then both are killed
+/// and the kernel releases the rest in their names.
+#[test]
+fn counts_opens_and_closes_per_process() {
+    let leakbpf = Leakbpf::events(&["--stacks"]);
+    let mut server = Fixture::spawn({
+        let mut c = std::process::Command::new(c_server());
+        c.args(["0", "5", "2"]);
+        c
+    });
+    let port = server.port();
+    let refused = unused_port();
+    let mut client = Fixture::spawn({
+        let mut c = python("client.py");
+        c.args([
+            "127.0.0.1",
+            &port.to_string(),
+            "5",
+            "2",
+            "--refused-port",
+            &refused.to_string(),
+        ]);
+        c
+    });
+    client.ready();
+    server.ready();
+    let (cpid, spid) = (client.pid(), server.pid());
+
+    leakbpf.wait_for(
+        "6 connects and 3 closes from the client, 5 accepts and 2 closes from the server",
+        |e| {
+            opens(e, cpid, "connect").len() == 6
+                && of(e, "close", cpid).len() == 3
+                && opens(e, spid, "accept").len() == 5
+                && of(e, "close", spid).len() == 2
+        },
+    );
+    // Nothing more may come while both hold their sockets.
+    thread::sleep(Duration::from_millis(300));
+    let events = leakbpf.snapshot();
+    assert_eq!(opens(&events, cpid, "connect").len(), 6);
+    assert_eq!(
+        opens(&events, cpid, "accept").len(),
+        0,
+        "an accept attributed to the client"
+    );
+    assert_eq!(of(&events, "close", cpid).len(), 3);
+    assert_eq!(opens(&events, spid, "accept").len(), 5);
+    assert_eq!(
+        opens(&events, spid, "connect").len(),
+        0,
+        "a connect attributed to the server"
+    );
+    assert_eq!(of(&events, "close", spid).len(), 2);
+
+    // The refused connect opened, went SYN_SENT -> CLOSE, and was closed.
+    let failed: Vec<&Value> = opens(&events, cpid, "connect")
+        .into_iter()
+        .filter(|e| e["remote"] == format!("127.0.0.1:{refused}"))
+        .collect();
+    assert_eq!(failed.len(), 1, "one open to the refused port");
+    let cookie = &failed[0]["cookie"];
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "state" && e["cookie"] == *cookie && e["state"] == "CLOSE"),
+        "the refused connect never reached CLOSE"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["event"] == "close" && e["cookie"] == *cookie)
+            .count(),
+        1,
+        "the refused connect was not closed exactly once"
+    );
+
+    // Accepts: the server's fd, its comm, its stack through handle_client.
+    for accept in opens(&events, spid, "accept") {
+        assert_eq!(accept["comm"], "server");
+        assert!(
+            accept["fd"].as_i64().unwrap() > 2,
+            "accept without an fd: {accept}"
+        );
+        assert_eq!(accept["local"], format!("127.0.0.1:{port}"));
+        let user = symbols(&accept["user_stack"]);
+        assert!(
+            user.iter().any(|s| s == "handle_client"),
+            "accept stack {user:?}"
+        );
+        assert!(user.iter().any(|s| s == "main"), "accept stack {user:?}");
+    }
+    // Connects: the client's pid, the server's address, a kernel stack.
+    for connect in opens(&events, cpid, "connect") {
+        assert!(
+            connect["comm"].as_str().unwrap().starts_with("python"),
+            "{connect}"
+        );
+        let kernel = symbols(&connect["kernel_stack"]);
+        assert!(
+            kernel.iter().any(|s| s.contains("connect")),
+            "kernel stack {kernel:?}"
+        );
+    }
+
+    // Killing them releases the rest, attributed to each owner.
+    client.kill();
+    leakbpf.wait_for("6 client closes after kill", |e| {
+        of(e, "close", cpid).len() == 6
+    });
+    server.kill();
+    leakbpf.wait_for("5 server closes after kill", |e| {
+        of(e, "close", spid).len() == 5
+    });
+
+    let stopped = leakbpf.stop();
+    assert_eq!(of(&stopped.events, "close", cpid).len(), 6);
+    assert_eq!(of(&stopped.events, "close", spid).len(), 5);
+    // Every close carries the lifetime of its socket.
+    for close in of(&stopped.events, "close", cpid) {
+        assert!(close["lifetime_ms"].as_f64().unwrap() >= 0.0, "{close}");
+    }
+    assert_eq!(stopped.summary["lost_events"], 0, "{}", stopped.summary);
+    assert_eq!(stopped.summary["complete"], true, "{}", stopped.summary);
+    assert_eq!(stopped.summary["hooks"], "tracepoint");
+}
+
+/// Go keeps frame pointers: a net.Dial stack reaches main through the dialer.
+#[test]
+fn go_connect_stacks_show_the_dialer() {
+    let leakbpf = Leakbpf::events(&["--stacks"]);
+    let mut server = Fixture::spawn({
+        let mut c = std::process::Command::new(c_server());
+        c.args(["0", "3", "0"]);
+        c
+    });
+    let port = server.port();
+    let mut dialer = Fixture::spawn({
+        let mut c = std::process::Command::new(go_dialer());
+        c.args([format!("127.0.0.1:{port}"), "3".to_owned()]);
+        c
+    });
+    dialer.ready();
+    server.ready();
+    let pid = dialer.pid();
+    leakbpf.wait_for("3 Go connects", |e| opens(e, pid, "connect").len() == 3);
+    let events = leakbpf.snapshot();
+    for connect in opens(&events, pid, "connect") {
+        assert_eq!(connect["comm"], "dialer");
+        let user = symbols(&connect["user_stack"]);
+        assert!(
+            user.iter().any(|s| s == "net.(*Dialer).DialContext"),
+            "Go stack without net.(*Dialer).DialContext: {user:?}"
+        );
+        assert!(
+            user.iter().any(|s| s == "main.dialOne"),
+            "Go stack {user:?}"
+        );
+    }
+    assert_eq!(of(&events, "close", pid).len(), 0);
+    dialer.kill();
+    leakbpf.wait_for("3 Go closes after kill", |e| of(e, "close", pid).len() == 3);
+    let stopped = leakbpf.stop();
+    assert_eq!(stopped.summary["lost_events"], 0, "{}", stopped.summary);
+}
+
+#[test]
+fn ipv6_sockets_are_traced() {
+    let leakbpf = Leakbpf::events(&["-6"]);
+    let mut server = Fixture::spawn({
+        let mut c = std::process::Command::new(c_server());
+        c.args(["-6", "0", "3", "1"]);
+        c
+    });
+    let port = server.port();
+    let mut client = Fixture::spawn({
+        let mut c = python("client.py");
+        c.args(["-6", "::1", &port.to_string(), "3", "1"]);
+        c
+    });
+    client.ready();
+    server.ready();
+    let (cpid, spid) = (client.pid(), server.pid());
+    leakbpf.wait_for("3 IPv6 connects and accepts", |e| {
+        opens(e, cpid, "connect").len() == 3
+            && opens(e, spid, "accept").len() == 3
+            && of(e, "close", cpid).len() == 1
+            && of(e, "close", spid).len() == 1
+    });
+    thread::sleep(Duration::from_millis(300));
+    let events = leakbpf.snapshot();
+    assert_eq!(of(&events, "close", cpid).len(), 1);
+    assert_eq!(of(&events, "close", spid).len(), 1);
+    for open in opens(&events, spid, "accept") {
+        assert_eq!(open["family"], "ipv6");
+        assert_eq!(open["local"], format!("[::1]:{port}"));
+    }
+    for open in of(&events, "open", cpid) {
+        assert_eq!(open["remote"], format!("[::1]:{port}"));
+    }
+    let stopped = leakbpf.stop();
+    assert!(
+        stopped.events.iter().all(|e| e["family"] == "ipv6"),
+        "-6 let an IPv4 event through"
+    );
+    assert_eq!(stopped.summary["lost_events"], 0, "{}", stopped.summary);
+}
+
+/// A frozen consumer and a one-page ring: the burst cannot fit, and the
+/// loss is counted and reported instead of silently missing.
+#[test]
+fn a_full_ring_is_counted_and_reported() {
+    let leakbpf = Leakbpf::events(&["--ring-bytes", "4096"]);
+    let mut listener = Fixture::spawn({
+        let mut c = python("listener.py");
+        c.arg("0");
+        c
+    });
+    let port = listener.port();
+    listener.ready();
+    leakbpf.signal(libc::SIGSTOP);
+    let mut burst = Fixture::spawn({
+        let mut c = python("burst.py");
+        c.args(["127.0.0.1", &port.to_string(), "500"]);
+        c
+    });
+    burst.ready();
+    leakbpf.signal(libc::SIGCONT);
+    let stopped = leakbpf.stop();
+    let lost = stopped.summary["lost_events"].as_u64().unwrap();
+    let ringbuf_full = stopped.summary["lost"]["ringbuf_full"].as_u64().unwrap();
+    // 500 connects make well over 2000 events; a page holds a few dozen.
+    assert!(lost >= 1000, "only {lost} lost: {}", stopped.summary);
+    assert_eq!(lost, ringbuf_full);
+    assert_eq!(stopped.summary["complete"], false);
+    assert!(
+        stopped.stderr.contains("warning: the kernel dropped data"),
+        "loss not reported on stderr:\n{}",
+        stopped.stderr
+    );
+}

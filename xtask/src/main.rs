@@ -1,0 +1,169 @@
+//! Build, lint and test orchestration. Run through `./x`, which installs the
+//! pinned toolchains and bpf-linker first and puts them on PATH.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "leakbpf's developer tasks (run them through ./x)")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build leakbpf (release, with its eBPF programs embedded).
+    Build,
+    /// Build, then run leakbpf on this host (default: `events --duration 10s`). Needs root.
+    Run {
+        /// Arguments for leakbpf.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// rustfmt and clippy on the user crates and, separately, on the eBPF crate.
+    Lint,
+    /// Lint, unit tests, then the privileged end-to-end tests. Needs root.
+    Test,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    let root = workspace_root();
+    match task {
+        Task::Build => build(&root).map(|_| ()),
+        Task::Run { args } => {
+            let binary = build(&root)?;
+            require_root("leakbpf")?;
+            let args = if args.is_empty() {
+                vec![
+                    "events".to_owned(),
+                    "--duration".to_owned(),
+                    "10s".to_owned(),
+                ]
+            } else {
+                args
+            };
+            cmd(&binary, &root).args(args).run()
+        }
+        Task::Lint => lint(&root),
+        Task::Test => {
+            lint(&root)?;
+            let binary = build(&root)?;
+            require_root("the end-to-end tests")?;
+            // Pure logic first: fast, no root.
+            cargo(&root)
+                .args(["test", "--release", "-p", "leakbpf", "-p", "leakbpf-common"])
+                .run()?;
+            // They share kernel state and load programs: one at a time.
+            cargo(&root)
+                .args([
+                    "test",
+                    "--release",
+                    "-p",
+                    "leakbpf-tests",
+                    "--",
+                    "--test-threads=1",
+                ])
+                .env("LEAKBPF_BIN", &binary)
+                .run()
+        }
+    }
+}
+
+fn build(root: &Path) -> Result<PathBuf> {
+    cargo(root)
+        .args(["build", "--release", "-p", "leakbpf"])
+        .run()?;
+    Ok(root.join("target/release/leakbpf"))
+}
+
+fn lint(root: &Path) -> Result<()> {
+    cargo(root).args(["fmt", "--all", "--check"]).run()?;
+    cargo(root)
+        .args([
+            "clippy",
+            "--release",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .run()?;
+    // The eBPF crate: its own target and toolchain (leakbpf-ebpf/rust-toolchain.toml).
+    let ebpf = root.join("leakbpf-ebpf");
+    Command::new("cargo")
+        .current_dir(&ebpf)
+        .args([
+            "clippy",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .run()
+}
+
+fn require_root(what: &str) -> Result<()> {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().nth(1).map(str::to_owned))
+        });
+    if uid.as_deref() != Some("0") {
+        bail!("{what} needs root to load eBPF programs: run ./x as root (sudo ./x ...)");
+    }
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+fn cargo(root: &Path) -> Command {
+    cmd(Path::new("cargo"), root)
+}
+
+fn cmd(program: &Path, root: &Path) -> Command {
+    let mut command = Command::new(program);
+    command.current_dir(root);
+    command
+}
+
+trait Run {
+    fn run(&mut self) -> Result<()>;
+}
+
+impl Run for Command {
+    fn run(&mut self) -> Result<()> {
+        let status = self.status().with_context(|| format!("running {self:?}"))?;
+        if !status.success() {
+            bail!("{self:?} failed with {status}");
+        }
+        Ok(())
+    }
+}
