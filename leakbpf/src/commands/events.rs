@@ -182,8 +182,8 @@ impl<W: std::io::Write> Printer<W> {
     fn header(&mut self) -> Result<()> {
         writeln!(
             self.out,
-            "{:<15} {:<7} {:>7} {:<15} {:<8} {:>22} {:>22} {:<11} {}",
-            "TIME", "EVENT", "PID", "COMM", "DIR", "LOCAL", "REMOTE", "STATE", "DETAIL"
+            "{:<15} {:<7} {:>7} {:<15} {:<8} {:>22} {:>22} {:<11} DETAIL",
+            "TIME", "EVENT", "PID", "COMM", "DIR", "LOCAL", "REMOTE", "STATE"
         )?;
         Ok(())
     }

@@ -243,6 +243,35 @@ fn unescape_mount_point(escaped: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Where leakbpf mounts tracefs when no mount exists (as the kernel docs do).
+pub const DEFAULT_MOUNT: &str = "/sys/kernel/tracing";
+
+/// The tracefs mount, mounting it on [`DEFAULT_MOUNT`] first if the system
+/// has none (a fresh VM may not). Needs root, like everything that loads.
+pub fn ensure_mounted() -> anyhow::Result<Tracefs> {
+    if let Ok(tracefs) = Tracefs::find() {
+        return Ok(tracefs);
+    }
+    let target = std::ffi::CString::new(DEFAULT_MOUNT).expect("no NUL in a constant");
+    // SAFETY: NUL-terminated strings that outlive the call; no data pointer.
+    let rc = unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        anyhow::bail!(
+            "tracefs is not mounted and mounting it on {DEFAULT_MOUNT} failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(Tracefs::find()?)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -436,33 +465,4 @@ print fmt: \"family=%s sport=%hu dport=%hu saddr=%pI4 daddr=%pI4 saddrv6=%pI6c d
         );
         assert_eq!(unescape_mount_point(r"a\134b\011c\"), "a\\b\tc\\");
     }
-}
-
-/// Where leakbpf mounts tracefs when no mount exists (as the kernel docs do).
-pub const DEFAULT_MOUNT: &str = "/sys/kernel/tracing";
-
-/// The tracefs mount, mounting it on [`DEFAULT_MOUNT`] first if the system
-/// has none (a fresh VM may not). Needs root, like everything that loads.
-pub fn ensure_mounted() -> anyhow::Result<Tracefs> {
-    if let Ok(tracefs) = Tracefs::find() {
-        return Ok(tracefs);
-    }
-    let target = std::ffi::CString::new(DEFAULT_MOUNT).expect("no NUL in a constant");
-    // SAFETY: NUL-terminated strings that outlive the call; no data pointer.
-    let rc = unsafe {
-        libc::mount(
-            c"nodev".as_ptr(),
-            target.as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        anyhow::bail!(
-            "tracefs is not mounted and mounting it on {DEFAULT_MOUNT} failed: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(Tracefs::find()?)
 }
