@@ -86,6 +86,12 @@ pub struct Endpoints {
     pub remote_addr: [u8; 16],
 }
 
+/// Words copied from the top of the user stack at an open. Frame-pointer
+/// unwinding skips the caller of a leaf function that keeps no frame (libc's
+/// connect()/accept() wrappers); with these words and the function's
+/// `.eh_frame` rules, user space recovers that caller's return address.
+pub const USER_STACK_TOP_WORDS: usize = 16;
+
 /// A stack id the kernel could not get is stored as `-errno`.
 pub type StackId = i32;
 
@@ -102,6 +108,9 @@ pub struct OpenEvent {
     pub fd: i32,
     pub user_stack_id: StackId,
     pub kernel_stack_id: StackId,
+    /// User stack pointer (0 if unknown) and the words above it.
+    pub user_sp: u64,
+    pub user_stack_top: [u64; USER_STACK_TOP_WORDS],
 }
 
 #[repr(C)]
@@ -156,6 +165,8 @@ pub struct KernelOffsets {
     pub fdt_fd: u32,
     pub file_private_data: u32,
     pub socket_sk: u32,
+    /// `pt_regs.sp`: the user stack pointer saved at syscall entry.
+    pub pt_regs_sp: u32,
     // tracepoint records
     /// `ret` in `syscalls:sys_exit_accept{,4}`.
     pub accept_exit_ret: u32,

@@ -1,16 +1,23 @@
 //! Maps and the helpers that fill them: the ring buffer of events, the stack
 //! map, and the per-CPU counters of everything that had to be dropped.
+use core::ffi::c_void;
+
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_task_btf, bpf_get_smp_processor_id,
+            bpf_ktime_get_ns, bpf_probe_read_user, bpf_task_pt_regs,
+        },
     },
     macros::map,
     maps::{PerCpuArray, RingBuf, StackTrace},
     programs::tracing::StackIdContext,
 };
-use leakbpf_common::{EventHeader, StackId, Task, lost};
+use leakbpf_common::{
+    Endpoints, EventHeader, OpenEvent, StackId, Task, USER_STACK_TOP_WORDS, kind, lost,
+};
 
 /// Default size; user space may resize it before load (`--ring-bytes`).
 #[map]
@@ -74,6 +81,62 @@ pub fn stack_ids<C: StackIdContext>(ctx: &C) -> (StackId, StackId) {
         }
     };
     (user, kernel)
+}
+
+/// Writes an open event straight into the ring (it is too big to build on
+/// the 512-byte BPF stack first): who, which socket, and where in the code,
+/// with the user stack pointer and the words above it so user space can
+/// recover a caller that frame-pointer unwinding skipped.
+#[inline(always)]
+pub fn submit_open<C: StackIdContext>(
+    ctx: &C,
+    cookie: u64,
+    endpoints: Endpoints,
+    direction: u8,
+    fd: i32,
+    sp_offset: u32,
+) {
+    let Some(mut entry) = EVENTS.reserve::<OpenEvent>(0) else {
+        count_lost(lost::RINGBUF_FULL);
+        return;
+    };
+    let (user_stack_id, kernel_stack_id) = stack_ids(ctx);
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points to a reserved, exclusively owned ring entry;
+    // every field is written before submit.
+    unsafe {
+        (*event).header = header(kind::OPEN, cookie);
+        (*event).task = current_task();
+        (*event).endpoints = endpoints;
+        (*event).direction = direction;
+        (*event)._pad = [0; 3];
+        (*event).fd = fd;
+        (*event).user_stack_id = user_stack_id;
+        (*event).kernel_stack_id = kernel_stack_id;
+        (*event).user_sp = 0;
+        let top = &raw mut (*event).user_stack_top;
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as u64;
+        let sp = if regs == 0 {
+            Err(-1)
+        } else {
+            bpf_probe_read_kernel((regs + u64::from(sp_offset)) as *const u64)
+        };
+        let copied = match sp {
+            Ok(sp) => {
+                (*event).user_sp = sp;
+                bpf_probe_read_user(
+                    top.cast::<c_void>(),
+                    (USER_STACK_TOP_WORDS * 8) as u32,
+                    sp as *const c_void,
+                ) == 0
+            }
+            Err(_) => false,
+        };
+        if !copied {
+            (*top) = [0; USER_STACK_TOP_WORDS];
+        }
+    }
+    entry.submit(0);
 }
 
 /// Copies `event` into the ring buffer, or counts it as lost.

@@ -51,6 +51,13 @@ pub struct Open {
     pub fd: Option<i32>,
     pub user_stack: Stack,
     pub kernel_stack: Stack,
+    /// User stack pointer at the syscall and the words above it (see
+    /// [`crate::unwind`]); 0 and zeros when unknown.
+    pub user_sp: u64,
+    pub user_stack_top: [u64; common::USER_STACK_TOP_WORDS],
+    /// The caller frame-pointer unwinding skipped, recovered by user space
+    /// ([`crate::stacks::StackResolver`]) before the event is applied.
+    pub leaf_caller: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -241,6 +248,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 fd: (raw.fd >= 0).then_some(raw.fd),
                 user_stack: stack(raw.user_stack_id),
                 kernel_stack: stack(raw.kernel_stack_id),
+                user_sp: raw.user_sp,
+                user_stack_top: raw.user_stack_top,
+                leaf_caller: None,
             }))
         }
         kind::STATE => {
@@ -375,7 +385,7 @@ mod tests {
         assert_eq!(size_of::<common::EventHeader>(), 24);
         assert_eq!(size_of::<common::Task>(), 32);
         assert_eq!(size_of::<common::Endpoints>(), 40);
-        assert_eq!(size_of::<common::OpenEvent>(), 112);
+        assert_eq!(size_of::<common::OpenEvent>(), 248);
         assert_eq!(size_of::<common::StateEvent>(), 72);
         assert_eq!(size_of::<common::CloseEvent>(), 64);
         assert_eq!(size_of::<common::DestroyEvent>(), 24);
@@ -397,6 +407,8 @@ mod tests {
             fd: -1,
             user_stack_id: 5,
             kernel_stack_id: -17,
+            user_sp: 0x7ffd_0000,
+            user_stack_top: [7; common::USER_STACK_TOP_WORDS],
         };
         let event = decode(&bytes_of(&raw)).unwrap();
         let Event::Open(open) = event else {
@@ -414,6 +426,9 @@ mod tests {
         assert_eq!(open.endpoints.state, TcpState::Established);
         assert_eq!(open.user_stack, Stack::Id(5));
         assert_eq!(open.kernel_stack, Stack::Missing(17));
+        assert_eq!(open.user_sp, 0x7ffd_0000);
+        assert_eq!(open.user_stack_top[15], 7);
+        assert_eq!(open.leaf_caller, None);
     }
 
     #[test]
@@ -502,7 +517,7 @@ mod tests {
             decode(&bytes_of(&header)),
             Err(DecodeError::Short {
                 what: "open record",
-                need: 112,
+                need: 248,
                 got: 24
             })
         );

@@ -12,5 +12,7 @@ pub mod filter;
 pub mod hooks;
 pub mod kernel;
 pub mod socket_table;
+pub mod stacks;
 pub mod symbolize;
 pub mod tracer;
+pub mod unwind;

@@ -18,6 +18,8 @@ pub struct Socket {
     pub state_since_ns: u64,
     pub fd: Option<i32>,
     pub user_stack: Stack,
+    /// The caller frame-pointer unwinding skipped (see [`crate::unwind`]).
+    pub leaf_caller: Option<u64>,
     pub kernel_stack: Stack,
     pub closed: Option<Closed>,
 }
@@ -139,6 +141,7 @@ impl SocketTable {
                 state_since_ns: open.time_ns,
                 fd: open.fd,
                 user_stack: open.user_stack,
+                leaf_caller: open.leaf_caller,
                 kernel_stack: open.kernel_stack,
                 closed: None,
             },
@@ -247,6 +250,9 @@ mod tests {
             fd: None,
             user_stack: Stack::Id(1),
             kernel_stack: Stack::Id(2),
+            user_sp: 0,
+            user_stack_top: [0; leakbpf_common::USER_STACK_TOP_WORDS],
+            leaf_caller: None,
         })
     }
 

@@ -16,7 +16,8 @@ use crate::{
     event::{Direction, Event, Family, Stack, Task, TcpState},
     filter::Filter,
     socket_table::{Applied, Socket, SocketTable},
-    symbolize::{Frame, Symbolizer},
+    stacks::StackResolver,
+    symbolize::Frame,
     tracer::{LostCounts, Tracer, TracerOptions},
 };
 
@@ -98,7 +99,8 @@ async fn stream(args: EventsArgs, filter: Filter) -> Result<ExitCode> {
         format: args.format,
         out: BufWriter::new(std::io::stdout().lock()),
         clock,
-        symbolizer: args.stacks.then(Symbolizer::default),
+        stacks: StackResolver::default(),
+        show_stacks: args.stacks,
         filter,
         table: SocketTable::default(),
         events: 0,
@@ -171,7 +173,8 @@ struct Printer<W: std::io::Write> {
     format: EventFormat,
     out: W,
     clock: Clock,
-    symbolizer: Option<Symbolizer>,
+    stacks: StackResolver,
+    show_stacks: bool,
     filter: Filter,
     table: SocketTable,
     events: u64,
@@ -189,8 +192,11 @@ impl<W: std::io::Write> Printer<W> {
     }
 
     fn print_batch(&mut self, tracer: &Tracer, batch: &mut Vec<Event>) -> Result<()> {
-        for event in batch.drain(..) {
+        for mut event in batch.drain(..) {
             self.events += 1;
+            if let Event::Open(open) = &mut event {
+                self.stacks.on_open(tracer, open);
+            }
             // A destroy removes the socket: look at it first.
             let before = match &event {
                 Event::Destroy(d) => self.table.get(d.cookie).cloned(),
@@ -265,15 +271,14 @@ impl<W: std::io::Write> Printer<W> {
                 record.fd = open.fd;
                 record.user_stack_id = stack_id(open.user_stack);
                 record.kernel_stack_id = stack_id(open.kernel_stack);
-                if let Some(symbolizer) = &self.symbolizer {
-                    let frames = |stack| match stack {
-                        Stack::Id(id) => tracer.stack(id),
-                        Stack::Missing(_) => None,
-                    };
-                    record.user_stack =
-                        frames(open.user_stack).map(|addrs| symbolizer.user(open.task.pid, &addrs));
-                    record.kernel_stack =
-                        frames(open.kernel_stack).map(|addrs| symbolizer.kernel(&addrs));
+                if self.show_stacks {
+                    record.user_stack = self.stacks.user_frames(
+                        tracer,
+                        open.task.pid,
+                        open.user_stack,
+                        open.leaf_caller,
+                    );
+                    record.kernel_stack = self.stacks.kernel_frames(tracer, open.kernel_stack);
                 }
             }
             (Event::State(change), _) => record.old_state = Some(change.old),

@@ -66,6 +66,8 @@ const STRUCT_MEMBERS: &[StructMember] = &[
     member!(fdt_fd: "fdtable"."fd", POINTER),
     member!(file_private_data: "file"."private_data", POINTER),
     member!(socket_sk: "socket"."sk", POINTER),
+    // The user stack pointer at syscall entry (x86_64 `struct pt_regs`).
+    member!(pt_regs_sp: "pt_regs"."sp", 8),
 ];
 
 /// Reads every offset from the running kernel: BTF from

@@ -1,0 +1,264 @@
+//! Recovers the caller that frame-pointer unwinding skips.
+//!
+//! The kernel walks user stacks through saved frame pointers. A leaf
+//! function that keeps no frame of its own (glibc's `connect`/`accept`
+//! wrappers are built without frame pointers) is the innermost frame at the
+//! syscall, but its return address sits on the stack, not in a frame record:
+//! the walk goes from the wrapper straight to its caller's caller, and the
+//! function that actually called `accept()` vanishes. The open event carries
+//! the user stack pointer and the words above it; the wrapper's `.eh_frame`
+//! rule at the syscall's IP says where among them its return address is.
+use std::{
+    collections::HashMap,
+    fs,
+    ops::Range,
+    sync::Arc,
+};
+
+use gimli::{
+    BaseAddresses, CfaRule, EhFrame, EhFrameHdr, LittleEndian, RegisterRule, UnwindContext,
+    UnwindSection as _, X86_64,
+};
+use object::{Object as _, ObjectSection as _, ObjectSegment as _};
+
+/// Unwind tables of one ELF file, kept for every process that maps it.
+struct ElfTables {
+    data: Vec<u8>,
+    eh_frame: (Range<usize>, u64),
+    eh_frame_hdr: Option<(Range<usize>, u64)>,
+    text_address: u64,
+    /// PT_LOAD segments: (file offset, file size, virtual address).
+    loads: Vec<(u64, u64, u64)>,
+}
+
+impl ElfTables {
+    fn parse(data: Vec<u8>) -> Option<ElfTables> {
+        let file = object::File::parse(&*data).ok()?;
+        let section = |name: &str| {
+            let section = file.section_by_name(name)?;
+            let (offset, size) = section.file_range()?;
+            Some((offset as usize..(offset + size) as usize, section.address()))
+        };
+        let eh_frame = section(".eh_frame")?;
+        let eh_frame_hdr = section(".eh_frame_hdr");
+        let text_address = file.section_by_name(".text").map_or(0, |s| s.address());
+        let loads = file
+            .segments()
+            .map(|segment| {
+                let (offset, size) = segment.file_range();
+                (offset, size, segment.address())
+            })
+            .collect();
+        Some(ElfTables {
+            data,
+            eh_frame,
+            eh_frame_hdr,
+            text_address,
+            loads,
+        })
+    }
+
+    /// ELF virtual address of a file offset.
+    fn address_of(&self, file_offset: u64) -> Option<u64> {
+        self.loads
+            .iter()
+            .find(|(offset, size, _)| (*offset..offset + size).contains(&file_offset))
+            .map(|(offset, _, vaddr)| file_offset - offset + vaddr)
+    }
+
+    /// Where the return address is, relative to the stack pointer, at
+    /// `address`; `None` when the function keeps a frame pointer (the
+    /// kernel's walk is right then) or has no unwind rule.
+    fn return_address_slot(&self, address: u64) -> Option<u64> {
+        let eh_frame = EhFrame::new(self.data.get(self.eh_frame.0.clone())?, LittleEndian);
+        let mut bases = BaseAddresses::default()
+            .set_eh_frame(self.eh_frame.1)
+            .set_text(self.text_address);
+        let mut context = UnwindContext::new();
+        let row = match &self.eh_frame_hdr {
+            Some((range, hdr_address)) => {
+                bases = bases.set_eh_frame_hdr(*hdr_address);
+                let hdr = EhFrameHdr::new(self.data.get(range.clone())?, LittleEndian)
+                    .parse(&bases, 8)
+                    .ok()?;
+                hdr.table()?
+                    .unwind_info_for_address(
+                        &eh_frame,
+                        &bases,
+                        &mut context,
+                        address,
+                        EhFrame::cie_from_offset,
+                    )
+                    .ok()?
+                    .clone()
+            }
+            None => eh_frame
+                .unwind_info_for_address(&bases, &mut context, address, EhFrame::cie_from_offset)
+                .ok()?
+                .clone(),
+        };
+        let CfaRule::RegisterAndOffset { register, offset } = row.cfa() else {
+            return None;
+        };
+        if *register != X86_64::RSP {
+            return None;
+        }
+        let Some(RegisterRule::Offset(ra_offset)) = row.register(X86_64::RA) else {
+            return None;
+        };
+        u64::try_from(offset + ra_offset).ok()
+    }
+}
+
+/// One executable mapping of a process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Mapping {
+    range: Range<u64>,
+    file_offset: u64,
+    /// (device, inode): the file's identity across processes.
+    file: (String, u64),
+}
+
+/// Executable file-backed mappings in /proc/PID/maps text.
+fn parse_maps(text: &str) -> Vec<Mapping> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (start, end) = fields.next()?.split_once('-')?;
+            let perms = fields.next()?;
+            let offset = fields.next()?;
+            let device = fields.next()?;
+            let inode: u64 = fields.next()?.parse().ok()?;
+            if !perms.contains('x') || inode == 0 {
+                return None;
+            }
+            Some(Mapping {
+                range: u64::from_str_radix(start, 16).ok()?..u64::from_str_radix(end, 16).ok()?,
+                file_offset: u64::from_str_radix(offset, 16).ok()?,
+                file: (device.to_owned(), inode),
+            })
+        })
+        .collect()
+}
+
+/// Caches what it reads: maps per process, unwind tables per file.
+#[derive(Default)]
+pub struct LeafUnwinder {
+    maps: HashMap<u32, Vec<Mapping>>,
+    files: HashMap<(String, u64), Option<Arc<ElfTables>>>,
+}
+
+impl LeafUnwinder {
+    /// The return address of the caller of the innermost frame at `ip`,
+    /// read from `stack_top` (the words at the user `sp`), when that frame
+    /// keeps no frame pointer. Process `pid` must still be running.
+    pub fn caller(&mut self, pid: u32, ip: u64, sp: u64, stack_top: &[u64]) -> Option<u64> {
+        if sp == 0 {
+            return None;
+        }
+        let mapping = self.mapping(pid, ip)?;
+        let tables = self.tables(pid, &mapping)?;
+        let address = tables.address_of(ip - mapping.range.start + mapping.file_offset)?;
+        let slot = tables.return_address_slot(address)?;
+        if slot % 8 != 0 {
+            return None;
+        }
+        stack_top.get((slot / 8) as usize).copied().filter(|&ra| ra != 0)
+    }
+
+    /// Forgets a process (it exited).
+    pub fn forget(&mut self, pid: u32) {
+        self.maps.remove(&pid);
+    }
+
+    fn mapping(&mut self, pid: u32, ip: u64) -> Option<Mapping> {
+        let find = |maps: &Vec<Mapping>| maps.iter().find(|m| m.range.contains(&ip)).cloned();
+        if let Some(found) = self.maps.get(&pid).and_then(find) {
+            return Some(found);
+        }
+        // Not cached, or mapped since (dlopen): read again.
+        let maps = parse_maps(&fs::read_to_string(format!("/proc/{pid}/maps")).ok()?);
+        let found = find(&maps);
+        self.maps.insert(pid, maps);
+        found
+    }
+
+    fn tables(&mut self, pid: u32, mapping: &Mapping) -> Option<Arc<ElfTables>> {
+        self.files
+            .entry(mapping.file.clone())
+            .or_insert_with(|| {
+                // map_files reaches the very file mapped, also inside a
+                // container's mount namespace or after it was replaced.
+                let path = format!(
+                    "/proc/{pid}/map_files/{:x}-{:x}",
+                    mapping.range.start, mapping.range.end
+                );
+                fs::read(path).ok().and_then(ElfTables::parse).map(Arc::new)
+            })
+            .clone()
+    }
+}
+
+/// Puts the recovered caller where the kernel's walk skipped it.
+pub fn insert_caller(ips: &mut Vec<u64>, caller: Option<u64>) {
+    if let Some(caller) = caller
+        && !ips.is_empty()
+        && ips.get(1) != Some(&caller)
+    {
+        ips.insert(1, caller);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_executable_file_mappings_only() {
+        let maps = "\
+55d0c0a00000-55d0c0a01000 r--p 00000000 fe:01 1234 /usr/bin/server
+55d0c0a01000-55d0c0a02000 r-xp 00001000 fe:01 1234 /usr/bin/server
+7f0000000000-7f0000021000 rw-p 00000000 00:00 0
+7ffd1c9f0000-7ffd1c9f2000 r-xp 00000000 00:00 0 [vdso]
+";
+        assert_eq!(
+            parse_maps(maps),
+            [Mapping {
+                range: 0x55d0_c0a0_1000..0x55d0_c0a0_2000,
+                file_offset: 0x1000,
+                file: ("fe:01".to_owned(), 1234),
+            }]
+        );
+    }
+
+    #[test]
+    fn inserts_a_caller_only_when_missing() {
+        let mut ips = vec![1, 3];
+        insert_caller(&mut ips, Some(2));
+        assert_eq!(ips, [1, 2, 3]);
+        insert_caller(&mut ips, Some(2));
+        assert_eq!(ips, [1, 2, 3], "already the next frame");
+        insert_caller(&mut ips, None);
+        assert_eq!(ips, [1, 2, 3]);
+    }
+
+    /// The real thing, in this process: a leaf without a frame (glibc's
+    /// `getpid` wrapper is one instruction sequence, no frame) has its return
+    /// address at [sp]; libc's own tables must say so for the `ret` site.
+    #[test]
+    fn finds_the_return_address_slot_of_a_libc_leaf() {
+        let pid = std::process::id();
+        let mut unwinder = LeafUnwinder::default();
+        let getpid = libc::getpid as usize as u64;
+        let mapping = unwinder.mapping(pid, getpid).expect("getpid is mapped");
+        let tables = unwinder.tables(pid, &mapping).expect("libc has .eh_frame");
+        let address = tables
+            .address_of(getpid - mapping.range.start + mapping.file_offset)
+            .expect("getpid's file offset is in a PT_LOAD segment");
+        // At a function's first instruction the return address is at [sp].
+        assert_eq!(tables.return_address_slot(address), Some(0));
+        // And caller() reads it from the first stack word.
+        assert_eq!(unwinder.caller(pid, getpid, 0x7000, &[0xabc, 0xdef]), Some(0xabc));
+        assert_eq!(unwinder.caller(pid, getpid, 0, &[0xabc]), None, "no sp, no answer");
+    }
+}
