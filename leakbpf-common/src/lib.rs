@@ -19,6 +19,8 @@ pub mod kind {
     pub const CLOSE: u32 = 3;
     /// The kernel destroyed the socket.
     pub const DESTROY: u32 = 4;
+    /// A process (thread-group leader) exited; `cookie` is 0.
+    pub const EXIT: u32 = 5;
 }
 
 /// Values of [`OpenEvent::direction`].
@@ -138,6 +140,13 @@ pub struct CloseEvent {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DestroyEvent {
     pub header: EventHeader,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+    pub task: Task,
 }
 
 /// Byte offsets into kernel structures and tracepoint records, read by user

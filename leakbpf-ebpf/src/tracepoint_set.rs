@@ -9,7 +9,7 @@ use aya_ebpf::{
     macros::{btf_tracepoint, cgroup_sock, tracepoint},
     programs::{BtfTracePointContext, SockContext, TracePointContext},
 };
-use leakbpf_common::{CloseEvent, DestroyEvent, StateEvent, direction, kind, lost};
+use leakbpf_common::{CloseEvent, DestroyEvent, ExitEvent, StateEvent, direction, kind, lost};
 
 use crate::{
     emit::{count_lost, current_task, header, submit, submit_open},
@@ -136,6 +136,22 @@ pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
     if let Ok(cookie) = unsafe { ctx.read_at::<u64>(off.destroy_cookie as usize) } {
         submit(DestroyEvent {
             header: header(kind::DESTROY, cookie),
+        });
+    }
+    0
+}
+
+/// `sched:sched_process_exit`: a process ended. Its sockets were released
+/// (or handed on) by then; user space uses this to retire the pid, so a
+/// lost close cannot become a phantom leak and a reused pid starts clean.
+/// Only the thread-group leader's exit is forwarded.
+#[tracepoint]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    let task = current_task();
+    if task.pid == task.tid {
+        submit(ExitEvent {
+            header: header(kind::EXIT, 0),
+            task,
         });
     }
     0

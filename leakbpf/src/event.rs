@@ -17,6 +17,7 @@ pub enum Event {
     State(StateChange),
     Close(Close),
     Destroy(Destroy),
+    Exit(Exit),
 }
 
 impl Event {
@@ -26,6 +27,7 @@ impl Event {
             Event::State(e) => e.time_ns,
             Event::Close(e) => e.time_ns,
             Event::Destroy(e) => e.time_ns,
+            Event::Exit(e) => e.time_ns,
         }
     }
 
@@ -35,6 +37,7 @@ impl Event {
             Event::State(e) => e.cookie,
             Event::Close(e) => e.cookie,
             Event::Destroy(e) => e.cookie,
+            Event::Exit(_) => 0,
         }
     }
 }
@@ -81,6 +84,13 @@ pub struct Close {
 pub struct Destroy {
     pub time_ns: u64,
     pub cookie: u64,
+}
+
+/// A process ended (its thread-group leader exited).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub time_ns: u64,
+    pub task: Task,
 }
 
 /// The process (and thread) that did something.
@@ -278,6 +288,13 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 cookie: header.cookie,
             }))
         }
+        kind::EXIT => {
+            let raw: common::ExitEvent = read_record(bytes, "exit record")?;
+            Ok(Event::Exit(Exit {
+                time_ns: header.time_ns,
+                task: task(&raw.task),
+            }))
+        }
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -389,6 +406,7 @@ mod tests {
         assert_eq!(size_of::<common::StateEvent>(), 72);
         assert_eq!(size_of::<common::CloseEvent>(), 64);
         assert_eq!(size_of::<common::DestroyEvent>(), 24);
+        assert_eq!(size_of::<common::ExitEvent>(), 56);
     }
 
     #[test]
@@ -494,6 +512,26 @@ mod tests {
                 time_ns: 11,
                 cookie: 3
             })
+        );
+    }
+
+    #[test]
+    fn decodes_an_exit() {
+        let raw = common::ExitEvent {
+            header: common::EventHeader {
+                kind: kind::EXIT,
+                cpu: 0,
+                time_ns: 12,
+                cookie: 0,
+            },
+            task: raw_task(),
+        };
+        let Event::Exit(exit) = decode(&bytes_of(&raw)).unwrap() else {
+            panic!("not an exit")
+        };
+        assert_eq!(
+            (exit.time_ns, exit.task.pid, exit.task.comm.as_str()),
+            (12, 4242, "client")
         );
     }
 

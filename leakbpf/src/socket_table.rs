@@ -4,7 +4,9 @@
 //! own (kernel monotonic) time, so it is unit-tested without root.
 use std::collections::HashMap;
 
-use crate::event::{Close, Direction, Endpoints, Event, Open, Stack, StateChange, Task, TcpState};
+use crate::event::{
+    Close, Direction, Endpoints, Event, Exit, Open, Stack, StateChange, Task, TcpState,
+};
 
 /// What the table knows of one socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +38,48 @@ pub struct Closed {
     pub time_ns: u64,
     pub by: Task,
     pub state: TcpState,
+    pub reason: CloseReason,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The kernel's release hook saw it go (close(), exit, last fd).
+    Released,
+    /// Its owner exited without a release being seen: the close was lost,
+    /// or the socket lives on in another process. Either way it is no
+    /// longer this pid's leak, and the pid may be reused.
+    OwnerExited,
+}
+
+/// Sockets of one process opened the same way from the same code: the
+/// unit of grouping for reports, and of the per-stack open/close counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupKey {
+    pub pid: u32,
+    pub direction: Direction,
+    pub user_stack: Option<u32>,
+    pub leaf_caller: Option<u64>,
+}
+
+impl Socket {
+    pub fn group_key(&self) -> GroupKey {
+        GroupKey {
+            pid: self.owner.pid,
+            direction: self.direction,
+            user_stack: match self.user_stack {
+                Stack::Id(id) => Some(id),
+                Stack::Missing(_) => None,
+            },
+            leaf_caller: self.leaf_caller,
+        }
+    }
+}
+
+/// How many sockets one group opened and closed while tracing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupCounts {
+    pub opened: u64,
+    pub closed: u64,
 }
 
 /// What applying one event did.
@@ -57,6 +101,11 @@ pub enum Applied {
     Untracked,
     /// The table was full: the socket is not tracked, results are incomplete.
     DroppedFull,
+    /// A process exited; this many of its sockets were still open and are
+    /// now retired ([`CloseReason::OwnerExited`]).
+    Exited {
+        retired: usize,
+    },
 }
 
 /// Bounds on memory; anything dropped is counted in [`TableStats`].
@@ -86,11 +135,15 @@ pub struct TableStats {
     pub untracked_events: u64,
     /// Opens not tracked because `max_sockets` was reached.
     pub dropped_full: u64,
+    /// Sockets retired because their owner exited without a release.
+    pub retired_on_exit: u64,
+    pub preexisting: u64,
 }
 
 #[derive(Debug, Default)]
 pub struct SocketTable {
     sockets: HashMap<u64, Socket>,
+    groups: HashMap<GroupKey, GroupCounts>,
     limits: Limits,
     stats: TableStats,
 }
@@ -99,6 +152,7 @@ impl SocketTable {
     pub fn new(limits: Limits) -> Self {
         SocketTable {
             sockets: HashMap::new(),
+            groups: HashMap::new(),
             limits,
             stats: TableStats::default(),
         }
@@ -116,6 +170,7 @@ impl SocketTable {
                 }
                 None => Applied::Untracked,
             },
+            Event::Exit(exit) => self.exit(exit),
         };
         if applied == Applied::Untracked {
             self.stats.untracked_events += 1;
@@ -130,23 +185,78 @@ impl SocketTable {
             return Applied::DroppedFull;
         }
         self.stats.opened += 1;
+        let socket = Socket {
+            cookie: open.cookie,
+            owner: open.task.clone(),
+            direction: open.direction,
+            opened_ns: open.time_ns,
+            endpoints: open.endpoints,
+            state_since_ns: open.time_ns,
+            fd: open.fd,
+            user_stack: open.user_stack,
+            leaf_caller: open.leaf_caller,
+            kernel_stack: open.kernel_stack,
+            closed: None,
+        };
+        self.groups.entry(socket.group_key()).or_default().opened += 1;
+        self.sockets.insert(open.cookie, socket);
+        Applied::Opened
+    }
+
+    /// Tracks a socket found already open when tracing started (see
+    /// [`crate::sockets`]). `now_ns` stands in for its unknown open time.
+    pub fn insert_preexisting(
+        &mut self,
+        cookie: u64,
+        owner: Task,
+        endpoints: Endpoints,
+        fd: Option<i32>,
+        now_ns: u64,
+    ) -> Applied {
+        if self.sockets.contains_key(&cookie) {
+            return Applied::Untracked;
+        }
+        if self.sockets.len() >= self.limits.max_sockets {
+            self.stats.dropped_full += 1;
+            return Applied::DroppedFull;
+        }
+        self.stats.preexisting += 1;
         self.sockets.insert(
-            open.cookie,
+            cookie,
             Socket {
-                cookie: open.cookie,
-                owner: open.task.clone(),
-                direction: open.direction,
-                opened_ns: open.time_ns,
-                endpoints: open.endpoints,
-                state_since_ns: open.time_ns,
-                fd: open.fd,
-                user_stack: open.user_stack,
-                leaf_caller: open.leaf_caller,
-                kernel_stack: open.kernel_stack,
+                cookie,
+                owner,
+                direction: Direction::Preexisting,
+                opened_ns: now_ns,
+                endpoints,
+                state_since_ns: now_ns,
+                fd,
+                user_stack: Stack::Missing(0),
+                leaf_caller: None,
+                kernel_stack: Stack::Missing(0),
                 closed: None,
             },
         );
         Applied::Opened
+    }
+
+    fn exit(&mut self, exit: &Exit) -> Applied {
+        let mut retired = 0;
+        for socket in self.sockets.values_mut() {
+            if socket.owner.pid == exit.task.pid && socket.closed.is_none() {
+                socket.closed = Some(Closed {
+                    time_ns: exit.time_ns,
+                    by: exit.task.clone(),
+                    state: socket.endpoints.state,
+                    reason: CloseReason::OwnerExited,
+                });
+                retired += 1;
+            }
+        }
+        self.stats.retired_on_exit += retired as u64;
+        // The pid may come back as another process: its counts start anew.
+        self.groups.retain(|key, _| key.pid != exit.task.pid);
+        Applied::Exited { retired }
     }
 
     fn state(&mut self, change: &StateChange) -> Applied {
@@ -178,8 +288,12 @@ impl SocketTable {
             time_ns: close.time_ns,
             by: close.task.clone(),
             state: close.state,
+            reason: CloseReason::Released,
         });
         self.stats.closed += 1;
+        if let Some(counts) = self.groups.get_mut(&socket.group_key()) {
+            counts.closed += 1;
+        }
         Applied::Closed {
             lifetime_ns: close.time_ns.saturating_sub(socket.opened_ns),
         }
@@ -202,6 +316,11 @@ impl SocketTable {
     /// Sockets still owned by a process.
     pub fn open_sockets(&self) -> impl Iterator<Item = &Socket> {
         self.sockets.values().filter(|socket| socket.is_open())
+    }
+
+    /// Opens and closes of one group while tracing.
+    pub fn group_counts(&self, key: &GroupKey) -> GroupCounts {
+        self.groups.get(key).copied().unwrap_or_default()
     }
 
     pub fn stats(&self) -> TableStats {
@@ -356,6 +475,90 @@ mod tests {
         );
         assert!(table.is_empty());
         assert_eq!(table.stats().untracked_events, 3);
+    }
+
+    #[test]
+    fn an_exit_retires_what_its_process_still_held() {
+        let mut table = SocketTable::default();
+        table.apply(&open(1, 100, 0));
+        table.apply(&open(2, 100, 0));
+        table.apply(&open(3, 200, 0));
+        table.apply(&close(1, 100, 5));
+        let exit = Event::Exit(Exit {
+            time_ns: 9,
+            task: task(100),
+        });
+        assert_eq!(table.apply(&exit), Applied::Exited { retired: 1 });
+        let closed = table.get(2).unwrap().closed.as_ref().unwrap();
+        assert_eq!(
+            (closed.reason, closed.time_ns),
+            (CloseReason::OwnerExited, 9)
+        );
+        let open: Vec<u64> = table.open_sockets().map(|s| s.cookie).collect();
+        assert_eq!(open, [3], "only the other process's socket is still open");
+        // A new process with the reused pid starts with fresh counts.
+        table.apply(&open(4, 100, 20));
+        let key = table.get(4).unwrap().group_key();
+        assert_eq!(
+            table.group_counts(&key),
+            GroupCounts {
+                opened: 1,
+                closed: 0
+            }
+        );
+        assert_eq!(table.stats().retired_on_exit, 1);
+    }
+
+    #[test]
+    fn counts_opens_and_closes_per_group() {
+        let mut table = SocketTable::default();
+        for cookie in 1..=4 {
+            table.apply(&open(cookie, 100, 0));
+        }
+        table.apply(&close(1, 100, 1));
+        let key = table.get(2).unwrap().group_key();
+        assert_eq!(
+            key,
+            GroupKey {
+                pid: 100,
+                direction: Direction::Connect,
+                user_stack: Some(1),
+                leaf_caller: None
+            }
+        );
+        assert_eq!(
+            table.group_counts(&key),
+            GroupCounts {
+                opened: 4,
+                closed: 1
+            }
+        );
+    }
+
+    #[test]
+    fn preexisting_sockets_are_tracked_until_closed() {
+        let mut table = SocketTable::default();
+        let owner = task(300);
+        let ep = endpoints(5000, TcpState::CloseWait);
+        assert_eq!(
+            table.insert_preexisting(77, owner.clone(), ep, Some(9), 1_000),
+            Applied::Opened
+        );
+        assert_eq!(
+            table.insert_preexisting(77, owner, ep, Some(9), 1_000),
+            Applied::Untracked,
+            "inserted once"
+        );
+        let socket = table.get(77).unwrap();
+        assert_eq!(
+            (socket.direction, socket.fd),
+            (Direction::Preexisting, Some(9))
+        );
+        assert_eq!(
+            table.apply(&close(77, 300, 2_000)),
+            Applied::Closed { lifetime_ns: 1_000 }
+        );
+        assert_eq!(table.stats().preexisting, 1);
     }
 
     #[test]

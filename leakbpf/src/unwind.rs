@@ -8,12 +8,7 @@
 //! function that actually called `accept()` vanishes. The open event carries
 //! the user stack pointer and the words above it; the wrapper's `.eh_frame`
 //! rule at the syscall's IP says where among them its return address is.
-use std::{
-    collections::HashMap,
-    fs,
-    ops::Range,
-    sync::Arc,
-};
+use std::{collections::HashMap, fs, ops::Range, sync::Arc};
 
 use gimli::{
     BaseAddresses, CfaRule, EhFrame, EhFrameHdr, LittleEndian, RegisterRule, UnwindContext,
@@ -163,7 +158,10 @@ impl LeafUnwinder {
         if slot % 8 != 0 {
             return None;
         }
-        stack_top.get((slot / 8) as usize).copied().filter(|&ra| ra != 0)
+        stack_top
+            .get((slot / 8) as usize)
+            .copied()
+            .filter(|&ra| ra != 0)
     }
 
     /// Forgets a process (it exited).
@@ -258,7 +256,14 @@ mod tests {
         // At a function's first instruction the return address is at [sp].
         assert_eq!(tables.return_address_slot(address), Some(0));
         // And caller() reads it from the first stack word.
-        assert_eq!(unwinder.caller(pid, getpid, 0x7000, &[0xabc, 0xdef]), Some(0xabc));
-        assert_eq!(unwinder.caller(pid, getpid, 0, &[0xabc]), None, "no sp, no answer");
+        assert_eq!(
+            unwinder.caller(pid, getpid, 0x7000, &[0xabc, 0xdef]),
+            Some(0xabc)
+        );
+        assert_eq!(
+            unwinder.caller(pid, getpid, 0, &[0xabc]),
+            None,
+            "no sp, no answer"
+        );
     }
 }

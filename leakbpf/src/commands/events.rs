@@ -3,13 +3,13 @@
 use std::{
     io::{BufWriter, Write as _},
     process::ExitCode,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use serde::Serialize;
-use tokio::signal::unix::{SignalKind, signal};
 
+use super::session;
 use crate::{
     cli::{EventFormat, EventsArgs},
     clock::Clock,
@@ -72,11 +72,7 @@ struct Summary {
 pub fn run(args: EventsArgs) -> Result<ExitCode> {
     let filter = Filter::new(&args.filter);
     filter.check_pids_exist()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(stream(args, filter))
+    session::runtime()?.block_on(stream(args, filter))
 }
 
 async fn stream(args: EventsArgs, filter: Filter) -> Result<ExitCode> {
@@ -110,22 +106,13 @@ async fn stream(args: EventsArgs, filter: Filter) -> Result<ExitCode> {
         printer.header()?;
     }
 
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut batch = Vec::new();
-    loop {
-        tokio::select! {
-            read = tracer.read(&mut batch) => read?,
-            _ = interrupt.recv() => break,
-            _ = terminate.recv() => break,
-            () = sleep_until(deadline) => break,
-        }
-        printer.print_batch(&tracer, &mut batch)?;
-    }
-    // Whatever the kernel wrote before we stopped still counts.
-    tracer.drain(&mut batch);
-    printer.print_batch(&tracer, &mut batch)?;
+    session::pump(
+        &mut tracer,
+        args.duration,
+        Duration::from_secs(60),
+        &mut printer,
+    )
+    .await?;
 
     let lost = tracer.lost();
     let summary = Summary {
@@ -162,13 +149,6 @@ async fn stream(args: EventsArgs, filter: Filter) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
 struct Printer<W: std::io::Write> {
     format: EventFormat,
     out: W,
@@ -179,6 +159,12 @@ struct Printer<W: std::io::Write> {
     table: SocketTable,
     events: u64,
     shown: u64,
+}
+
+impl<W: std::io::Write> session::Consumer for Printer<W> {
+    fn batch(&mut self, tracer: &Tracer, events: &mut Vec<Event>) -> Result<()> {
+        self.print_batch(tracer, events)
+    }
 }
 
 impl<W: std::io::Write> Printer<W> {
@@ -204,7 +190,12 @@ impl<W: std::io::Write> Printer<W> {
             };
             let applied = self.table.apply(&event);
             let socket = match applied {
-                Applied::Untracked | Applied::DroppedFull => continue,
+                Applied::Untracked | Applied::DroppedFull | Applied::Exited { .. } => {
+                    if let Event::Exit(exit) = &event {
+                        self.stacks.forget(exit.task.pid);
+                    }
+                    continue;
+                }
                 Applied::Destroyed => before,
                 _ => self.table.get(event.cookie()).cloned(),
             };
@@ -245,6 +236,7 @@ impl<W: std::io::Write> Printer<W> {
                 Event::State(_) => "state",
                 Event::Close(_) => "close",
                 Event::Destroy(_) => "destroy",
+                Event::Exit(_) => "exit",
             },
             time: humantime::format_rfc3339_micros(self.clock.wall(event.time_ns())).to_string(),
             time_ns: event.time_ns(),

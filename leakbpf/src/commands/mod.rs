@@ -2,6 +2,8 @@
 //! which prints them once, on one line.
 mod check;
 mod events;
+mod session;
+mod trace;
 
 use std::process::ExitCode;
 
@@ -12,6 +14,7 @@ use crate::cli::{Cli, Command};
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Events(args) => events::run(args),
+        Command::Trace(args) => trace::run(args),
         Command::Check(args) => check::run(args),
     }
 }

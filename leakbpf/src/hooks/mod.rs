@@ -46,7 +46,8 @@ impl HookSet {
             HookSet::Tracepoint => {
                 "tp_btf/inet_sock_set_state (connect, state), \
                  tracepoint/syscalls/sys_exit_accept{,4} (accept), \
-                 cgroup/sock_release (close), tracepoint/tcp/tcp_destroy_sock (destroy)"
+                 cgroup/sock_release (close), tracepoint/tcp/tcp_destroy_sock (destroy), \
+                 tracepoint/sched/sched_process_exit (exit)"
             }
         }
     }
@@ -66,11 +67,12 @@ impl fmt::Display for HookSet {
 }
 
 /// Tracepoints the tracepoint set attaches to, as (system, event).
-pub const TRACEPOINTS: [(&str, &str); 4] = [
+pub const TRACEPOINTS: [(&str, &str); 5] = [
     ("sock", "inet_sock_set_state"),
     ("syscalls", "sys_exit_accept"),
     ("syscalls", "sys_exit_accept4"),
     ("tcp", "tcp_destroy_sock"),
+    ("sched", "sched_process_exit"),
 ];
 
 /// What this kernel offers, as far as leakbpf cares.

@@ -36,6 +36,14 @@ pub(super) fn attach(ebpf: &mut Ebpf, caps: &Capabilities) -> Result<()> {
         .attach("tcp", "tcp_destroy_sock")
         .context("attaching tracepoint tcp:tcp_destroy_sock")?;
 
+    let program: &mut TracePoint = program_mut(ebpf, "sched_process_exit")?;
+    program
+        .load()
+        .context("loading the sched_process_exit program")?;
+    program
+        .attach("sched", "sched_process_exit")
+        .context("attaching tracepoint sched:sched_process_exit")?;
+
     let cgroup = open_cgroup_root(caps)?;
     let program: &mut CgroupSock = program_mut(ebpf, "sock_release")?;
     program.load().context("loading cgroup/sock_release")?;

@@ -1,0 +1,63 @@
+//! The event pump shared by the tracing commands: read batches until the
+//! duration ends or a signal comes, then drain what the kernel still holds.
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{event::Event, tracer::Tracer};
+
+/// What a command does with the events.
+pub trait Consumer {
+    /// Takes (drains) a batch of events.
+    fn batch(&mut self, tracer: &Tracer, events: &mut Vec<Event>) -> Result<()>;
+    /// Called every tick (for progress).
+    fn tick(&mut self, _tracer: &Tracer) {}
+}
+
+/// Feeds `consumer` every batch of events, and ticks it every `tick`, until
+/// `duration` passes or SIGINT/SIGTERM arrives.
+pub async fn pump(
+    tracer: &mut Tracer,
+    duration: Option<Duration>,
+    tick: Duration,
+    consumer: &mut impl Consumer,
+) -> Result<()> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let deadline = duration.map(|d| tokio::time::Instant::now() + d);
+    let mut ticks = tokio::time::interval(tick);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            read = tracer.read(&mut batch) => read?,
+            _ = ticks.tick() => {
+                consumer.tick(tracer);
+                continue;
+            }
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+            () = sleep_until(deadline) => break,
+        }
+        consumer.batch(tracer, &mut batch)?;
+    }
+    // Whatever the kernel wrote before we stopped still counts.
+    tracer.drain(&mut batch);
+    consumer.batch(tracer, &mut batch)
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A current-thread runtime: leakbpf reads one ring buffer.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}

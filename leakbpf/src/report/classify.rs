@@ -1,0 +1,218 @@
+//! Why a group of open sockets looks like a leak: small checks over the
+//! group's sockets, each giving a class and one sentence of evidence.
+use super::model::{Class, SocketReport};
+use crate::{event::Direction, socket_table::GroupCounts, symbolize::Frame};
+
+/// Thresholds for the checks.
+#[derive(Clone, Copy, Debug)]
+pub struct Thresholds {
+    /// An ESTABLISHED socket with no data for this long is idle.
+    pub idle_s: f64,
+}
+
+/// Classes and their evidence, most telling first.
+pub fn classify(
+    sockets: &[SocketReport],
+    direction: Direction,
+    counts: GroupCounts,
+    thresholds: Thresholds,
+) -> Vec<(Class, String)> {
+    let mut found = Vec::new();
+    let total = sockets.len();
+
+    let close_wait = sockets.iter().filter(|s| s.state == "CLOSE_WAIT").count();
+    if close_wait > 0 {
+        found.push((
+            Class::CloseWait,
+            format!(
+                "{close_wait} of {total} sockets are in CLOSE_WAIT: the peer closed its end, \
+                 this process never called close()"
+            ),
+        ));
+    }
+
+    let unread: Vec<u32> = sockets
+        .iter()
+        .filter_map(|s| s.unread_bytes)
+        .filter(|&bytes| bytes > 0)
+        .collect();
+    if !unread.is_empty() {
+        let bytes: u64 = unread.iter().map(|&b| u64::from(b)).sum();
+        found.push((
+            Class::Unread,
+            format!(
+                "{} sockets hold {bytes} received bytes the process never read",
+                unread.len()
+            ),
+        ));
+    }
+
+    let idle: Vec<f64> = sockets
+        .iter()
+        .filter(|s| s.state == "ESTABLISHED")
+        .filter_map(|s| s.idle_s)
+        .filter(|&idle| idle >= thresholds.idle_s)
+        .collect();
+    if !idle.is_empty() {
+        let longest = idle.iter().copied().fold(0.0, f64::max);
+        found.push((
+            Class::Idle,
+            format!(
+                "{} ESTABLISHED sockets carried no data for over {} (longest {}): \
+                 kept open, never reused, never closed",
+                idle.len(),
+                seconds(thresholds.idle_s),
+                seconds(longest)
+            ),
+        ));
+    }
+
+    if direction != Direction::Preexisting && counts.opened >= 2 && counts.closed == 0 {
+        found.push((
+            Class::Growing,
+            format!(
+                "this stack opened {} sockets while tracing and closed none of them",
+                counts.opened
+            ),
+        ));
+    }
+    found
+}
+
+/// Advice that depends on the code that opened the sockets.
+pub fn hints(stack: &[Frame]) -> Vec<String> {
+    let has = |needle: &str| {
+        stack
+            .iter()
+            .filter_map(|f| f.symbol.as_deref())
+            .any(|s| s.starts_with(needle))
+    };
+    let mut hints = Vec::new();
+    if has("net/http.(*Transport).dialConn") || has("net/http.(*Transport).queueForDial") {
+        hints.push(
+            "Go net/http dials on its own goroutine, so this stack ends in the Transport, not in \
+             your code: the caller is on another goroutine. Each of these connections also pins \
+             a persistConn.readLoop and a persistConn.writeLoop goroutine. Usual causes: a \
+             Response.Body that is never closed (connections pile up, CLOSE_WAIT once the server \
+             gives up) or an http.Transport (or http.Client with its own Transport) created per \
+             request with keep-alives on and no IdleConnTimeout (idle ESTABLISHED connections). \
+             A goroutine profile (pprof) shows the callers blocked on these connections."
+                .to_owned(),
+        );
+    }
+    hints
+}
+
+/// `1.5s`, `2m30s`, `4h0m`: short, for evidence sentences.
+pub fn seconds(s: f64) -> String {
+    if s < 60.0 {
+        format!("{s:.1}s")
+    } else if s < 3600.0 {
+        format!("{}m{}s", (s / 60.0) as u64, (s % 60.0) as u64)
+    } else {
+        format!("{}h{}m", (s / 3600.0) as u64, ((s % 3600.0) / 60.0) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socket(state: &str, idle_s: Option<f64>, unread: Option<u32>) -> SocketReport {
+        SocketReport {
+            cookie: 1,
+            fd: None,
+            tid: 1,
+            local: "127.0.0.1:1".to_owned(),
+            remote: "127.0.0.1:2".to_owned(),
+            state: state.to_owned(),
+            age_s: 10.0,
+            idle_s,
+            unread_bytes: unread,
+            unsent_bytes: None,
+        }
+    }
+
+    const T: Thresholds = Thresholds { idle_s: 30.0 };
+
+    fn classes(found: &[(Class, String)]) -> Vec<Class> {
+        found.iter().map(|(c, _)| *c).collect()
+    }
+
+    #[test]
+    fn close_wait_with_unread_data() {
+        let sockets = [
+            socket("CLOSE_WAIT", Some(1.0), Some(120)),
+            socket("CLOSE_WAIT", Some(1.0), Some(0)),
+            socket("ESTABLISHED", Some(1.0), None),
+        ];
+        let found = classify(&sockets, Direction::Connect, GroupCounts::default(), T);
+        assert_eq!(classes(&found), [Class::CloseWait, Class::Unread]);
+        assert_eq!(
+            found[0].1,
+            "2 of 3 sockets are in CLOSE_WAIT: the peer closed its end, this process never called close()"
+        );
+        assert_eq!(
+            found[1].1,
+            "1 sockets hold 120 received bytes the process never read"
+        );
+    }
+
+    #[test]
+    fn idle_needs_established_and_the_threshold() {
+        let sockets = [
+            socket("ESTABLISHED", Some(14_400.0), None),
+            socket("ESTABLISHED", Some(29.0), None),
+            socket("CLOSE_WAIT", Some(99_999.0), None),
+            socket("ESTABLISHED", None, None),
+        ];
+        let found = classify(&sockets, Direction::Connect, GroupCounts::default(), T);
+        assert_eq!(classes(&found), [Class::CloseWait, Class::Idle]);
+        assert_eq!(
+            found[1].1,
+            "1 ESTABLISHED sockets carried no data for over 30.0s (longest 4h0m): \
+             kept open, never reused, never closed"
+        );
+    }
+
+    #[test]
+    fn growing_needs_opens_and_no_close() {
+        let sockets = [socket("ESTABLISHED", None, None)];
+        let grew = GroupCounts {
+            opened: 5,
+            closed: 0,
+        };
+        let found = classify(&sockets, Direction::Connect, grew, T);
+        assert_eq!(classes(&found), [Class::Growing]);
+        let pooled = GroupCounts {
+            opened: 5,
+            closed: 4,
+        };
+        assert!(classify(&sockets, Direction::Accept, pooled, T).is_empty());
+        assert!(classify(&sockets, Direction::Preexisting, grew, T).is_empty());
+    }
+
+    #[test]
+    fn go_http_dial_goroutine_gets_a_hint() {
+        let frame = |name: &str| Frame {
+            symbol: Some(name.to_owned()),
+            ..Frame::default()
+        };
+        let stack = [
+            frame("net.(*Dialer).DialContext"),
+            frame("net/http.(*Transport).dialConn"),
+            frame("net/http.(*Transport).dialConnFor"),
+        ];
+        let hints = hints(&stack);
+        assert_eq!(hints.len(), 1);
+        assert!(hints[0].contains("persistConn.readLoop"));
+        assert!(super::hints(&[frame("main.main")]).is_empty());
+    }
+
+    #[test]
+    fn formats_durations_briefly() {
+        assert_eq!(seconds(1.25), "1.2s");
+        assert_eq!(seconds(150.0), "2m30s");
+        assert_eq!(seconds(14_400.0), "4h0m");
+    }
+}

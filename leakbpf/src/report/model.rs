@@ -1,0 +1,118 @@
+//! The report model every output format renders: processes, their groups of
+//! outstanding sockets (by direction and opening stack), and the sockets.
+//! Field names are the `--format json` contract (version 1).
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::{event::Direction, symbolize::Frame};
+
+pub const REPORT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub version: u32,
+    /// The hook set that ran (`tracepoint`, ...).
+    pub hooks: String,
+    pub duration_s: f64,
+    /// Lifecycle events read from the kernel.
+    pub events: u64,
+    /// Lifecycle events lost (ring buffer full, unreadable accepts, undecodable records).
+    pub lost_events: u64,
+    /// Stacks the kernel could not record.
+    pub lost_stacks: u64,
+    /// False whenever events were lost or a tracking limit was hit: then
+    /// counts may be wrong; `incomplete` says why.
+    pub complete: bool,
+    pub incomplete: Vec<String>,
+    /// Ranked by open sockets, most first.
+    pub processes: Vec<ProcessReport>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ProcessReport {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    /// Open sockets in all groups.
+    pub open: usize,
+    /// Ranked by count, most first.
+    pub groups: Vec<Group>,
+}
+
+/// Outstanding sockets of one process opened the same way from the same
+/// stack (pre-existing sockets have no stack: one group per process).
+#[derive(Clone, Debug, Serialize)]
+pub struct Group {
+    pub direction: Direction,
+    pub count: usize,
+    pub oldest_age_s: f64,
+    pub newest_age_s: f64,
+    /// TCP state name -> sockets in it.
+    pub states: BTreeMap<String, usize>,
+    /// What looks wrong, most telling first.
+    pub classes: Vec<Class>,
+    /// One sentence of evidence per class, same order.
+    pub evidence: Vec<String>,
+    /// Advice that depends on the code (e.g. Go's net/http).
+    pub hints: Vec<String>,
+    /// Most frequent remote endpoints first (at most 10).
+    pub remotes: Vec<RemoteCount>,
+    /// Sockets this stack opened and closed while tracing (for `growing`).
+    pub opened_during_trace: u64,
+    pub closed_during_trace: u64,
+    /// User stack, innermost frame first; empty for pre-existing sockets.
+    pub stack: Vec<Frame>,
+    pub kernel_stack: Vec<Frame>,
+    /// Oldest first.
+    pub sockets: Vec<SocketReport>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    /// The peer closed; the process never did.
+    CloseWait,
+    /// Data waiting in the receive queue that the process never read.
+    Unread,
+    /// ESTABLISHED with no traffic for longer than the idle threshold.
+    Idle,
+    /// Opened while tracing, and none from this stack was closed.
+    Growing,
+}
+
+impl Class {
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::CloseWait => "close_wait",
+            Class::Unread => "unread",
+            Class::Idle => "idle",
+            Class::Growing => "growing",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RemoteCount {
+    pub addr: String,
+    pub count: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SocketReport {
+    pub cookie: u64,
+    /// The owner's fd, where known (accept, or found in /proc/PID/fd).
+    pub fd: Option<i32>,
+    /// Thread that opened it (0 for pre-existing sockets).
+    pub tid: u32,
+    pub local: String,
+    pub remote: String,
+    pub state: String,
+    pub age_s: f64,
+    /// Time since data last moved (tcp_info), where known.
+    pub idle_s: Option<f64>,
+    /// Bytes received but not read by the process.
+    pub unread_bytes: Option<u32>,
+    /// Bytes queued to send, not yet acknowledged.
+    pub unsent_bytes: Option<u32>,
+}

@@ -1,0 +1,228 @@
+//! The report for people, shaped like a Go goroutine dump: `COUNT @ stack`,
+//! then the numbers and the reasons.
+use std::fmt::Write as _;
+
+use super::{
+    classify::seconds,
+    model::{Group, Report},
+};
+use crate::symbolize::Frame;
+
+/// Sockets listed per group; JSON lists them all.
+const SOCKETS_SHOWN: usize = 5;
+
+pub fn render(report: &Report) -> String {
+    let mut out = String::new();
+    let open: usize = report.processes.iter().map(|p| p.open).sum();
+    let _ = writeln!(
+        out,
+        "leakbpf: {open} open sockets in {} processes after {} (hooks: {}, {} events, {})",
+        report.processes.len(),
+        seconds(report.duration_s),
+        report.hooks,
+        report.events,
+        if report.complete {
+            "nothing lost".to_owned()
+        } else {
+            format!("INCOMPLETE: {}", report.incomplete.join("; "))
+        }
+    );
+    for process in &report.processes {
+        let _ = writeln!(
+            out,
+            "\n== pid {} {} ({}): {} open",
+            process.pid,
+            process.comm,
+            process.exe.as_deref().unwrap_or("exe unknown"),
+            process.open
+        );
+        for group in &process.groups {
+            render_group(&mut out, group);
+        }
+    }
+    if report.processes.is_empty() {
+        out.push_str("\nNo open sockets matched.\n");
+    }
+    out
+}
+
+fn render_group(out: &mut String, group: &Group) {
+    let classes: Vec<&str> = group.classes.iter().map(|c| c.name()).collect();
+    let _ = writeln!(
+        out,
+        "\n{} @ {}{}",
+        group.count,
+        group.direction.as_str(),
+        if classes.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", classes.join(", "))
+        }
+    );
+    let states: Vec<String> = group
+        .states
+        .iter()
+        .map(|(s, n)| format!("{s} {n}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "#   {}; oldest {}, newest {}",
+        states.join(", "),
+        seconds(group.oldest_age_s),
+        seconds(group.newest_age_s)
+    );
+    let remotes: Vec<String> = group
+        .remotes
+        .iter()
+        .map(|r| format!("{} ({})", r.addr, r.count))
+        .collect();
+    let _ = writeln!(out, "#   to {}", remotes.join(", "));
+    if group.direction != crate::event::Direction::Preexisting {
+        let _ = writeln!(
+            out,
+            "#   while tracing this stack opened {} and closed {}",
+            group.opened_during_trace, group.closed_during_trace
+        );
+    }
+    for evidence in &group.evidence {
+        let _ = writeln!(out, "#   why: {evidence}");
+    }
+    for hint in &group.hints {
+        let _ = writeln!(out, "#   hint: {hint}");
+    }
+    if group.stack.is_empty() {
+        let _ = writeln!(out, "#   (opened before tracing: no stack)");
+    }
+    for frame in &group.stack {
+        let _ = writeln!(out, "#\t{}", frame_line(frame));
+    }
+    let shown = group.sockets.len().min(SOCKETS_SHOWN);
+    let _ = writeln!(
+        out,
+        "#   sockets ({shown} of {}, oldest first): cookie fd tid local -> remote state age idle unread",
+        group.count
+    );
+    for s in &group.sockets[..shown] {
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+        let _ = writeln!(
+            out,
+            "#     {} {} {} {} -> {} {} {} {} {}",
+            s.cookie,
+            opt(s.fd.map(|fd| fd.to_string())),
+            s.tid,
+            s.local,
+            s.remote,
+            s.state,
+            seconds(s.age_s),
+            opt(s.idle_s.map(seconds)),
+            opt(s.unread_bytes.map(|b| b.to_string())),
+        );
+    }
+}
+
+/// `0x4f3a21  net.(*Dialer).DialContext+0x1a1  /usr/lib/go/src/net/dial.go:421`
+fn frame_line(frame: &Frame) -> String {
+    let mut line = format!("{:#x}\t", frame.address);
+    match (&frame.symbol, &frame.module) {
+        (Some(symbol), _) => {
+            line.push_str(symbol);
+            if let Some(offset) = frame.offset {
+                let _ = write!(line, "+{offset:#x}");
+            }
+        }
+        (None, Some(module)) => {
+            let _ = write!(line, "[{module}]");
+        }
+        (None, None) => line.push_str("[unknown]"),
+    }
+    if let Some(file) = &frame.file {
+        let _ = write!(line, "\t{file}");
+        if let Some(number) = frame.line {
+            let _ = write!(line, ":{number}");
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{
+        event::Direction,
+        report::model::{Class, ProcessReport, RemoteCount, SocketReport},
+    };
+
+    #[test]
+    fn reads_like_a_goroutine_dump() {
+        let group = Group {
+            direction: Direction::Connect,
+            count: 2,
+            oldest_age_s: 120.0,
+            newest_age_s: 3.0,
+            states: BTreeMap::from([("CLOSE_WAIT".to_owned(), 2)]),
+            classes: vec![Class::CloseWait],
+            evidence: vec!["2 of 2 sockets are in CLOSE_WAIT".to_owned()],
+            hints: vec![],
+            remotes: vec![RemoteCount {
+                addr: "127.0.0.1:8080".to_owned(),
+                count: 2,
+            }],
+            opened_during_trace: 2,
+            closed_during_trace: 0,
+            stack: vec![Frame {
+                address: 0x4f3a21,
+                symbol: Some("main.httpSend".to_owned()),
+                offset: Some(0x1a),
+                module: None,
+                file: Some("/src/main.go".to_owned()),
+                line: Some(12),
+            }],
+            kernel_stack: vec![],
+            sockets: vec![SocketReport {
+                cookie: 7,
+                fd: Some(5),
+                tid: 101,
+                local: "127.0.0.1:50000".to_owned(),
+                remote: "127.0.0.1:8080".to_owned(),
+                state: "CLOSE_WAIT".to_owned(),
+                age_s: 120.0,
+                idle_s: None,
+                unread_bytes: Some(0),
+                unsent_bytes: None,
+            }],
+        };
+        let report = Report {
+            version: 1,
+            hooks: "tracepoint".to_owned(),
+            duration_s: 10.0,
+            events: 42,
+            complete: true,
+            processes: vec![ProcessReport {
+                pid: 100,
+                comm: "leaky".to_owned(),
+                exe: Some("/usr/bin/leaky".to_owned()),
+                open: 2,
+                groups: vec![group],
+            }],
+            ..Report::default()
+        };
+        let text = render(&report);
+        let expected = "\
+leakbpf: 2 open sockets in 1 processes after 10.0s (hooks: tracepoint, 42 events, nothing lost)
+
+== pid 100 leaky (/usr/bin/leaky): 2 open
+
+2 @ connect  [close_wait]
+#   CLOSE_WAIT 2; oldest 2m0s, newest 3.0s
+#   to 127.0.0.1:8080 (2)
+#   while tracing this stack opened 2 and closed 0
+#   why: 2 of 2 sockets are in CLOSE_WAIT
+#\t0x4f3a21\tmain.httpSend+0x1a\t/src/main.go:12
+#   sockets (1 of 2, oldest first): cookie fd tid local -> remote state age idle unread
+#     7 5 101 127.0.0.1:50000 -> 127.0.0.1:8080 CLOSE_WAIT 2m0s - 0
+";
+        assert_eq!(text, expected);
+    }
+}

@@ -1,0 +1,97 @@
+//! TCP sockets that are open right now, with their owners and the kernel's
+//! facts about them, independent of tracing.
+//!
+//! Why: many leaks began before leakbpf started, so the eBPF events never
+//! show their open. At start-up [`scan`] finds every socket already held by
+//! a process; at report time [`diag_by_cookie`] adds what only the kernel
+//! knows about each open socket (queued bytes, idle times). Both are keyed by
+//! the socket cookie, the value `bpf_get_socket_cookie` gives the eBPF side.
+//!
+//! [`diag`] reads the kernel's socket list over `NETLINK_SOCK_DIAG`;
+//! [`procfs`] maps socket inodes to the processes holding them.
+//!
+//! Both see only this process's network namespace and `/proc`: sockets of
+//! processes in other network namespaces (containers) are not listed by
+//! the kernel dump, so they are not found.
+pub mod diag;
+pub mod procfs;
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+
+pub use self::{
+    diag::{DEFAULT_STATES, DiagSocket, Family, diag_by_cookie},
+    procfs::{Owner, WalkStats, socket_owners},
+};
+
+/// What to look for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanOptions {
+    /// Only sockets held by these processes (thread-group ids); all
+    /// processes when `None`.
+    pub pids: Option<Vec<u32>>,
+    /// TCP states to report, as a mask of [`diag::state_bit`]s.
+    pub states: u32,
+}
+
+impl Default for ScanOptions {
+    /// Every process, every state but LISTEN.
+    fn default() -> Self {
+        Self {
+            pids: None,
+            states: DEFAULT_STATES,
+        }
+    }
+}
+
+/// A TCP socket that at least one process holds open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedSocket {
+    pub socket: DiagSocket,
+    /// Every (process, fd) holding it, sorted: a socket inherited across
+    /// `fork` or duplicated with `dup` has several.
+    pub owners: Vec<Owner>,
+}
+
+/// How complete a scan is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanStats {
+    pub walk: WalkStats,
+    /// Sockets the kernel reported but the netlink crate could not decode.
+    pub undecodable: usize,
+}
+
+/// TCP sockets with a file (inode != 0) that some process holds, with
+/// their owners.
+pub fn scan(options: &ScanOptions) -> Result<Vec<OwnedSocket>> {
+    scan_with_stats(options).map(|(sockets, _)| sockets)
+}
+
+/// [`scan`], also saying what it could not see (fd tables it was refused,
+/// undecodable messages), so a caller can warn that the list is partial.
+pub fn scan_with_stats(options: &ScanOptions) -> Result<(Vec<OwnedSocket>, ScanStats)> {
+    let dump = diag::dump(options.states)?;
+    let (mut owners, walk) =
+        procfs::walk_owners(options.pids.as_deref()).context("listing /proc")?;
+    let stats = ScanStats {
+        walk,
+        undecodable: dump.undecodable,
+    };
+    Ok((join(dump.sockets, &mut owners), stats))
+}
+
+fn join(sockets: Vec<DiagSocket>, owners: &mut HashMap<u64, Vec<Owner>>) -> Vec<OwnedSocket> {
+    sockets
+        .into_iter()
+        .filter(|socket| socket.inode != 0)
+        .filter_map(|socket| {
+            let mut owners = owners.remove(&socket.inode)?;
+            owners.sort_by_key(|o| (o.pid, o.fd));
+            Some(OwnedSocket { socket, owners })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,300 @@
+//! Which processes hold which sockets, from `/proc/PID/fd`.
+//!
+//! The kernel's socket list (see [`super::diag`]) names a socket's inode but
+//! not who holds it; the only place that says so is each process's fd table,
+//! where a socket fd is a symlink to `socket:[INODE]`. Walking it costs one
+//! `readdir` per process and one `readlink` per fd; `comm` and `exe` are read
+//! only for processes that hold at least one socket.
+//!
+//! Processes and fds come and go during the walk: vanished ones (ENOENT,
+//! ESRCH) are skipped silently, and other failures, such as permission
+//! errors without CAP_SYS_PTRACE, are counted in [`WalkStats`], since they
+//! make the result incomplete.
+//!
+//! Only thread-group leaders are listed in `/proc`; their threads share the
+//! fd table (a thread that `unshare(CLONE_FILES)`d is not seen).
+use std::{
+    collections::HashMap,
+    ffi::OsStr,
+    fs, io,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
+
+/// One process's hold on a socket.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Owner {
+    pub pid: u32,
+    pub fd: i32,
+    /// `/proc/PID/comm`: the thread-group leader's name (up to 15 bytes).
+    pub comm: String,
+    /// `/proc/PID/exe`; `None` for kernel threads or when unreadable. A
+    /// replaced or deleted binary ends in " (deleted)".
+    pub exe: Option<PathBuf>,
+}
+
+/// What the walk could not see.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalkStats {
+    /// Processes whose fd table was read.
+    pub processes: usize,
+    /// Processes of which something (the fd table, an fd, `exe`) was
+    /// refused (EACCES, EPERM): sockets they hold may be missing.
+    pub permission_denied: usize,
+    /// Processes with other failures, neither vanished nor refused (e.g.
+    /// EMFILE), and failures listing `/proc` itself.
+    pub other_errors: usize,
+}
+
+/// What went wrong while reading one process.
+#[derive(Clone, Copy, Default)]
+struct Failures {
+    denied: bool,
+    other: bool,
+}
+
+impl Failures {
+    /// Notes `error`, unless it says the process or fd is gone.
+    fn note(&mut self, error: &io::Error) {
+        match error.raw_os_error() {
+            Some(libc::ENOENT | libc::ESRCH) => {}
+            Some(libc::EACCES | libc::EPERM) => self.denied = true,
+            _ => self.other = true,
+        }
+    }
+}
+
+/// Socket owners by socket inode.
+pub type OwnersByInode = HashMap<u64, Vec<Owner>>;
+
+/// Socket owners by inode for every process, or only for `pids`. A socket
+/// shared across `fork` or `dup` has one owner per (process, fd).
+pub fn socket_owners(pids: Option<&[u32]>) -> OwnersByInode {
+    walk_owners(pids)
+        .map(|(owners, _)| owners)
+        .unwrap_or_default()
+}
+
+/// [`socket_owners`], with what the walk missed. Fails only if `/proc`
+/// itself cannot be listed.
+pub fn walk_owners(pids: Option<&[u32]>) -> io::Result<(OwnersByInode, WalkStats)> {
+    walk_in(Path::new("/proc"), pids)
+}
+
+fn walk_in(proc: &Path, pids: Option<&[u32]>) -> io::Result<(OwnersByInode, WalkStats)> {
+    let mut owners = OwnersByInode::new();
+    let mut stats = WalkStats::default();
+    match pids {
+        Some(pids) => {
+            for &pid in pids {
+                walk_process(proc, pid, &mut owners, &mut stats);
+            }
+        }
+        None => {
+            for entry in fs::read_dir(proc)? {
+                let entry = match entry {
+                    Ok(entry) => entry,
+                    Err(_) => {
+                        stats.other_errors += 1;
+                        continue;
+                    }
+                };
+                if let Some(pid) = parse_pid(&entry.file_name()) {
+                    walk_process(proc, pid, &mut owners, &mut stats);
+                }
+            }
+        }
+    }
+    Ok((owners, stats))
+}
+
+fn parse_pid(name: &OsStr) -> Option<u32> {
+    let name = name.to_str()?;
+    if name.bytes().all(|b| b.is_ascii_digit()) {
+        name.parse().ok()
+    } else {
+        None
+    }
+}
+
+fn walk_process(proc: &Path, pid: u32, owners: &mut OwnersByInode, stats: &mut WalkStats) {
+    let mut failures = Failures::default();
+    if walk_fds(&proc.join(pid.to_string()), pid, owners, &mut failures) {
+        stats.processes += 1;
+    }
+    stats.permission_denied += usize::from(failures.denied);
+    stats.other_errors += usize::from(failures.other);
+}
+
+/// Adds what process `pid` (whose /proc directory is `dir`) holds to
+/// `owners`; false if its fd table could not be read.
+fn walk_fds(dir: &Path, pid: u32, owners: &mut OwnersByInode, failures: &mut Failures) -> bool {
+    let entries = match fs::read_dir(dir.join("fd")) {
+        Ok(entries) => entries,
+        Err(e) => {
+            failures.note(&e);
+            return false;
+        }
+    };
+    let mut held = Vec::new();
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                failures.note(&e);
+                continue;
+            }
+        };
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        match fs::read_link(entry.path()) {
+            Ok(target) => {
+                if let Some(inode) = socket_inode(target.as_os_str()) {
+                    held.push((inode, fd));
+                }
+            }
+            Err(e) => failures.note(&e),
+        }
+    }
+    if held.is_empty() {
+        return true;
+    }
+    let comm = match fs::read(dir.join("comm")) {
+        Ok(mut comm) => {
+            if comm.last() == Some(&b'\n') {
+                comm.pop();
+            }
+            String::from_utf8_lossy(&comm).into_owned()
+        }
+        // Gone since its fds were read: what it held is being released.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => return true,
+        Err(e) => {
+            failures.note(&e);
+            String::new()
+        }
+    };
+    let exe = fs::read_link(dir.join("exe"))
+        .map_err(|e| failures.note(&e))
+        .ok();
+    for (inode, fd) in held {
+        owners.entry(inode).or_default().push(Owner {
+            pid,
+            fd,
+            comm: comm.clone(),
+            exe: exe.clone(),
+        });
+    }
+    true
+}
+
+/// The inode in a `socket:[INODE]` fd link.
+fn socket_inode(target: &OsStr) -> Option<u64> {
+    let digits = target
+        .as_bytes()
+        .strip_prefix(b"socket:[")?
+        .strip_suffix(b"]")?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_socket_links() {
+        assert_eq!(socket_inode(OsStr::new("socket:[12345]")), Some(12345));
+        assert_eq!(socket_inode(OsStr::new("pipe:[12345]")), None);
+        assert_eq!(socket_inode(OsStr::new("/tmp/socket:[1]")), None);
+        assert_eq!(socket_inode(OsStr::new("socket:[]")), None);
+        assert_eq!(parse_pid(OsStr::new("42")), Some(42));
+        assert_eq!(parse_pid(OsStr::new("self")), None);
+        assert_eq!(parse_pid(OsStr::new("+4")), None);
+    }
+
+    #[test]
+    fn vanished_pids_are_silent() {
+        // No such process: not an error, not counted.
+        let (owners, stats) = walk_owners(Some(&[u32::MAX])).unwrap();
+        assert!(owners.is_empty());
+        assert_eq!(stats, WalkStats::default());
+    }
+
+    #[test]
+    fn failures_ignore_vanished() {
+        let mut failures = Failures::default();
+        failures.note(&io::Error::from_raw_os_error(libc::ENOENT));
+        failures.note(&io::Error::from_raw_os_error(libc::ESRCH));
+        assert!(!failures.denied && !failures.other);
+        failures.note(&io::Error::from_raw_os_error(libc::EACCES));
+        assert!(failures.denied && !failures.other);
+        failures.note(&io::Error::from_raw_os_error(libc::EMFILE));
+        assert!(failures.other);
+    }
+
+    /// A made-up /proc: one process holding a socket twice and a pipe, one
+    /// without an fd table (a zombie has none readable), and an entry that
+    /// is not a pid.
+    #[test]
+    fn walks_a_fake_proc() {
+        use std::os::unix::fs::symlink;
+        let root = std::env::temp_dir().join(format!("leakbpf-procfs-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("123/fd")).unwrap();
+        fs::write(root.join("123/comm"), "server\n").unwrap();
+        symlink("/usr/bin/server", root.join("123/exe")).unwrap();
+        symlink("socket:[42]", root.join("123/fd/3")).unwrap();
+        symlink("socket:[42]", root.join("123/fd/7")).unwrap();
+        symlink("pipe:[43]", root.join("123/fd/4")).unwrap();
+        fs::create_dir_all(root.join("456")).unwrap();
+        fs::create_dir_all(root.join("self/fd")).unwrap();
+        symlink("socket:[44]", root.join("self/fd/3")).unwrap();
+
+        let (mut owners, stats) = walk_in(&root, None).unwrap();
+        let filtered = walk_in(&root, Some(&[456])).unwrap().0;
+        fs::remove_dir_all(&root).unwrap();
+
+        assert_eq!(owners.len(), 1);
+        let mut held = owners.remove(&42).unwrap();
+        held.sort_by_key(|o| o.fd);
+        let owner = |fd| Owner {
+            pid: 123,
+            fd,
+            comm: "server".into(),
+            exe: Some(PathBuf::from("/usr/bin/server")),
+        };
+        assert_eq!(held, vec![owner(3), owner(7)]);
+        assert_eq!(
+            stats,
+            WalkStats {
+                processes: 1,
+                ..WalkStats::default()
+            }
+        );
+        assert!(filtered.is_empty());
+    }
+
+    #[test]
+    fn finds_own_socket_fd() {
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = listener.as_raw_fd();
+        let pid = std::process::id();
+        let owners = socket_owners(Some(&[pid]));
+        let own = owners
+            .values()
+            .flatten()
+            .find(|o| o.fd == fd)
+            .expect("listener fd among socket fds");
+        assert_eq!(own.pid, pid);
+        assert_eq!(own.exe, Some(fs::read_link("/proc/self/exe").unwrap()));
+        assert_eq!(
+            own.comm,
+            fs::read_to_string("/proc/self/comm").unwrap().trim_end()
+        );
+    }
+}

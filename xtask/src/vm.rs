@@ -1,0 +1,873 @@
+//! Run commands under stock Debian kernels in qemu: the kernel matrix.
+//!
+//! The development machines run a kernel without kprobes or BPF trampolines
+//! (see /work/shared/PLATFORM.md), so hooks that need them are tested by
+//! booting a distribution kernel with [virtme-ng] (`vng`) over the host's own
+//! root filesystem:
+//!
+//! * [`ensure_kernel`] fetches the kernel's `.deb` with `apt-get download`,
+//!   unpacks it with `dpkg-deb -x` into the cache
+//!   (`${LEAKBPF_CACHE:-${XDG_CACHE_HOME:-~/.cache}/leakbpf}/kernels/RELEASE/`)
+//!   and runs `depmod -b` on the unpacked tree. vng takes the modules (9p,
+//!   virtio, ...) from that tree (`lib/modules/RELEASE` next to `boot/`), so
+//!   nothing is written to the host's `/lib/modules` and no root is needed.
+//! * [`ensure_vng`] pip-installs virtme-ng [`VNG_VERSION`] when `vng` is
+//!   missing or another version; [`ensure_busybox`] finds busybox (vng needs
+//!   it for its initramfs) or unpacks Debian's `busybox-static` into the cache.
+//! * [`run_in_vm`] boots the kernel (software emulation: nested KVM hangs on
+//!   these machines; 9p root: the host's `/` read-only, overlays on /tmp, /var,
+//!   /etc ..., plus one read-write folder) and runs a bash command as root
+//!   through `xtask/vm/guest-run.sh`, which first makes sure tracefs, debugfs,
+//!   bpffs, a cgroup2 hierarchy and loopback are up.
+//!
+//! Costs measured on a 2-core development VM: booting 6.1 and running a
+//! trivial command takes about 15-20 s of wall time, the guest reaching its
+//! command after about 11 s of uptime; a kernel's first `ensure_kernel` about
+//! 3 s (a 70-110 MB download from the apt mirror, then unpacking).
+//!
+//! [virtme-ng]: https://github.com/arighi/virtme-ng
+#![allow(
+    dead_code,
+    reason = "a toolbox for xtask's tasks: not every task uses every piece"
+)]
+
+use std::{
+    env,
+    ffi::OsStr,
+    fmt, fs,
+    io::{self, Read, Write},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+
+/// The virtme-ng release this runner is written against (`pip install virtme-ng==1.42`).
+pub const VNG_VERSION: &str = "1.42";
+
+/// The kernel the PLATFORM.md recipe was measured with: Debian 12's 6.1 LTS,
+/// generic flavour (the `-cloud-` flavour lacks the 9p modules the guest
+/// root needs).
+pub const DEFAULT_KERNEL: &str = "linux-image-6.1.0-56-amd64";
+
+/// Kernels known to boot with this runner and to have kprobes, BPF
+/// trampolines (fentry/fexit), BTF, tracefs and cgroup2: Debian 12's 6.1 and
+/// its 6.12 backport (bookworm-security).
+pub const KERNEL_MATRIX: &[&str] = &[DEFAULT_KERNEL, "linux-image-6.12.117+deb12-amd64"];
+
+/// The guest-side wrapper; see the file for what it sets up.
+const GUEST_RUN_SH: &str = include_str!("../vm/guest-run.sh");
+
+/// Prefix of the lines `guest-run.sh` writes to the guest's stderr.
+const MARKER: &str = "leakbpf-vm: ";
+
+/// A Debian kernel image package, e.g. `linux-image-6.1.0-56-amd64`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct KernelSpec {
+    package: String,
+}
+
+impl KernelSpec {
+    /// A kernel by its exact Debian package name: `linux-image-RELEASE`, where
+    /// RELEASE (what `uname -r` prints in the guest) starts with a digit and
+    /// ends in `-amd64`. The `-cloud-` and `-rt-` flavours and the `-dbg` /
+    /// `-unsigned` packages are refused.
+    pub fn package(name: &str) -> Result<Self> {
+        name.strip_prefix("linux-image-")
+            .filter(|r| is_generic_release(r))
+            .ok_or_else(|| {
+                anyhow!(
+                    "{name:?} is not a generic Debian amd64 kernel image package \
+                     (expected e.g. {DEFAULT_KERNEL})"
+                )
+            })?;
+        Ok(Self {
+            package: name.to_owned(),
+        })
+    }
+
+    /// The newest generic amd64 kernel image of a series (`"6.1"`, `"6.12"`)
+    /// that `apt-cache` knows about.
+    pub fn newest(series: &str) -> Result<Self> {
+        ensure!(
+            !series.is_empty() && series.chars().all(|c| c.is_ascii_digit() || c == '.'),
+            "kernel series {series:?} must look like 6.1"
+        );
+        let pattern = format!("^linux-image-{}[.-]", series.replace('.', "\\."));
+        let output = capture(Command::new(find_tool("apt-cache", "apt")?).args([
+            "search",
+            "--names-only",
+            &pattern,
+        ]))?;
+        let name = newest_generic_image(&output, series).ok_or_else(|| {
+            anyhow!(
+                "apt-cache knows no generic amd64 kernel image of series {series} \
+                 (run apt-get update?)"
+            )
+        })?;
+        Self::package(&name)
+    }
+
+    /// The Debian package name.
+    pub fn package_name(&self) -> &str {
+        &self.package
+    }
+
+    /// The kernel release, as `uname -r` prints it in the guest.
+    pub fn release(&self) -> &str {
+        &self.package["linux-image-".len()..]
+    }
+}
+
+impl Default for KernelSpec {
+    fn default() -> Self {
+        Self::package(DEFAULT_KERNEL).expect("DEFAULT_KERNEL is a valid package name")
+    }
+}
+
+impl fmt::Display for KernelSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.release())
+    }
+}
+
+/// How to boot the guest. [`run_in_vm`] uses [`VmOptions::default`].
+#[derive(Clone, Debug)]
+pub struct VmOptions {
+    /// Guest CPUs (qemu `-smp`).
+    pub cpus: u32,
+    /// Guest memory, in qemu's syntax (`1G`, `1536M`).
+    pub memory: String,
+    /// Boot with `vng --verbose`: the kernel's console (boot log, oopses,
+    /// panics) is appended to [`VmOutput::stderr`]. Costs no measurable time.
+    pub console: bool,
+    /// Also copy the guest's stdout and stderr to this process's stderr as
+    /// they arrive.
+    pub echo: bool,
+}
+
+impl Default for VmOptions {
+    fn default() -> Self {
+        Self {
+            cpus: 2,
+            memory: "1536M".to_owned(),
+            console: true,
+            echo: false,
+        }
+    }
+}
+
+/// What a guest run produced.
+#[derive(Clone, Debug)]
+pub struct VmOutput {
+    /// The kernel that ran.
+    pub kernel: String,
+    /// The command's exit status as vng reported it, or `None` if the VM was
+    /// killed at the timeout (or vng died of a signal).
+    pub exit_code: Option<i32>,
+    /// Whether the command ran to its end (`guest-run.sh` reported its
+    /// status). `false` with an exit code means the guest died first (vng
+    /// then returns 255: a kernel panic, or a boot that never got there).
+    pub command_finished: bool,
+    /// The run was killed after the timeout.
+    pub timed_out: bool,
+    /// The guest's stdout: only the command's.
+    pub stdout: String,
+    /// The guest's stderr: the command's, `leakbpf-vm:` lines from the
+    /// wrapper, vng's own messages and, with [`VmOptions::console`], the
+    /// kernel console.
+    pub stderr: String,
+    /// Guest uptime when the command started: the boot's share of `wall`
+    /// (minus ~3 s of host-side vng and qemu start-up).
+    pub boot: Option<Duration>,
+    /// Host wall time from starting vng to its exit.
+    pub wall: Duration,
+}
+
+impl VmOutput {
+    /// The command ran to its end and exited 0.
+    pub fn success(&self) -> bool {
+        self.command_finished && self.exit_code == Some(0)
+    }
+
+    /// The last `lines` lines of [`VmOutput::stderr`].
+    pub fn stderr_tail(&self, lines: usize) -> &str {
+        tail_lines(&self.stderr, lines)
+    }
+
+    /// `Ok(self)` on [`success`](Self::success), otherwise an error that
+    /// says what went wrong, followed by the last lines of stderr.
+    pub fn into_result(self) -> Result<Self> {
+        if self.success() {
+            return Ok(self);
+        }
+        let what = if self.timed_out {
+            format!("timed out after {:.0?}", self.wall)
+        } else if !self.command_finished {
+            format!(
+                "the guest died before the command finished (vng exit {}: kernel panic or boot failure)",
+                code_str(self.exit_code)
+            )
+        } else {
+            format!(
+                "the command failed with exit status {}",
+                code_str(self.exit_code)
+            )
+        };
+        bail!(
+            "VM run under kernel {}: {what}; last lines of its stderr:\n{}",
+            self.kernel,
+            self.stderr_tail(40)
+        )
+    }
+}
+
+fn code_str(code: Option<i32>) -> String {
+    code.map_or_else(|| "none".to_owned(), |c| c.to_string())
+}
+
+/// Boots `kernel` (fetching it, vng and busybox first if needed) with
+/// [`VmOptions::default`] and runs `command` in it; see [`run_in_vm_with`].
+pub fn run_in_vm(
+    kernel: &KernelSpec,
+    command: &str,
+    rw_dir: &Path,
+    timeout: Duration,
+) -> Result<VmOutput> {
+    run_in_vm_with(&VmOptions::default(), kernel, command, rw_dir, timeout)
+}
+
+/// Boots `kernel` and runs `command` (a bash script) in it as root.
+///
+/// The guest sees the host's whole filesystem read-only at the same paths
+/// (with throwaway writable overlays on /tmp, /var, /etc, /home, ...), starts
+/// in this process's working directory, and can write to `rw_dir` (created
+/// if missing), whose contents the host sees afterwards. The command's stdout
+/// and stderr come back in the [`VmOutput`], as does its exit status; a
+/// non-zero status, a guest panic or a timeout is *not* an `Err` (see
+/// [`VmOutput::into_result`]). `Err` means the VM could not be set up or vng
+/// could not be run.
+pub fn run_in_vm_with(
+    options: &VmOptions,
+    kernel: &KernelSpec,
+    command: &str,
+    rw_dir: &Path,
+    timeout: Duration,
+) -> Result<VmOutput> {
+    let vmlinuz = ensure_kernel(kernel)?;
+    let vng = ensure_vng()?;
+    let busybox = ensure_busybox()?;
+    check_host_tools()?;
+
+    fs::create_dir_all(rw_dir)
+        .with_context(|| format!("cannot create the VM's writable dir {}", rw_dir.display()))?;
+    let rw_dir = rw_dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", rw_dir.display()))?;
+
+    // The command travels as a file: the kernel command line, which carries
+    // --exec, holds only 2 KiB. The guest sees the cache at the same path.
+    let run_dir = RunDir::new()?;
+    let wrapper = run_dir.path.join("guest-run.sh");
+    let script = run_dir.path.join("command.sh");
+    fs::write(&wrapper, GUEST_RUN_SH)
+        .and_then(|()| fs::write(&script, command))
+        .with_context(|| {
+            format!(
+                "cannot write the guest's scripts to {}",
+                run_dir.path.display()
+            )
+        })?;
+    let exec = format!(
+        "/bin/bash {} {}",
+        sh_quote(&wrapper.to_string_lossy()),
+        sh_quote(&script.to_string_lossy())
+    );
+
+    let mut vng_cmd = Command::new(&vng);
+    vng_cmd
+        .arg("--run")
+        .arg(&vmlinuz)
+        .arg("--busybox")
+        .arg(&busybox)
+        .args(["--disable-kvm", "--force-9p", "--user", "root"])
+        .args(["--cpus", &options.cpus.to_string()])
+        .args(["--memory", &options.memory])
+        .arg(format!("--rwdir={}", rw_dir.display()))
+        .args(["--exec", &exec]);
+    if options.console {
+        vng_cmd.arg("--verbose");
+    }
+    run_vng(vng_cmd, kernel, options.echo, timeout)
+}
+
+/// Spawns vng in its own process group, collects its output, and kills the
+/// whole group (vng, its shell, virtme-run, qemu) at the timeout.
+fn run_vng(
+    mut vng_cmd: Command,
+    kernel: &KernelSpec,
+    echo: bool,
+    timeout: Duration,
+) -> Result<VmOutput> {
+    use std::os::unix::process::CommandExt as _;
+
+    vng_cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let start = Instant::now();
+    let mut child = vng_cmd
+        .spawn()
+        .with_context(|| format!("cannot run {:?}", vng_cmd.get_program()))?;
+    let stdout = collect(child.stdout.take().expect("piped"), echo);
+    let stderr = collect(child.stderr.take().expect("piped"), echo);
+
+    let deadline = start + timeout;
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().context("cannot wait for vng")? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            timed_out = true;
+            // Negative pid: the group. `kill` rather than a libc dependency.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .stderr(Stdio::null())
+                .status();
+            let _ = child.kill();
+            break child.wait().context("cannot reap vng")?;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let wall = start.elapsed();
+    // Grandchildren (qemu) may still hold the pipes for a moment.
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    let markers = parse_markers(&stderr);
+    Ok(VmOutput {
+        kernel: kernel.release().to_owned(),
+        exit_code: if timed_out { None } else { status.code() },
+        command_finished: !timed_out && markers.exit_status.is_some(),
+        timed_out,
+        stdout,
+        stderr,
+        boot: markers.ready_uptime,
+        wall,
+    })
+}
+
+/// Reads a pipe to its end on a thread, optionally echoing to our stderr.
+fn collect(mut pipe: impl Read + Send + 'static, echo: bool) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if echo {
+                        let _ = io::stderr().write_all(&buf[..n]);
+                    }
+                    all.extend_from_slice(&buf[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    })
+}
+
+/// A private directory for one run's scripts, removed when dropped.
+struct RunDir {
+    path: PathBuf,
+}
+
+impl RunDir {
+    fn new() -> Result<Self> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!(
+            "run-{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = cache_root()?.join("vm").join(name);
+        fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Makes sure `kernel` is unpacked in the cache and returns its vmlinuz.
+///
+/// Idempotent: returns at once when `boot/vmlinuz-RELEASE` and
+/// `lib/modules/RELEASE/modules.dep` are in place. Otherwise runs
+/// `apt-get download PACKAGE`, `dpkg-deb -x` and `depmod -b DIR RELEASE`
+/// into a staging directory and renames it into place, so an interrupted
+/// run leaves nothing half-done behind.
+pub fn ensure_kernel(kernel: &KernelSpec) -> Result<PathBuf> {
+    let release = kernel.release();
+    let kernels = cache_root()?.join("kernels");
+    let dir = kernels.join(release);
+    let vmlinuz = dir.join("boot").join(format!("vmlinuz-{release}"));
+    if vmlinuz.is_file()
+        && dir
+            .join("lib/modules")
+            .join(release)
+            .join("modules.dep")
+            .is_file()
+    {
+        return Ok(vmlinuz);
+    }
+
+    let apt_get = find_tool("apt-get", "apt")?;
+    let dpkg_deb = find_tool("dpkg-deb", "dpkg")?;
+    let depmod = find_tool("depmod", "kmod")?;
+    eprintln!(
+        "xtask: fetching kernel {} into {}",
+        kernel.package_name(),
+        dir.display()
+    );
+
+    let staging = kernels.join(format!(".{release}.partial-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    let download = staging.join("download");
+    fs::create_dir_all(&download)
+        .with_context(|| format!("cannot create {}", download.display()))?;
+    run_quiet(
+        Command::new(apt_get)
+            .args(["download", kernel.package_name()])
+            .current_dir(&download),
+    )
+    .with_context(|| {
+        format!(
+            "apt-get download {} failed: is it in apt-cache (apt-get update)?",
+            kernel.package_name()
+        )
+    })?;
+    let deb = only_deb_in(&download)?;
+    let tree = staging.join("tree");
+    run_quiet(Command::new(dpkg_deb).arg("-x").arg(&deb).arg(&tree))
+        .with_context(|| format!("dpkg-deb -x {} failed", deb.display()))?;
+    let tree_vmlinuz = tree.join("boot").join(format!("vmlinuz-{release}"));
+    ensure!(
+        tree_vmlinuz.is_file(),
+        "{} has no boot/vmlinuz-{release}",
+        kernel.package_name()
+    );
+    ensure!(
+        tree.join("lib/modules").join(release).is_dir(),
+        "{} has no lib/modules/{release} (is it a meta or -unsigned package?)",
+        kernel.package_name()
+    );
+    run_quiet(Command::new(depmod).arg("-b").arg(&tree).arg(release))
+        .with_context(|| format!("depmod -b {} {release} failed", tree.display()))?;
+
+    let _ = fs::remove_dir_all(&dir);
+    fs::rename(&tree, &dir)
+        .with_context(|| format!("cannot move {} to {}", tree.display(), dir.display()))?;
+    let _ = fs::remove_dir_all(&staging);
+    Ok(vmlinuz)
+}
+
+/// Returns a `vng` of [`VNG_VERSION`], pip-installing virtme-ng first if the
+/// one on PATH is missing or another version.
+pub fn ensure_vng() -> Result<PathBuf> {
+    if let Some(vng) = which("vng")
+        && vng_version(&vng).as_deref() == Some(VNG_VERSION)
+    {
+        return Ok(vng);
+    }
+    let python = which("python3").ok_or_else(|| {
+        anyhow!("vng (virtme-ng {VNG_VERSION}) is missing and there is no python3 to pip-install it with")
+    })?;
+    eprintln!(
+        "xtask: installing virtme-ng {VNG_VERSION} with {}",
+        python.display()
+    );
+    run_quiet(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--quiet",
+            ])
+            .arg(format!("virtme-ng=={VNG_VERSION}")),
+    )
+    .with_context(|| format!("pip install virtme-ng=={VNG_VERSION} failed"))?;
+    // The interpreter's own scripts dir: a pyenv shim may not be rehashed yet.
+    let scripts = capture(Command::new(&python).args([
+        "-c",
+        "import sysconfig; print(sysconfig.get_path('scripts'))",
+    ]))?;
+    let vng = Path::new(scripts.trim()).join("vng");
+    match vng_version(&vng) {
+        Some(v) if v == VNG_VERSION => Ok(vng),
+        other => bail!(
+            "pip installed virtme-ng but {} reports version {}, not {VNG_VERSION}",
+            vng.display(),
+            other.as_deref().unwrap_or("nothing")
+        ),
+    }
+}
+
+/// `vng --version` prints `virtme-ng 1.42`.
+fn vng_version(vng: &Path) -> Option<String> {
+    let out = Command::new(vng)
+        .arg("--version")
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    parse_vng_version(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_vng_version(output: &str) -> Option<String> {
+    output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("virtme-ng "))
+        .map(|v| v.trim().to_owned())
+}
+
+/// Returns a busybox binary for vng's initramfs: one on PATH (the names vng
+/// looks for), else Debian's `busybox-static` unpacked into the cache.
+pub fn ensure_busybox() -> Result<PathBuf> {
+    for name in ["busybox-static", "busybox.static", "busybox"] {
+        if let Some(path) = which(name) {
+            return Ok(path);
+        }
+    }
+    let dir = cache_root()?.join("tools").join("busybox-static");
+    let busybox = dir.join("bin/busybox");
+    if busybox.is_file() {
+        return Ok(busybox);
+    }
+    let apt_get = find_tool("apt-get", "apt")?;
+    let dpkg_deb = find_tool("dpkg-deb", "dpkg")?;
+    eprintln!("xtask: fetching busybox-static into {}", dir.display());
+    let staging = dir.with_extension(format!("partial-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    fs::create_dir_all(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
+    run_quiet(
+        Command::new(apt_get)
+            .args(["download", "busybox-static"])
+            .current_dir(&staging),
+    )
+    .context("apt-get download busybox-static failed (vng needs busybox for its initramfs)")?;
+    let deb = only_deb_in(&staging)?;
+    let tree = staging.join("tree");
+    run_quiet(Command::new(dpkg_deb).arg("-x").arg(&deb).arg(&tree))
+        .with_context(|| format!("dpkg-deb -x {} failed", deb.display()))?;
+    ensure!(
+        tree.join("bin/busybox").is_file(),
+        "busybox-static has no bin/busybox"
+    );
+    let _ = fs::remove_dir_all(&dir);
+    fs::rename(&tree, &dir).with_context(|| format!("cannot move busybox to {}", dir.display()))?;
+    let _ = fs::remove_dir_all(&staging);
+    Ok(busybox)
+}
+
+/// What vng needs from the host besides itself: qemu, and udevd, which the
+/// guest's init runs from the shared root to find vng's virtio ports.
+fn check_host_tools() -> Result<()> {
+    find_tool("qemu-system-x86_64", "qemu-system-x86")?;
+    ensure!(
+        [
+            "/usr/lib/systemd/systemd-udevd",
+            "/lib/systemd/systemd-udevd"
+        ]
+        .iter()
+        .any(|p| Path::new(p).is_file()),
+        "systemd-udevd is missing: apt-get install udev (the VM's init needs it)"
+    );
+    Ok(())
+}
+
+/// The project's cache, as ./x computes it.
+fn cache_root() -> Result<PathBuf> {
+    if let Some(dir) = env::var_os("LEAKBPF_CACHE").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    if let Some(dir) = env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(dir).join("leakbpf"));
+    }
+    let home = env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| anyhow!("neither LEAKBPF_CACHE, XDG_CACHE_HOME nor HOME is set"))?;
+    Ok(PathBuf::from(home).join(".cache/leakbpf"))
+}
+
+/// A program on PATH, or in the sbin directories a non-root PATH may lack.
+fn which(name: &str) -> Option<PathBuf> {
+    let path = env::var_os("PATH").unwrap_or_default();
+    env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn find_tool(name: &str, package: &str) -> Result<PathBuf> {
+    which(name).ok_or_else(|| anyhow!("{name} is missing: apt-get install {package}"))
+}
+
+/// Runs a command; on failure the error carries its stderr's last lines.
+fn run_quiet(cmd: &mut Command) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {}", display_cmd(cmd)))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "{} exited with {}: {}",
+            display_cmd(cmd),
+            out.status,
+            tail_lines(stderr.trim_end(), 5)
+        );
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout.
+fn capture(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {}", display_cmd(cmd)))?;
+    ensure!(
+        out.status.success(),
+        "{} exited with {}",
+        display_cmd(cmd),
+        out.status
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn display_cmd(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(OsStr::to_string_lossy)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn only_deb_in(dir: &Path) -> Result<PathBuf> {
+    let debs: Vec<PathBuf> = fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension() == Some(OsStr::new("deb")))
+        .collect();
+    match debs.as_slice() {
+        [deb] => Ok(deb.clone()),
+        _ => bail!(
+            "expected one .deb in {}, found {}",
+            dir.display(),
+            debs.len()
+        ),
+    }
+}
+
+/// A generic amd64 kernel release: `6.1.0-56-amd64`, `6.12.117+deb12-amd64`;
+/// not `6.1.0-56-cloud-amd64`, `6.1.0-56-rt-amd64`, `6.1.0-56-amd64-dbg`.
+fn is_generic_release(release: &str) -> bool {
+    release.starts_with(|c: char| c.is_ascii_digit())
+        && release.ends_with("-amd64")
+        && !release.contains("-cloud-")
+        && !release.contains("-rt-")
+        && release
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '~'))
+}
+
+/// From `apt-cache search` output (`NAME - DESCRIPTION` lines), the generic
+/// amd64 kernel image of `series` with the highest version.
+fn newest_generic_image(apt_cache_output: &str, series: &str) -> Option<String> {
+    apt_cache_output
+        .lines()
+        .filter_map(|line| line.split(" - ").next())
+        .map(str::trim)
+        .filter(|name| {
+            name.strip_prefix("linux-image-").is_some_and(|release| {
+                is_generic_release(release)
+                    && release
+                        .strip_prefix(series)
+                        .is_some_and(|rest| rest.starts_with(['.', '-']))
+            })
+        })
+        .max_by_key(|name| version_key(name))
+        .map(str::to_owned)
+}
+
+/// The runs of digits in a name, as numbers: a sort key for releases.
+fn version_key(name: &str) -> Vec<u64> {
+    name.split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap_or(u64::MAX))
+        .collect()
+}
+
+/// The `leakbpf-vm:` lines `guest-run.sh` writes to stderr.
+#[derive(Debug, Default, PartialEq)]
+struct Markers {
+    ready_uptime: Option<Duration>,
+    exit_status: Option<i32>,
+}
+
+fn parse_markers(stderr: &str) -> Markers {
+    let mut markers = Markers::default();
+    for line in stderr.lines() {
+        // With the console on, a line may be preceded by console output.
+        let Some(at) = line.find(MARKER) else {
+            continue;
+        };
+        let rest = &line[at + MARKER.len()..];
+        if let Some(rest) = rest.strip_prefix("ready uptime=") {
+            markers.ready_uptime = rest
+                .split_whitespace()
+                .next()
+                .and_then(|s| s.parse::<f64>().ok())
+                .and_then(|s| Duration::try_from_secs_f64(s).ok());
+        } else if let Some(rest) = rest.strip_prefix("exit status=") {
+            markers.exit_status = rest.trim().parse().ok();
+        }
+    }
+    markers
+}
+
+fn tail_lines(text: &str, lines: usize) -> &str {
+    if lines == 0 {
+        return "";
+    }
+    let trimmed = text.strip_suffix('\n').unwrap_or(text);
+    match trimmed.rmatch_indices('\n').nth(lines - 1) {
+        Some((at, _)) => &text[at + 1..],
+        None => text,
+    }
+}
+
+/// Quotes a string for a POSIX shell.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const APT_CACHE: &str = "\
+linux-image-6.1.0-47-amd64-dbg - Debug symbols for linux-image-6.1.0-47-amd64
+linux-image-6.1.0-9-amd64 - Linux 6.1 for 64-bit PCs (signed)
+linux-image-6.1.0-56-cloud-amd64 - Linux 6.1 for x86-64 cloud (signed)
+linux-image-6.1.0-57-rt-amd64 - Linux 6.1 for 64-bit PCs, PREEMPT_RT (signed)
+linux-image-6.1.0-58-amd64-unsigned - Linux 6.1 for 64-bit PCs
+linux-image-6.1.0-56-amd64 - Linux 6.1 for 64-bit PCs (signed)
+linux-image-6.1.0-50-amd64 - Linux 6.1 for 64-bit PCs (signed)
+linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
+linux-image-6.12.99+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
+linux-image-amd64 - Linux for 64-bit PCs (meta-package)
+";
+
+    #[test]
+    fn picks_the_newest_generic_image_of_a_series() {
+        assert_eq!(
+            newest_generic_image(APT_CACHE, "6.1").as_deref(),
+            Some("linux-image-6.1.0-56-amd64")
+        );
+        assert_eq!(
+            newest_generic_image(APT_CACHE, "6.12").as_deref(),
+            Some("linux-image-6.12.117+deb12-amd64")
+        );
+        assert_eq!(newest_generic_image(APT_CACHE, "6.6"), None);
+        assert_eq!(newest_generic_image("", "6.1"), None);
+    }
+
+    #[test]
+    fn kernel_spec_accepts_only_generic_images() {
+        let spec = KernelSpec::package("linux-image-6.1.0-56-amd64").unwrap();
+        assert_eq!(spec.release(), "6.1.0-56-amd64");
+        assert_eq!(spec.package_name(), "linux-image-6.1.0-56-amd64");
+        assert_eq!(
+            KernelSpec::package("linux-image-6.12.117+deb12-amd64")
+                .unwrap()
+                .release(),
+            "6.12.117+deb12-amd64"
+        );
+        for bad in [
+            "linux-image-amd64",
+            "linux-image-6.1.0-56-cloud-amd64",
+            "linux-image-6.1.0-56-rt-amd64",
+            "linux-image-6.1.0-56-amd64-dbg",
+            "linux-image-6.1.0-56-amd64-unsigned",
+            "linux-headers-6.1.0-56-amd64",
+            "linux-image-6.1.0-56-amd64; rm -rf /",
+        ] {
+            assert!(KernelSpec::package(bad).is_err(), "{bad}");
+        }
+        for name in KERNEL_MATRIX {
+            KernelSpec::package(name).unwrap();
+        }
+        assert_eq!(KernelSpec::default().release(), "6.1.0-56-amd64");
+    }
+
+    #[test]
+    fn parses_vng_version() {
+        assert_eq!(
+            parse_vng_version("virtme-ng 1.42\n").as_deref(),
+            Some("1.42")
+        );
+        assert_eq!(parse_vng_version("usage: vng ...\n"), None);
+    }
+
+    #[test]
+    fn parses_guest_markers() {
+        let stderr = "\
+[    0.000000] Linux version 6.1.0-56-amd64
+leakbpf-vm: ready uptime=11.03 kernel=6.1.0-56-amd64
+some error from the command
+[   12.1] random: crng initleakbpf-vm: exit status=3
+";
+        assert_eq!(
+            parse_markers(stderr),
+            Markers {
+                ready_uptime: Some(Duration::from_millis(11_030)),
+                exit_status: Some(3),
+            }
+        );
+        assert_eq!(parse_markers("no markers\n"), Markers::default());
+    }
+
+    #[test]
+    fn tails_lines() {
+        assert_eq!(tail_lines("a\nb\nc\n", 2), "b\nc\n");
+        assert_eq!(tail_lines("a\nb\nc", 2), "b\nc");
+        assert_eq!(tail_lines("a\nb\n", 5), "a\nb\n");
+        assert_eq!(tail_lines("a\n", 0), "");
+    }
+
+    #[test]
+    fn quotes_for_the_shell() {
+        assert_eq!(sh_quote("/a b/c"), "'/a b/c'");
+        assert_eq!(sh_quote("it's"), r"'it'\''s'");
+    }
+}
