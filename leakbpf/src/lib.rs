@@ -12,6 +12,7 @@ pub mod filter;
 pub mod gopclntab;
 pub mod hooks;
 pub mod kernel;
+pub mod procmaps;
 pub mod report;
 pub mod socket_table;
 pub mod sockets;

@@ -1,6 +1,11 @@
 //! Turns stack addresses into frames with blazesym: user stacks through
-//! /proc/PID (ELF symbols and DWARF, PIE and shared objects), kernel stacks
-//! through kallsyms. A frame that cannot be resolved keeps its address.
+//! /proc/PID (ELF symbols and DWARF, PIE and shared objects, files seen
+//! through /proc/PID/map_files, so containers work), kernel stacks through
+//! kallsyms. Where blazesym finds no name, the frame keeps its module and
+//! offset, and a Go binary's own line table (.gopclntab, present even when
+//! stripped) names it ([`crate::gopclntab`]).
+use std::{cell::RefCell, collections::HashMap, rc::Rc};
+
 use blazesym::{
     Pid,
     symbolize::{
@@ -10,6 +15,11 @@ use blazesym::{
 };
 use serde::Serialize;
 
+use crate::{
+    gopclntab::GoSymbols,
+    procmaps::{self, Mapping, Segments},
+};
+
 /// One stack frame, as reports print it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Frame {
@@ -18,7 +28,8 @@ pub struct Frame {
     pub address: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub symbol: Option<String>,
-    /// Offset of `address` from the symbol's start.
+    /// Offset of `address` from the symbol's start; without a symbol, the
+    /// file offset in `module`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
     /// The object file (executable or shared library).
@@ -34,14 +45,23 @@ fn hex<S: serde::Serializer>(address: &u64, serializer: S) -> Result<S::Ok, S::E
     serializer.serialize_str(&format!("{address:#x}"))
 }
 
+/// A Go binary's line table and how its file maps to addresses.
+struct GoBinary {
+    symbols: GoSymbols,
+    segments: Segments,
+}
+
 pub struct Symbolizer {
     blaze: Blaze,
+    /// By (device, inode); `None`: not a Go binary.
+    go: RefCell<HashMap<(String, u64), Option<Rc<GoBinary>>>>,
 }
 
 impl Default for Symbolizer {
     fn default() -> Self {
         Symbolizer {
             blaze: Blaze::new(),
+            go: RefCell::new(HashMap::new()),
         }
     }
 }
@@ -50,7 +70,53 @@ impl Symbolizer {
     /// Frames of a user stack taken in process `pid` (which must still run).
     pub fn user(&self, pid: u32, addresses: &[u64]) -> Vec<Frame> {
         let source = Source::Process(Process::new(Pid::from(pid)));
-        self.symbolize(&source, addresses)
+        let mut frames = self.symbolize(&source, addresses);
+        if frames.iter().any(|frame| frame.symbol.is_none()) {
+            self.fill_unresolved(pid, &mut frames);
+        }
+        frames
+    }
+
+    /// Module and offset for frames blazesym could not name, and the Go
+    /// function where the module is a Go binary.
+    fn fill_unresolved(&self, pid: u32, frames: &mut [Frame]) {
+        let maps = procmaps::read(pid);
+        for frame in frames.iter_mut().filter(|frame| frame.symbol.is_none()) {
+            let Some(mapping) = maps.iter().find(|m| m.range.contains(&frame.address)) else {
+                continue;
+            };
+            let file_offset = mapping.file_offset_of(frame.address);
+            frame.module = Some(mapping.path.clone());
+            frame.offset = Some(file_offset);
+            let Some(go) = self.go_binary(pid, mapping) else {
+                continue;
+            };
+            let Some(found) = go
+                .segments
+                .address_of(file_offset)
+                .and_then(|vaddr| Some((vaddr, go.symbols.lookup(vaddr)?)))
+            else {
+                continue;
+            };
+            let (vaddr, function) = found;
+            frame.symbol = Some(function.function);
+            frame.offset = Some(vaddr - function.entry);
+            frame.file = function.file;
+            frame.line = function.line;
+        }
+    }
+
+    fn go_binary(&self, pid: u32, mapping: &Mapping) -> Option<Rc<GoBinary>> {
+        self.go
+            .borrow_mut()
+            .entry(mapping.file.clone())
+            .or_insert_with(|| {
+                let data = std::fs::read(mapping.map_file(pid)).ok()?;
+                let symbols = GoSymbols::from_bytes(&data).ok()??;
+                let segments = Segments::of(&object::File::parse(&*data).ok()?);
+                Some(Rc::new(GoBinary { symbols, segments }))
+            })
+            .clone()
     }
 
     pub fn kernel(&self, addresses: &[u64]) -> Vec<Frame> {

@@ -14,7 +14,9 @@ use gimli::{
     BaseAddresses, CfaRule, EhFrame, EhFrameHdr, LittleEndian, RegisterRule, UnwindContext,
     UnwindSection as _, X86_64,
 };
-use object::{Object as _, ObjectSection as _, ObjectSegment as _};
+use object::{Object as _, ObjectSection as _};
+
+use crate::procmaps::{self, Mapping, Segments};
 
 /// Unwind tables of one ELF file, kept for every process that maps it.
 struct ElfTables {
@@ -22,8 +24,7 @@ struct ElfTables {
     eh_frame: (Range<usize>, u64),
     eh_frame_hdr: Option<(Range<usize>, u64)>,
     text_address: u64,
-    /// PT_LOAD segments: (file offset, file size, virtual address).
-    loads: Vec<(u64, u64, u64)>,
+    segments: Segments,
 }
 
 impl ElfTables {
@@ -37,28 +38,14 @@ impl ElfTables {
         let eh_frame = section(".eh_frame")?;
         let eh_frame_hdr = section(".eh_frame_hdr");
         let text_address = file.section_by_name(".text").map_or(0, |s| s.address());
-        let loads = file
-            .segments()
-            .map(|segment| {
-                let (offset, size) = segment.file_range();
-                (offset, size, segment.address())
-            })
-            .collect();
+        let segments = Segments::of(&file);
         Some(ElfTables {
             data,
             eh_frame,
             eh_frame_hdr,
             text_address,
-            loads,
+            segments,
         })
-    }
-
-    /// ELF virtual address of a file offset.
-    fn address_of(&self, file_offset: u64) -> Option<u64> {
-        self.loads
-            .iter()
-            .find(|(offset, size, _)| (*offset..offset + size).contains(&file_offset))
-            .map(|(offset, _, vaddr)| file_offset - offset + vaddr)
     }
 
     /// Where the return address is, relative to the stack pointer, at
@@ -105,37 +92,6 @@ impl ElfTables {
     }
 }
 
-/// One executable mapping of a process.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Mapping {
-    range: Range<u64>,
-    file_offset: u64,
-    /// (device, inode): the file's identity across processes.
-    file: (String, u64),
-}
-
-/// Executable file-backed mappings in /proc/PID/maps text.
-fn parse_maps(text: &str) -> Vec<Mapping> {
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (start, end) = fields.next()?.split_once('-')?;
-            let perms = fields.next()?;
-            let offset = fields.next()?;
-            let device = fields.next()?;
-            let inode: u64 = fields.next()?.parse().ok()?;
-            if !perms.contains('x') || inode == 0 {
-                return None;
-            }
-            Some(Mapping {
-                range: u64::from_str_radix(start, 16).ok()?..u64::from_str_radix(end, 16).ok()?,
-                file_offset: u64::from_str_radix(offset, 16).ok()?,
-                file: (device.to_owned(), inode),
-            })
-        })
-        .collect()
-}
-
 /// Caches what it reads: maps per process, unwind tables per file.
 #[derive(Default)]
 pub struct LeafUnwinder {
@@ -153,7 +109,7 @@ impl LeafUnwinder {
         }
         let mapping = self.mapping(pid, ip)?;
         let tables = self.tables(pid, &mapping)?;
-        let address = tables.address_of(ip - mapping.range.start + mapping.file_offset)?;
+        let address = tables.segments.address_of(mapping.file_offset_of(ip))?;
         let slot = tables.return_address_slot(address)?;
         if slot % 8 != 0 {
             return None;
@@ -175,7 +131,7 @@ impl LeafUnwinder {
             return Some(found);
         }
         // Not cached, or mapped since (dlopen): read again.
-        let maps = parse_maps(&fs::read_to_string(format!("/proc/{pid}/maps")).ok()?);
+        let maps = procmaps::read(pid);
         let found = find(&maps);
         self.maps.insert(pid, maps);
         found
@@ -185,13 +141,10 @@ impl LeafUnwinder {
         self.files
             .entry(mapping.file.clone())
             .or_insert_with(|| {
-                // map_files reaches the very file mapped, also inside a
-                // container's mount namespace or after it was replaced.
-                let path = format!(
-                    "/proc/{pid}/map_files/{:x}-{:x}",
-                    mapping.range.start, mapping.range.end
-                );
-                fs::read(path).ok().and_then(ElfTables::parse).map(Arc::new)
+                fs::read(mapping.map_file(pid))
+                    .ok()
+                    .and_then(ElfTables::parse)
+                    .map(Arc::new)
             })
             .clone()
     }
@@ -210,24 +163,6 @@ pub fn insert_caller(ips: &mut Vec<u64>, caller: Option<u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_executable_file_mappings_only() {
-        let maps = "\
-55d0c0a00000-55d0c0a01000 r--p 00000000 fe:01 1234 /usr/bin/server
-55d0c0a01000-55d0c0a02000 r-xp 00001000 fe:01 1234 /usr/bin/server
-7f0000000000-7f0000021000 rw-p 00000000 00:00 0
-7ffd1c9f0000-7ffd1c9f2000 r-xp 00000000 00:00 0 [vdso]
-";
-        assert_eq!(
-            parse_maps(maps),
-            [Mapping {
-                range: 0x55d0_c0a0_1000..0x55d0_c0a0_2000,
-                file_offset: 0x1000,
-                file: ("fe:01".to_owned(), 1234),
-            }]
-        );
-    }
 
     #[test]
     fn inserts_a_caller_only_when_missing() {
@@ -251,7 +186,8 @@ mod tests {
         let mapping = unwinder.mapping(pid, getpid).expect("getpid is mapped");
         let tables = unwinder.tables(pid, &mapping).expect("libc has .eh_frame");
         let address = tables
-            .address_of(getpid - mapping.range.start + mapping.file_offset)
+            .segments
+            .address_of(mapping.file_offset_of(getpid))
             .expect("getpid's file offset is in a PT_LOAD segment");
         // At a function's first instruction the return address is at [sp].
         assert_eq!(tables.return_address_slot(address), Some(0));
