@@ -19,7 +19,8 @@ pub mod kind {
     pub const CLOSE: u32 = 3;
     /// The kernel destroyed the socket.
     pub const DESTROY: u32 = 4;
-    /// A process (thread-group leader) exited; `cookie` is 0.
+    /// A process is gone (its thread-group leader was freed, after every
+    /// thread exited and released its files); `cookie` is 0.
     pub const EXIT: u32 = 5;
 }
 
@@ -176,15 +177,33 @@ pub struct KernelOffsets {
     pub socket_sk: u32,
     /// `pt_regs.sp`: the user stack pointer saved at syscall entry.
     pub pt_regs_sp: u32,
+    // task_struct identity, for the exit event
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_comm: u32,
     // tracepoint records
     /// `ret` in `syscalls:sys_exit_accept{,4}`.
     pub accept_exit_ret: u32,
     /// `sock_cookie` in `tcp:tcp_destroy_sock`.
     pub destroy_cookie: u32,
+    /// Parameters of `inet_csk_accept` (4 before Linux 6.10, 2 since): a
+    /// fexit program reads the returned socket right after them.
+    pub accept_arity: u32,
+}
+
+/// How the loaded hook set divides the work, set before load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HookConfig {
+    /// 1: the state tracepoint reports connects (CLOSE -> SYN_SENT), as in
+    /// the tracepoint set; 0: a tcp_connect hook does.
+    pub connect_from_state: u32,
 }
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain #[repr(C)] integers with no implicit padding.
     unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HookConfig {}
 }

@@ -16,7 +16,7 @@ use aya_ebpf::{
     programs::tracing::StackIdContext,
 };
 use leakbpf_common::{
-    Endpoints, EventHeader, OpenEvent, StackId, Task, USER_STACK_TOP_WORDS, kind, lost,
+    CloseEvent, Endpoints, EventHeader, OpenEvent, StackId, Task, USER_STACK_TOP_WORDS, kind, lost,
 };
 
 /// Default size; user space may resize it before load (`--ring-bytes`).
@@ -149,4 +149,16 @@ pub fn submit<T: 'static>(event: T) {
         }
         None => count_lost(lost::RINGBUF_FULL),
     }
+}
+
+/// A release of socket `cookie` by the current task.
+#[inline(always)]
+pub fn submit_close(cookie: u64, family: u16, state: u8) {
+    submit(CloseEvent {
+        header: header(kind::CLOSE, cookie),
+        task: current_task(),
+        family,
+        state,
+        _pad: [0; 5],
+    });
 }

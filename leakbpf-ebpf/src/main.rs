@@ -2,15 +2,22 @@
 //! when, which socket, which stack) into the `EVENTS` ring buffer; deciding
 //! what is a leak is user space's job.
 //!
-//! Hook sets (user space picks one per kernel, see `leakbpf::hooks`):
+//! Hook sets (user space picks one per kernel, see `leakbpf::hooks`), each
+//! with [`shared`] for state changes, destruction and exits:
+//! - [`trampoline_set`]: fentry/fexit on tcp_connect, inet_csk_accept,
+//!   tcp_close;
+//! - [`kprobe_set`]: kprobes on the same functions;
 //! - [`tracepoint_set`]: stable tracepoints + a cgroup socket hook; needs
 //!   neither kprobes nor BPF trampolines.
 #![no_std]
 #![no_main]
 
 mod emit;
+mod kprobe_set;
+mod shared;
 mod sock;
 mod tracepoint_set;
+mod trampoline_set;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,60 +1,18 @@
-//! The hook set for kernels without kprobes or BPF trampolines: a BTF
-//! tracepoint for state changes (and connect), syscall-exit tracepoints for
-//! accept, a cgroup hook for release, and a tracepoint for destruction.
-use core::ffi::c_void;
-
+//! The hook set for kernels without kprobes or BPF trampolines: connects
+//! come from the state tracepoint ([`crate::shared`]), accepts from the
+//! accept syscalls' exits, closes from the cgroup release hook.
 use aya_ebpf::{
     bindings::bpf_sock,
     helpers::generated::{bpf_get_current_task, bpf_get_socket_cookie},
-    macros::{btf_tracepoint, cgroup_sock, tracepoint},
-    programs::{BtfTracePointContext, SockContext, TracePointContext},
+    macros::{cgroup_sock, tracepoint},
+    programs::{SockContext, TracePointContext},
 };
-use leakbpf_common::{CloseEvent, DestroyEvent, ExitEvent, StateEvent, direction, kind, lost};
+use leakbpf_common::{direction, lost};
 
 use crate::{
-    emit::{count_lost, current_task, header, submit, submit_open},
+    emit::{count_lost, submit_close, submit_open},
     sock::{IPPROTO_TCP, endpoints, is_tcp, offsets, read},
 };
-
-const TCP_SYN_SENT: i32 = 2;
-const TCP_CLOSE: i32 = 7;
-
-/// `inet_sock_set_state(sk, oldstate, newstate)`, fired before `sk_state`
-/// changes. CLOSE -> SYN_SENT happens inside connect(), in the caller's
-/// context: that transition is the connect's open event. Every other
-/// transition may run in softirq, so it carries no task.
-#[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
-    let _ = try_inet_sock_set_state(&ctx);
-    0
-}
-
-fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
-    let sk: *mut c_void = ctx.arg(0);
-    let old_state: i32 = ctx.arg(1);
-    let new_state: i32 = ctx.arg(2);
-    let off = offsets();
-    let sk_addr = sk as u64;
-    if !unsafe { is_tcp(sk_addr, &off) } {
-        return Ok(());
-    }
-    let mut ep = unsafe { endpoints(sk_addr, &off)? };
-    ep.state = new_state as u8;
-    // Generates the cookie on first use; later reads of sk_cookie (accept
-    // path) see the same value.
-    let cookie = unsafe { bpf_get_socket_cookie(sk) };
-    if old_state == TCP_CLOSE && new_state == TCP_SYN_SENT {
-        submit_open(ctx, cookie, ep, direction::CONNECT, -1, off.pt_regs_sp);
-    } else {
-        submit(StateEvent {
-            header: header(kind::STATE, cookie),
-            endpoints: ep,
-            old_state: old_state as u8,
-            _pad: [0; 7],
-        });
-    }
-    Ok(())
-}
 
 /// `syscalls:sys_exit_accept` and `sys_exit_accept4`. The accepted socket
 /// was created in softirq; only here, in the acceptor's context, is its owner
@@ -116,43 +74,8 @@ pub fn sock_release(ctx: SockContext) -> i32 {
     let (protocol, family, state) = unsafe { ((*sock).protocol, (*sock).family, (*sock).state) };
     if protocol == u32::from(IPPROTO_TCP) {
         let cookie = unsafe { bpf_get_socket_cookie(sock.cast()) };
-        submit(CloseEvent {
-            header: header(kind::CLOSE, cookie),
-            task: current_task(),
-            family: family as u16,
-            state: state as u8,
-            _pad: [0; 5],
-        });
+        submit_close(cookie, family as u16, state as u8);
     }
     // 1 = allow: this hook only observes.
     1
-}
-
-/// `tcp:tcp_destroy_sock`: the kernel frees the socket. The tracepoint
-/// itself generates and records the cookie.
-#[tracepoint]
-pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
-    let off = offsets();
-    if let Ok(cookie) = unsafe { ctx.read_at::<u64>(off.destroy_cookie as usize) } {
-        submit(DestroyEvent {
-            header: header(kind::DESTROY, cookie),
-        });
-    }
-    0
-}
-
-/// `sched:sched_process_exit`: a process ended. Its sockets were released
-/// (or handed on) by then; user space uses this to retire the pid, so a
-/// lost close cannot become a phantom leak and a reused pid starts clean.
-/// Only the thread-group leader's exit is forwarded.
-#[tracepoint]
-pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
-    let task = current_task();
-    if task.pid == task.tid {
-        submit(ExitEvent {
-            header: header(kind::EXIT, 0),
-            task,
-        });
-    }
-    0
 }

@@ -494,8 +494,12 @@ mod tests {
             (closed.reason, closed.time_ns),
             (CloseReason::OwnerExited, 9)
         );
-        let open: Vec<u64> = table.open_sockets().map(|s| s.cookie).collect();
-        assert_eq!(open, [3], "only the other process's socket is still open");
+        let still_open: Vec<u64> = table.open_sockets().map(|s| s.cookie).collect();
+        assert_eq!(
+            still_open,
+            [3],
+            "only the other process's socket is still open"
+        );
         // A new process with the reused pid starts with fresh counts.
         table.apply(&open(4, 100, 20));
         let key = table.get(4).unwrap().group_key();

@@ -1,6 +1,6 @@
 //! From stack ids to frames: reads the kernel's stack map, repairs the user
 //! stack's skipped leaf caller ([`crate::unwind`]) and symbolizes.
-use std::collections::HashMap;
+use std::{cell::RefCell, collections::HashMap, rc::Rc};
 
 use crate::{
     event::{Open, Stack},
@@ -16,6 +16,10 @@ pub struct StackResolver {
     /// the same answer, so each is unwound once.
     callers: HashMap<(u32, u32), Option<u64>>,
     symbolizer: Symbolizer,
+    /// Symbolized stacks: the same stack is resolved once. User stacks by
+    /// (pid, stack id, leaf caller), kernel stacks by stack id.
+    user_frames: RefCell<HashMap<(u32, u32, Option<u64>), Rc<[Frame]>>>,
+    kernel_frames: RefCell<HashMap<u32, Rc<[Frame]>>>,
 }
 
 impl StackResolver {
@@ -45,6 +49,7 @@ impl StackResolver {
     pub fn forget(&mut self, pid: u32) {
         self.unwinder.forget(pid);
         self.callers.retain(|(p, _), _| *p != pid);
+        self.user_frames.get_mut().retain(|(p, _, _), _| *p != pid);
     }
 
     /// Instruction pointers of a user stack, innermost first, repaired.
@@ -61,12 +66,29 @@ impl StackResolver {
         pid: u32,
         stack: Stack,
         leaf_caller: Option<u64>,
-    ) -> Option<Vec<Frame>> {
-        Self::user_ips(tracer, stack, leaf_caller).map(|ips| self.symbolizer.user(pid, &ips))
+    ) -> Option<Rc<[Frame]>> {
+        let Stack::Id(id) = stack else { return None };
+        let key = (pid, id, leaf_caller);
+        if let Some(frames) = self.user_frames.borrow().get(&key) {
+            return Some(Rc::clone(frames));
+        }
+        let ips = Self::user_ips(tracer, stack, leaf_caller)?;
+        let frames: Rc<[Frame]> = self.symbolizer.user(pid, &ips).into();
+        self.user_frames
+            .borrow_mut()
+            .insert(key, Rc::clone(&frames));
+        Some(frames)
     }
 
-    pub fn kernel_frames(&self, tracer: &Tracer, stack: Stack) -> Option<Vec<Frame>> {
+    pub fn kernel_frames(&self, tracer: &Tracer, stack: Stack) -> Option<Rc<[Frame]>> {
         let Stack::Id(id) = stack else { return None };
-        tracer.stack(id).map(|ips| self.symbolizer.kernel(&ips))
+        if let Some(frames) = self.kernel_frames.borrow().get(&id) {
+            return Some(Rc::clone(frames));
+        }
+        let frames: Rc<[Frame]> = self.symbolizer.kernel(&tracer.stack(id)?).into();
+        self.kernel_frames
+            .borrow_mut()
+            .insert(id, Rc::clone(&frames));
+        Some(frames)
     }
 }

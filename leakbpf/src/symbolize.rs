@@ -81,7 +81,10 @@ impl Symbolizer {
     /// function where the module is a Go binary.
     fn fill_unresolved(&self, pid: u32, frames: &mut [Frame]) {
         let maps = procmaps::read(pid);
-        for frame in frames.iter_mut().filter(|frame| frame.symbol.is_none()) {
+        for (index, frame) in frames.iter_mut().enumerate() {
+            if frame.symbol.is_some() {
+                continue;
+            }
             let Some(mapping) = maps.iter().find(|m| m.range.contains(&frame.address)) else {
                 continue;
             };
@@ -91,10 +94,12 @@ impl Symbolizer {
             let Some(go) = self.go_binary(pid, mapping) else {
                 continue;
             };
+            // Outer frames hold return addresses: look up the call itself.
+            let back = u64::from(index > 0);
             let Some(found) = go
                 .segments
                 .address_of(file_offset)
-                .and_then(|vaddr| Some((vaddr, go.symbols.lookup(vaddr)?)))
+                .and_then(|vaddr| Some((vaddr, go.symbols.lookup(vaddr - back)?)))
             else {
                 continue;
             };

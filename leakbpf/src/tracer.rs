@@ -5,7 +5,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
 };
-use leakbpf_common::lost;
+use leakbpf_common::{HookConfig, lost};
 use serde::Serialize;
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -61,7 +61,7 @@ pub struct Tracer {
 }
 
 /// The compiled eBPF object, built by build.rs.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakbpf"));
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakbpf"));
 
 impl Tracer {
     /// Probes the kernel, chooses a hook set, loads and attaches it. Must run
@@ -69,12 +69,16 @@ impl Tracer {
     pub fn start(options: TracerOptions) -> Result<Tracer> {
         require_root()?;
         tracefs::ensure_mounted()?;
-        let caps = Capabilities::probe();
+        let caps = Capabilities::probe(EBPF_OBJECT);
         let hooks = caps.choose(options.hooks)?;
         let offsets = offsets::read_offsets().context("reading kernel offsets")?;
+        let config = HookConfig {
+            connect_from_state: u32::from(hooks.connect_from_state()),
+        };
 
         let mut loader = EbpfLoader::new();
         loader.override_global("OFFSETS", &offsets, true);
+        loader.override_global("HOOKS", &config, true);
         if let Some(bytes) = options.ring_bytes {
             if !bytes.is_power_of_two() || bytes < 4096 {
                 bail!("--ring-bytes must be a power of two of at least 4096, not {bytes}");

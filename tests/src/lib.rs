@@ -336,3 +336,228 @@ pub fn symbols(stack: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// A Go fixture `fixtures/NAME.go`, built like [`go_dialer`] (Debian's Go,
+/// GOPATH mode, frame pointers, full symbols) into `target/fixtures/NAME`.
+pub fn go_binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<std::collections::HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(path) = built.get(name) {
+        return path.clone();
+    }
+    let out = build_dir().join(name);
+    let mut go = Command::new("go");
+    go.args(["build", "-o"])
+        .arg(&out)
+        .arg(fixture_source(&format!("{name}.go")))
+        .env("GO111MODULE", "off")
+        .env("GOCACHE", build_dir().join("go-cache"))
+        .env("HOME", build_dir());
+    run_build(go, &format!("Go fixture {name} (go build)"));
+    built.insert(name.to_owned(), out.clone());
+    out
+}
+
+/// `go tool pprof ARGS` with the same Go environment as the fixture builds.
+pub fn go_tool_pprof(args: &[&str]) -> std::process::Output {
+    Command::new("go")
+        .args(["tool", "pprof"])
+        .args(args)
+        .env("GO111MODULE", "off")
+        .env("GOCACHE", build_dir().join("go-cache"))
+        .env("HOME", build_dir())
+        .env("PPROF_TMPDIR", build_dir())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run `go tool pprof` (is golang-go installed?): {err}"))
+}
+
+/// A running `leakbpf trace`: started with [`trace_json`] (or
+/// [`TraceRun::start`] for other formats), stopped with SIGINT by
+/// [`TraceRun::stop`] or left to end by its `--duration`
+/// ([`TraceRun::wait`]).
+pub struct TraceRun {
+    child: Child,
+    stdout_reader: Option<thread::JoinHandle<Vec<u8>>>,
+    stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<thread::JoinHandle<()>>,
+}
+
+/// What a finished `leakbpf trace` printed.
+pub struct TraceOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl TraceOutput {
+    pub fn text(&self) -> String {
+        String::from_utf8(self.stdout.clone())
+            .unwrap_or_else(|err| panic!("leakbpf trace printed non-UTF-8 output: {err}"))
+    }
+
+    /// The one JSON document of `--format json`.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.stdout).unwrap_or_else(|err| {
+            panic!(
+                "leakbpf trace did not print one JSON document ({err}); stdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&self.stdout),
+                self.stderr
+            )
+        })
+    }
+}
+
+/// Starts `leakbpf trace --format json ARGS` and waits until it traces.
+pub fn trace_json(args: &[&str]) -> TraceRun {
+    let mut all = vec!["--format", "json"];
+    all.extend_from_slice(args);
+    TraceRun::start(&all)
+}
+
+impl TraceRun {
+    /// Starts `leakbpf trace ARGS` and waits for its "tracing TCP sockets"
+    /// line: the programs are attached and the pre-existing scan is done.
+    pub fn start(args: &[&str]) -> TraceRun {
+        let mut child = Command::new(leakbpf_bin())
+            .arg("trace")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting leakbpf trace");
+        let mut stdout = child.stdout.take().expect("leakbpf stdout");
+        let stdout_reader = thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut stdout, &mut bytes);
+            bytes
+        });
+        let stderr_text = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("leakbpf stderr");
+        let sink = Arc::clone(&stderr_text);
+        let stderr_reader = thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("tracing TCP sockets") {
+                    let _ = ready_tx.send(());
+                }
+                let mut text = sink.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        let mut run = TraceRun {
+            child,
+            stdout_reader: Some(stdout_reader),
+            stderr: stderr_text,
+            stderr_reader: Some(stderr_reader),
+        };
+        if ready_rx.recv_timeout(TIMEOUT).is_err() {
+            let _ = run.child.kill();
+            let _ = run.child.wait();
+            if let Some(reader) = run.stderr_reader.take() {
+                let _ = reader.join();
+            }
+            panic!(
+                "leakbpf trace did not start tracing within {TIMEOUT:?}; it said:\n{}",
+                run.stderr.lock().unwrap()
+            );
+        }
+        run
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGINT, then everything it printed (it must exit 0).
+    pub fn stop_raw(self) -> TraceOutput {
+        // SAFETY: plain kill(2) on our own (unreaped) child.
+        let rc = unsafe { libc::kill(self.pid() as i32, libc::SIGINT) };
+        assert_eq!(rc, 0, "kill({}, SIGINT) failed", self.pid());
+        self.wait_raw()
+    }
+
+    /// Waits (at most [`TIMEOUT`]) for it to end by itself (`--duration`);
+    /// it must exit 0.
+    pub fn wait_raw(mut self) -> TraceOutput {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for leakbpf trace") {
+                break status;
+            }
+            if start.elapsed() > TIMEOUT {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                if let Some(reader) = self.stderr_reader.take() {
+                    let _ = reader.join();
+                }
+                panic!(
+                    "leakbpf trace did not exit within {TIMEOUT:?}; it said:\n{}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        let stdout = self
+            .stdout_reader
+            .take()
+            .expect("stdout reader")
+            .join()
+            .expect("stdout reader");
+        if let Some(reader) = self.stderr_reader.take() {
+            reader.join().expect("stderr reader");
+        }
+        let stderr = self.stderr.lock().unwrap().clone();
+        assert!(
+            status.success(),
+            "leakbpf trace exited with {status}:\n{stderr}"
+        );
+        TraceOutput { stdout, stderr }
+    }
+
+    /// SIGINT, then the JSON report.
+    pub fn stop(self) -> Value {
+        self.stop_raw().json()
+    }
+
+    /// Waits for `--duration` to end, then the JSON report.
+    pub fn wait(self) -> Value {
+        self.wait_raw().json()
+    }
+}
+
+impl Drop for TraceRun {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The report's entry for `pid`, if it has one.
+pub fn process(report: &Value, pid: u32) -> Option<&Value> {
+    report["processes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("report without processes: {report}"))
+        .iter()
+        .find(|p| p["pid"] == pid)
+}
+
+/// The groups of `pid` (none if the process is absent).
+pub fn groups(report: &Value, pid: u32) -> Vec<&Value> {
+    process(report, pid)
+        .and_then(|p| p["groups"].as_array())
+        .map(|groups| groups.iter().collect())
+        .unwrap_or_default()
+}
+
+/// The groups of `pid` in one direction (`connect`, `accept`, `preexisting`).
+pub fn groups_in<'a>(report: &'a Value, pid: u32, direction: &str) -> Vec<&'a Value> {
+    groups(report, pid)
+        .into_iter()
+        .filter(|g| g["direction"] == direction)
+        .collect()
+}

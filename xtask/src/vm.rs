@@ -37,7 +37,7 @@ use std::{
     fmt, fs,
     io::{self, Read, Write},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -334,13 +334,7 @@ fn run_vng(
         }
         if Instant::now() >= deadline {
             timed_out = true;
-            // Negative pid: the group. `kill` rather than a libc dependency.
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", child.id())])
-                .stderr(Stdio::null())
-                .status();
-            let _ = child.kill();
-            break child.wait().context("cannot reap vng")?;
+            break stop_vm(&mut child)?;
         }
         thread::sleep(Duration::from_millis(50));
     };
@@ -359,6 +353,64 @@ fn run_vng(
         boot: markers.ready_uptime,
         wall,
     })
+}
+
+/// Stops a VM at its timeout without leaving orphans behind: kills qemu
+/// first, so that virtme-run and vng reap it and exit on their own, and only
+/// if they do not, the whole process group (`kill`, as there is no libc
+/// dependency). Killing the group at once would reparent qemu to init, which
+/// on these machines never reaps it.
+fn stop_vm(child: &mut Child) -> Result<ExitStatus> {
+    let pgid = child.id();
+    let kill = |target: String| {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &target])
+            .stderr(Stdio::null())
+            .status();
+    };
+    for pid in group_members(pgid, "qemu-system-") {
+        kill(pid.to_string());
+    }
+    let grace = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < grace {
+        if let Some(status) = child.try_wait().context("cannot wait for vng")? {
+            return Ok(status);
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    kill(format!("-{pgid}"));
+    child.wait().context("cannot reap vng")
+}
+
+/// The processes of group `pgid` whose name starts with `comm_prefix`.
+fn group_members(pgid: u32, comm_prefix: &str) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                parse_stat(&stat)
+                    .is_some_and(|(comm, pgrp)| pgrp == pgid && comm.starts_with(comm_prefix))
+            })
+        })
+        .collect()
+}
+
+/// `(comm, pgrp)` from a /proc/PID/stat line: `PID (COMM) STATE PPID PGRP ...`,
+/// where COMM may itself contain spaces and parentheses.
+fn parse_stat(stat: &str) -> Option<(&str, u32)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?;
+    let pgrp = stat
+        .get(close + 1..)?
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()?;
+    Some((comm, pgrp))
 }
 
 /// Reads a pipe to its end on a thread, optionally echoing to our stderr.
@@ -855,6 +907,16 @@ some error from the command
             }
         );
         assert_eq!(parse_markers("no markers\n"), Markers::default());
+    }
+
+    #[test]
+    fn parses_proc_stat() {
+        assert_eq!(
+            parse_stat("14575 (qemu-system-x86) S 14559 14550 14550 0 -1 4194560 ..."),
+            Some(("qemu-system-x86", 14550))
+        );
+        assert_eq!(parse_stat("7 (a (b) c) R 1 7 7 0"), Some(("a (b) c", 7)));
+        assert_eq!(parse_stat("garbage"), None);
     }
 
     #[test]

@@ -1,14 +1,18 @@
 //! `leakbpf check`: what this kernel offers and which hook set would run.
 use std::process::ExitCode;
 
-use crate::{cli::CheckArgs, hooks::Capabilities, kernel::offsets};
+use crate::{
+    cli::CheckArgs,
+    hooks::{Capabilities, HookSet, Trampolines},
+    kernel::offsets,
+};
 
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     // As root, mount tracefs if needed, as `events` would; otherwise report.
     if crate::tracer::require_root().is_ok() {
         crate::kernel::tracefs::ensure_mounted()?;
     }
-    let caps = Capabilities::probe();
+    let caps = Capabilities::probe(crate::tracer::EBPF_OBJECT);
     let yes_no = |present: bool| if present { "yes" } else { "no" };
     println!("kernel            {}", caps.kernel_release);
     println!("BTF               {}", yes_no(caps.btf));
@@ -28,9 +32,34 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             .map_or("not mounted".to_owned(), |p| p.display().to_string())
     );
     println!("kprobe PMU        {}", yes_no(caps.kprobes));
+    for (function, present) in &caps.functions {
+        println!(
+            "  {function:<28} {}",
+            if *present { "in kallsyms" } else { "missing" }
+        );
+    }
+    println!(
+        "BPF trampolines   {}",
+        match &caps.trampolines {
+            Trampolines::Work => "yes".to_owned(),
+            Trampolines::Refused(why) => format!("no ({why})"),
+        }
+    );
     match offsets::read_offsets() {
         Ok(_) => println!("kernel offsets    read from BTF and tracefs"),
         Err(err) => println!("kernel offsets    unavailable: {err:#}"),
+    }
+    for set in [HookSet::Fentry, HookSet::Kprobe, HookSet::Tracepoint] {
+        let missing = caps.missing_for(set);
+        println!(
+            "set {:<13} {}",
+            set.name(),
+            if missing.is_empty() {
+                "usable".to_owned()
+            } else {
+                format!("unusable: needs {}", missing.join(", "))
+            }
+        );
     }
     let set = caps.choose(args.tracer.hooks)?;
     println!("hook set          {set}: {}", set.describe());

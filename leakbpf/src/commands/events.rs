@@ -3,6 +3,7 @@
 use std::{
     io::{BufWriter, Write as _},
     process::ExitCode,
+    rc::Rc,
     time::{Duration, Instant},
 };
 
@@ -50,9 +51,9 @@ struct Record<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     kernel_stack_id: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    user_stack: Option<Vec<Frame>>,
+    user_stack: Option<Rc<[Frame]>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    kernel_stack: Option<Vec<Frame>>,
+    kernel_stack: Option<Rc<[Frame]>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -309,7 +310,7 @@ impl<W: std::io::Write> Printer<W> {
             detail
         )?;
         for (label, frames) in [("user", &r.user_stack), ("kernel", &r.kernel_stack)] {
-            for frame in frames.iter().flatten() {
+            for frame in frames.iter().flat_map(|f| f.iter()) {
                 writeln!(
                     self.out,
                     "    {label:<6} {:#018x} {}",

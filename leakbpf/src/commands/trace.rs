@@ -73,10 +73,11 @@ async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
     let started = Instant::now();
     let mut table = SocketTable::default();
     let mut incomplete = Vec::new();
+    let mut warnings = Vec::new();
     // After attaching, so nothing opened from here on is missed: a socket
     // both found here and seen opening is tracked once (by its cookie).
     if !args.no_preexisting {
-        preexisting(&mut table, filter, &mut incomplete)?;
+        preexisting(&mut table, filter, &mut warnings)?;
     }
     let progress = std::io::stderr().is_terminal();
     eprintln!(
@@ -135,6 +136,7 @@ async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
         lost_stacks: lost.stacks(),
         complete: incomplete.is_empty(),
         incomplete,
+        warnings,
         processes: Vec::new(),
     };
     let (live, exes) = live_facts(&table);
@@ -212,16 +214,12 @@ impl session::Consumer for Collector {
 }
 
 /// Puts the sockets processes already hold into the table.
-fn preexisting(
-    table: &mut SocketTable,
-    filter: &Filter,
-    incomplete: &mut Vec<String>,
-) -> Result<()> {
+fn preexisting(table: &mut SocketTable, filter: &Filter, warnings: &mut Vec<String>) -> Result<()> {
     let (found, stats) = sockets::scan_with_stats(&ScanOptions::default())
         .context("listing the sockets already open (sock_diag, /proc)")?;
     if stats.walk.permission_denied > 0 {
-        incomplete.push(format!(
-            "{} processes' fd tables could not be read",
+        warnings.push(format!(
+            "{} processes' fd tables could not be read: their pre-existing sockets are not listed",
             stats.walk.permission_denied
         ));
     }
@@ -308,12 +306,14 @@ impl FrameSource for Frames<'_> {
                 socket.user_stack,
                 socket.leaf_caller,
             )
+            .map(|frames| frames.to_vec())
             .unwrap_or_default()
     }
 
     fn kernel(&self, socket: &Socket) -> Vec<Frame> {
         self.stacks
             .kernel_frames(self.tracer, socket.kernel_stack)
+            .map(|frames| frames.to_vec())
             .unwrap_or_default()
     }
 }

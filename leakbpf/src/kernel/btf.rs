@@ -149,6 +149,20 @@ impl Btf {
         }
     }
 
+    /// Number of parameters of kernel function `name`, or `None` if the
+    /// BTF has no such function (not built in, renamed, or fully inlined).
+    /// A fexit program finds the return value right after the parameters.
+    pub fn function_arity(&self, name: &str) -> Option<usize> {
+        let types = self.raw.resolve_types_by_name(name).ok()?;
+        types.into_iter().find_map(|ty| match ty {
+            Type::Func(func) => match self.raw.resolve_chained_type(&func).ok()? {
+                Type::FuncProto(proto) => Some(proto.parameters.len()),
+                _ => None,
+            },
+            _ => None,
+        })
+    }
+
     /// Where this BTF was read from.
     pub fn origin(&self) -> &str {
         &self.origin
@@ -798,5 +812,15 @@ pub(crate) mod tests {
                 )
             );
         }
+    }
+
+    #[test]
+    fn knows_the_arity_of_kernel_functions() {
+        let btf = Btf::vmlinux().expect("kernel BTF");
+        assert_eq!(btf.function_arity("tcp_connect"), Some(1));
+        assert_eq!(btf.function_arity("tcp_close"), Some(2));
+        // (sk, flags, err, kern) before 6.10, (sk, arg) since.
+        assert!(matches!(btf.function_arity("inet_csk_accept"), Some(2 | 4)));
+        assert_eq!(btf.function_arity("no_such_function_in_any_kernel"), None);
     }
 }

@@ -68,6 +68,9 @@ const STRUCT_MEMBERS: &[StructMember] = &[
     member!(socket_sk: "socket"."sk", POINTER),
     // The user stack pointer at syscall entry (x86_64 `struct pt_regs`).
     member!(pt_regs_sp: "pt_regs"."sp", 8),
+    member!(task_pid: "task_struct"."pid", 4),
+    member!(task_tgid: "task_struct"."tgid", 4),
+    member!(task_comm: "task_struct"."comm", 16),
 ];
 
 /// Reads every offset from the running kernel: BTF from
@@ -92,7 +95,13 @@ pub fn read_offsets_from(btf: &Btf, tracefs_root: &Path) -> anyhow::Result<Kerne
 pub fn fill_struct_offsets(btf: &Btf, offsets: &mut KernelOffsets) -> anyhow::Result<()> {
     STRUCT_MEMBERS
         .iter()
-        .try_for_each(|wanted| fill_member(btf, wanted, offsets))
+        .try_for_each(|wanted| fill_member(btf, wanted, offsets))?;
+    // 0 when the kernel has no such function: the sets that hook it say so.
+    offsets.accept_arity = btf
+        .function_arity("inet_csk_accept")
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0);
+    Ok(())
 }
 
 fn fill_member(

@@ -25,6 +25,10 @@ pub struct Report {
     /// counts may be wrong; `incomplete` says why.
     pub complete: bool,
     pub incomplete: Vec<String>,
+    /// Limits of what could be seen that do not make counts wrong (e.g. a
+    /// process whose fd table could not be read: its pre-existing sockets
+    /// are not attributed).
+    pub warnings: Vec<String>,
     /// Ranked by open sockets, most first.
     pub processes: Vec<ProcessReport>,
 }

@@ -16,7 +16,10 @@
 //!   `"[preexisting]"`;
 //! - labels: `direction`, `comm`, `pid` (number), `oldest_age` (number, in
 //!   seconds) and one `class` label per class, so `-tagfocus=class=idle`
-//!   selects exactly the groups with that class.
+//!   selects exactly the groups with that class;
+//! - `duration_nanos` is the trace's duration; `time_nanos` stays unset, as
+//!   the report carries no wall-clock start; comments carry the hooks, the
+//!   event counts and why the report is incomplete, if it is.
 //!
 //! The messages are written by hand with `prost` derives: the schema is
 //! small and stable, and this avoids protoc in the build.
@@ -126,6 +129,21 @@ impl Builder {
                 .map(|why| format!("incomplete: {why}")),
         );
         self.profile.comment = comments.iter().map(|c| self.string(c)).collect();
+
+        // pprof takes the first mapping for the main binary (`File:` in its
+        // output), so the executables' mappings go first.
+        for process in &report.processes {
+            let Some(exe) = &process.exe else { continue };
+            for group in &process.groups {
+                for frame in group
+                    .stack
+                    .iter()
+                    .filter(|f| f.module.as_ref() == Some(exe))
+                {
+                    self.mapping(process.pid, exe, frame);
+                }
+            }
+        }
 
         for process in &report.processes {
             let root = self.synthetic_location(&process_frame_name(process));
@@ -472,7 +490,7 @@ pub(crate) mod tests {
         let main = Frame {
             file: Some("/src/worker.c".to_string()),
             line: Some(7),
-            ..frame(0x4010_20, Some("main"), Some("/usr/bin/worker"))
+            ..frame(0x40_1020, Some("main"), Some("/usr/bin/worker"))
         };
         Report {
             version: REPORT_VERSION,
@@ -682,8 +700,8 @@ pub(crate) mod tests {
         assert_eq!(
             mappings,
             [
-                ("/lib/libc.so.6", true, false),
                 ("/usr/bin/server", true, true),
+                ("/lib/libc.so.6", true, false),
                 ("/lib/libc.so.6", true, false),
                 ("/usr/bin/worker", true, true),
                 ("/usr/lib/libfoo.so.1", true, false),
@@ -750,6 +768,7 @@ pub(crate) mod tests {
             output.status
         );
         assert!(!stderr.contains("failed"), "{stderr}");
+        assert!(stdout.contains("File: server"), "{stdout}");
         assert!(stdout.contains("Type: sockets"), "{stdout}");
         assert!(stdout.contains("of 6 total"), "{stdout}");
 

@@ -27,6 +27,9 @@ pub fn render(report: &Report) -> String {
             format!("INCOMPLETE: {}", report.incomplete.join("; "))
         }
     );
+    for warning in &report.warnings {
+        let _ = writeln!(out, "leakbpf: note: {warning}");
+    }
     for process in &report.processes {
         let _ = writeln!(
             out,

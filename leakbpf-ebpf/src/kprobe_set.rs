@@ -1,0 +1,66 @@
+//! The hook set on the design card's functions through kprobes, for kernels
+//! with CONFIG_KPROBES but no BPF trampolines. Arguments are plain pointers
+//! here, so the cookie is read from `sk_cookie`, which the state tracepoint
+//! ([`crate::shared`]) generated when the socket first changed state.
+use aya_ebpf::{
+    macros::{kprobe, kretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use leakbpf_common::direction;
+
+use crate::{
+    emit::{submit_close, submit_open},
+    sock::{endpoints, is_tcp, offsets, read},
+};
+
+/// `int tcp_connect(struct sock *sk)`, in connect().
+#[kprobe(function = "tcp_connect")]
+pub fn kprobe_tcp_connect(ctx: ProbeContext) -> u32 {
+    let Some(sk) = ctx.arg::<u64>(0) else {
+        return 0;
+    };
+    open(&ctx, sk, direction::CONNECT);
+    0
+}
+
+/// `struct sock *inet_csk_accept(...)` returns the accepted socket, in the
+/// accepting process.
+#[kretprobe(function = "inet_csk_accept")]
+pub fn kretprobe_inet_csk_accept(ctx: RetProbeContext) -> u32 {
+    let sk: u64 = ctx.ret();
+    if sk != 0 {
+        open(&ctx, sk, direction::ACCEPT);
+    }
+    0
+}
+
+#[inline(always)]
+fn open<C: aya_ebpf::programs::tracing::StackIdContext>(ctx: &C, sk: u64, direction: u8) {
+    let off = offsets();
+    if unsafe { is_tcp(sk, &off) }
+        && let (Ok(endpoints), Ok(cookie)) = (unsafe { endpoints(sk, &off) }, unsafe {
+            read::<u64>(sk, off.sk_cookie)
+        })
+        && cookie != 0
+    {
+        submit_open(ctx, cookie, endpoints, direction, -1, off.pt_regs_sp);
+    }
+}
+
+/// `void tcp_close(struct sock *sk, long timeout)`, in the releasing task.
+#[kprobe(function = "tcp_close")]
+pub fn kprobe_tcp_close(ctx: ProbeContext) -> u32 {
+    let Some(sk) = ctx.arg::<u64>(0) else {
+        return 0;
+    };
+    let off = offsets();
+    if unsafe { is_tcp(sk, &off) }
+        && let Ok(cookie) = unsafe { read::<u64>(sk, off.sk_cookie) }
+        && cookie != 0
+    {
+        let family: u16 = unsafe { read(sk, off.sk_family) }.unwrap_or(0);
+        let state: u8 = unsafe { read(sk, off.sk_state) }.unwrap_or(0);
+        submit_close(cookie, family, state);
+    }
+    0
+}
