@@ -340,24 +340,43 @@ pub fn symbols(stack: &Value) -> Vec<String> {
 /// A Go fixture `fixtures/NAME.go`, built like [`go_dialer`] (Debian's Go,
 /// GOPATH mode, frame pointers, full symbols) into `target/fixtures/NAME`.
 pub fn go_binary(name: &str) -> PathBuf {
+    go_build(name, false)
+}
+
+/// Like [`go_binary`], linked with `-s -w`: no symbol table, no DWARF;
+/// only Go's own line table (.gopclntab) is left. Named `NAME-stripped`.
+pub fn go_binary_stripped(name: &str) -> PathBuf {
+    go_build(name, true)
+}
+
+fn go_build(name: &str, stripped: bool) -> PathBuf {
     static BUILT: OnceLock<Mutex<std::collections::HashMap<String, PathBuf>>> = OnceLock::new();
     let mut built = BUILT
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(path) = built.get(name) {
+    let out_name = if stripped {
+        format!("{name}-stripped")
+    } else {
+        name.to_owned()
+    };
+    if let Some(path) = built.get(&out_name) {
         return path.clone();
     }
-    let out = build_dir().join(name);
+    let out = build_dir().join(&out_name);
     let mut go = Command::new("go");
-    go.args(["build", "-o"])
+    go.arg("build");
+    if stripped {
+        go.arg("-ldflags=-s -w");
+    }
+    go.arg("-o")
         .arg(&out)
         .arg(fixture_source(&format!("{name}.go")))
         .env("GO111MODULE", "off")
         .env("GOCACHE", build_dir().join("go-cache"))
         .env("HOME", build_dir());
-    run_build(go, &format!("Go fixture {name} (go build)"));
-    built.insert(name.to_owned(), out.clone());
+    run_build(go, &format!("Go fixture {out_name} (go build)"));
+    built.insert(out_name, out.clone());
     out
 }
 

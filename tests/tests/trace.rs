@@ -9,8 +9,8 @@ use std::{
 };
 
 use leakbpf_tests::{
-    Fixture, TIMEOUT, TraceRun, c_server, go_binary, go_tool_pprof, groups, groups_in, leakbpf_bin,
-    process, python, symbols, trace_json,
+    Fixture, TIMEOUT, TraceRun, c_server, go_binary, go_binary_stripped, go_tool_pprof, groups,
+    groups_in, leakbpf_bin, process, python, symbols, trace_json,
 };
 use serde_json::{Value, json};
 
@@ -205,7 +205,7 @@ fn thousands_opened_few_left() {
     // pre-existing scan, `complete` says only whether events were lost or
     // the socket table filled up, not whether some unrelated process's fd
     // table was unreadable.
-    let trace = trace_json(&["--no-preexisting"]);
+    let trace = trace_json(&[]);
     let mut client = client_py(&["127.0.0.1", &port.to_string(), "2000", "1997"]);
     client.ready();
     // Let the listener accept (and close) the last connections.
@@ -453,5 +453,55 @@ fn bad_input_is_one_line_and_fails() {
     assert!(
         stderr.starts_with("leakbpf: error: cannot write") && stderr.lines().count() == 1,
         "{stderr:?}"
+    );
+}
+
+/// A Go binary linked with `-s -w` has no symbol table and no DWARF, yet
+/// its stack is named from Go's own line table (.gopclntab).
+#[test]
+fn stripped_go_binary_gets_go_names() {
+    let dialer = go_binary_stripped("dialer");
+    let sections = Command::new("readelf")
+        .args(["-S", "-W"])
+        .arg(&dialer)
+        .output()
+        .expect("running readelf (binutils)");
+    let sections = String::from_utf8_lossy(&sections.stdout);
+    assert!(sections.contains(".gopclntab"), "{sections}");
+    assert!(!sections.contains(".symtab"), "not stripped:\n{sections}");
+    assert!(
+        !sections.contains(".debug_info"),
+        "not stripped:\n{sections}"
+    );
+
+    let mut server = Fixture::spawn(command(c_server(), &["0", "2", "0"]));
+    let port = server.port();
+    let trace = trace_json(&[]);
+    let mut client = Fixture::spawn(command(&dialer, &[&format!("127.0.0.1:{port}"), "2"]));
+    client.ready();
+    server.ready();
+    let report = trace.stop();
+    let connects = groups_in(&report, client.pid(), "connect");
+    assert_eq!(connects.len(), 1, "{report:#}");
+    assert_eq!(connects[0]["count"], 2);
+    let names = symbols(&connects[0]["stack"]);
+    for wanted in ["net.(*Dialer).DialContext", "main.dialOne", "main.main"] {
+        assert!(
+            names.iter().any(|n| n == wanted),
+            "{wanted} missing: {names:?}"
+        );
+    }
+    let dial_one = connects[0]["stack"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["symbol"] == "main.dialOne")
+        .unwrap();
+    assert!(
+        dial_one["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("fixtures/dialer.go"),
+        "{dial_one}"
     );
 }

@@ -270,7 +270,7 @@ pub fn run_in_vm_with(
 
     // The command travels as a file: the kernel command line, which carries
     // --exec, holds only 2 KiB. The guest sees the cache at the same path.
-    let run_dir = RunDir::new()?;
+    let run_dir = ScratchDir::new(&cache_root()?.join("vm"), "run")?;
     let wrapper = run_dir.path.join("guest-run.sh");
     let script = run_dir.path.join("command.sh");
     fs::write(&wrapper, GUEST_RUN_SH)
@@ -435,32 +435,64 @@ fn collect(mut pipe: impl Read + Send + 'static, echo: bool) -> thread::JoinHand
     })
 }
 
-/// A private directory for one run's scripts, removed when dropped.
-struct RunDir {
+/// A directory removed (with its contents) when dropped: a run's scripts,
+/// or a download being unpacked.
+struct ScratchDir {
     path: PathBuf,
 }
 
-impl RunDir {
-    fn new() -> Result<Self> {
+impl ScratchDir {
+    /// A fresh, uniquely named directory `PREFIX-PID-N-NANOS` inside `parent`.
+    fn new(parent: &Path, prefix: &str) -> Result<Self> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let name = format!(
-            "run-{}-{}-{nanos}",
+        let path = parent.join(format!(
+            "{prefix}-{}-{}-{nanos}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let path = cache_root()?.join("vm").join(name);
+        ));
         fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
         Ok(Self { path })
     }
 }
 
-impl Drop for RunDir {
+impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.path);
     }
+}
+
+/// `apt-get download PACKAGE` and `dpkg-deb -x` into `scratch/tree`, which
+/// it returns. Needs no root: nothing is installed.
+fn download_and_unpack(package: &str, scratch: &ScratchDir) -> Result<PathBuf> {
+    let apt_get = find_tool("apt-get", "apt")?;
+    let dpkg_deb = find_tool("dpkg-deb", "dpkg")?;
+    let download = scratch.path.join("download");
+    fs::create_dir_all(&download)
+        .with_context(|| format!("cannot create {}", download.display()))?;
+    run_quiet(
+        Command::new(apt_get)
+            .args(["download", package])
+            .current_dir(&download),
+    )
+    .with_context(|| {
+        format!("apt-get download {package} failed (not in apt-cache? apt-get update?)")
+    })?;
+    let deb = only_deb_in(&download)?;
+    let tree = scratch.path.join("tree");
+    run_quiet(Command::new(dpkg_deb).arg("-x").arg(&deb).arg(&tree))
+        .with_context(|| format!("dpkg-deb -x {} failed", deb.display()))?;
+    let _ = fs::remove_file(&deb);
+    Ok(tree)
+}
+
+/// Moves a finished `tree` to `dir`, replacing whatever was there.
+fn install_tree(tree: &Path, dir: &Path) -> Result<()> {
+    let _ = fs::remove_dir_all(dir);
+    fs::rename(tree, dir)
+        .with_context(|| format!("cannot move {} to {}", tree.display(), dir.display()))
 }
 
 /// Makes sure `kernel` is unpacked in the cache and returns its vmlinuz.
@@ -485,53 +517,31 @@ pub fn ensure_kernel(kernel: &KernelSpec) -> Result<PathBuf> {
         return Ok(vmlinuz);
     }
 
-    let apt_get = find_tool("apt-get", "apt")?;
-    let dpkg_deb = find_tool("dpkg-deb", "dpkg")?;
     let depmod = find_tool("depmod", "kmod")?;
     eprintln!(
         "xtask: fetching kernel {} into {}",
         kernel.package_name(),
         dir.display()
     );
-
-    let staging = kernels.join(format!(".{release}.partial-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&staging);
-    let download = staging.join("download");
-    fs::create_dir_all(&download)
-        .with_context(|| format!("cannot create {}", download.display()))?;
-    run_quiet(
-        Command::new(apt_get)
-            .args(["download", kernel.package_name()])
-            .current_dir(&download),
-    )
-    .with_context(|| {
-        format!(
-            "apt-get download {} failed: is it in apt-cache (apt-get update)?",
-            kernel.package_name()
-        )
-    })?;
-    let deb = only_deb_in(&download)?;
-    let tree = staging.join("tree");
-    run_quiet(Command::new(dpkg_deb).arg("-x").arg(&deb).arg(&tree))
-        .with_context(|| format!("dpkg-deb -x {} failed", deb.display()))?;
-    let tree_vmlinuz = tree.join("boot").join(format!("vmlinuz-{release}"));
+    let scratch = ScratchDir::new(&kernels, ".partial")?;
+    let tree = download_and_unpack(kernel.package_name(), &scratch)?;
     ensure!(
-        tree_vmlinuz.is_file(),
+        tree.join("boot")
+            .join(format!("vmlinuz-{release}"))
+            .is_file(),
         "{} has no boot/vmlinuz-{release}",
         kernel.package_name()
     );
     ensure!(
         tree.join("lib/modules").join(release).is_dir(),
-        "{} has no lib/modules/{release} (is it a meta or -unsigned package?)",
+        "{} has no lib/modules/{release}",
         kernel.package_name()
     );
+    // The .deb ships no modules.dep; vng would otherwise run depmod itself
+    // on every boot.
     run_quiet(Command::new(depmod).arg("-b").arg(&tree).arg(release))
         .with_context(|| format!("depmod -b {} {release} failed", tree.display()))?;
-
-    let _ = fs::remove_dir_all(&dir);
-    fs::rename(&tree, &dir)
-        .with_context(|| format!("cannot move {} to {}", tree.display(), dir.display()))?;
-    let _ = fs::remove_dir_all(&staging);
+    install_tree(&tree, &dir)?;
     Ok(vmlinuz)
 }
 
@@ -608,29 +618,16 @@ pub fn ensure_busybox() -> Result<PathBuf> {
     if busybox.is_file() {
         return Ok(busybox);
     }
-    let apt_get = find_tool("apt-get", "apt")?;
-    let dpkg_deb = find_tool("dpkg-deb", "dpkg")?;
     eprintln!("xtask: fetching busybox-static into {}", dir.display());
-    let staging = dir.with_extension(format!("partial-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&staging);
-    fs::create_dir_all(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
-    run_quiet(
-        Command::new(apt_get)
-            .args(["download", "busybox-static"])
-            .current_dir(&staging),
-    )
-    .context("apt-get download busybox-static failed (vng needs busybox for its initramfs)")?;
-    let deb = only_deb_in(&staging)?;
-    let tree = staging.join("tree");
-    run_quiet(Command::new(dpkg_deb).arg("-x").arg(&deb).arg(&tree))
-        .with_context(|| format!("dpkg-deb -x {} failed", deb.display()))?;
+    let tools = dir.parent().expect("dir has a parent");
+    let scratch = ScratchDir::new(tools, ".partial")?;
+    let tree = download_and_unpack("busybox-static", &scratch)
+        .context("vng needs busybox to build its initramfs")?;
     ensure!(
         tree.join("bin/busybox").is_file(),
         "busybox-static has no bin/busybox"
     );
-    let _ = fs::remove_dir_all(&dir);
-    fs::rename(&tree, &dir).with_context(|| format!("cannot move busybox to {}", dir.display()))?;
-    let _ = fs::remove_dir_all(&staging);
+    install_tree(&tree, &dir)?;
     Ok(busybox)
 }
 
@@ -690,11 +687,12 @@ fn run_quiet(cmd: &mut Command) -> Result<()> {
         .with_context(|| format!("cannot run {}", display_cmd(cmd)))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         bail!(
             "{} exited with {}: {}",
             display_cmd(cmd),
             out.status,
-            tail_lines(stderr.trim_end(), 5)
+            stderr[stderr.len().saturating_sub(3)..].join(" / ")
         );
     }
     Ok(())
