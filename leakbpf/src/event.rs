@@ -12,6 +12,10 @@ use serde::Serialize;
 
 /// One socket lifecycle fact from the kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "events live briefly in one reused batch Vec; boxing opens would allocate per event"
+)]
 pub enum Event {
     Open(Open),
     State(StateChange),

@@ -9,6 +9,9 @@ use crate::{
     unwind::{LeafUnwinder, insert_caller},
 };
 
+/// (pid, user stack id, recovered leaf caller).
+type UserStackKey = (u32, u32, Option<u64>);
+
 #[derive(Default)]
 pub struct StackResolver {
     unwinder: LeafUnwinder,
@@ -18,7 +21,7 @@ pub struct StackResolver {
     symbolizer: Symbolizer,
     /// Symbolized stacks: the same stack is resolved once. User stacks by
     /// (pid, stack id, leaf caller), kernel stacks by stack id.
-    user_frames: RefCell<HashMap<(u32, u32, Option<u64>), Rc<[Frame]>>>,
+    user_frames: RefCell<HashMap<UserStackKey, Rc<[Frame]>>>,
     kernel_frames: RefCell<HashMap<u32, Rc<[Frame]>>>,
 }
 

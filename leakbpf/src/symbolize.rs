@@ -45,6 +45,9 @@ fn hex<S: serde::Serializer>(address: &u64, serializer: S) -> Result<S::Ok, S::E
     serializer.serialize_str(&format!("{address:#x}"))
 }
 
+/// (device, inode) of a mapped file.
+type FileId = (String, u64);
+
 /// A Go binary's line table and how its file maps to addresses.
 struct GoBinary {
     symbols: GoSymbols,
@@ -54,7 +57,7 @@ struct GoBinary {
 pub struct Symbolizer {
     blaze: Blaze,
     /// By (device, inode); `None`: not a Go binary.
-    go: RefCell<HashMap<(String, u64), Option<Rc<GoBinary>>>>,
+    go: RefCell<HashMap<FileId, Option<Rc<GoBinary>>>>,
 }
 
 impl Default for Symbolizer {

@@ -182,7 +182,7 @@ mod tests {
     fn finds_the_return_address_slot_of_a_libc_leaf() {
         let pid = std::process::id();
         let mut unwinder = LeafUnwinder::default();
-        let getpid = libc::getpid as usize as u64;
+        let getpid = libc::getpid as *const () as usize as u64;
         let mapping = unwinder.mapping(pid, getpid).expect("getpid is mapped");
         let tables = unwinder.tables(pid, &mapping).expect("libc has .eh_frame");
         let address = tables
