@@ -15,8 +15,9 @@ use crate::hooks::HookChoice;
         leakbpf attaches small eBPF programs to the kernel's TCP socket lifecycle (connect, \
         accept, state changes, close, destroy) and follows every socket from the process that \
         opened it to the process that released it. It needs root.\n\n\
-        Start with `leakbpf check` to see which hooks this kernel allows, then \
-        `leakbpf events` to watch sockets come and go."
+        `leakbpf trace` reports the sockets processes hold open, grouped by the stack that \
+        opened them, and why they look leaked; `leakbpf events` streams every socket's life; \
+        `leakbpf check` shows which hooks this kernel allows."
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -8,6 +8,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 #[derive(Parser)]
 #[command(about = "leakbpf's developer tasks (run them through ./x)")]
 struct Cli {
@@ -19,7 +21,7 @@ struct Cli {
 enum Task {
     /// Build leakbpf (release, with its eBPF programs embedded).
     Build,
-    /// Build, then run leakbpf on this host (default: `events --duration 10s`). Needs root.
+    /// Build, then run leakbpf on this host (default: `trace --duration 10s`). Needs root.
     Run {
         /// Arguments for leakbpf.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -29,6 +31,8 @@ enum Task {
     Lint,
     /// Lint, unit tests, then the privileged end-to-end tests. Needs root.
     Test,
+    /// Measure leakbpf's cost on loopback connections and its memory per socket. Needs root.
+    Bench,
 }
 
 fn main() -> ExitCode {
@@ -60,6 +64,11 @@ fn run(task: Task) -> Result<()> {
             cmd(&binary, &root).args(args).run()
         }
         Task::Lint => lint(&root),
+        Task::Bench => {
+            let binary = build(&root)?;
+            require_root("the benchmarks")?;
+            bench::bench(&root, &binary)
+        }
         Task::Test => {
             lint(&root)?;
             let binary = build(&root)?;

@@ -20,10 +20,13 @@
 //!   through `xtask/vm/guest-run.sh`, which first makes sure tracefs, debugfs,
 //!   bpffs, a cgroup2 hierarchy and loopback are up.
 //!
-//! Costs measured on a 2-core development VM: booting 6.1 and running a
-//! trivial command takes about 15-20 s of wall time, the guest reaching its
-//! command after about 11 s of uptime; a kernel's first `ensure_kernel` about
-//! 3 s (a 70-110 MB download from the apt mirror, then unpacking).
+//! Costs measured on a 2-core development VM (qemu's TCG, so everything in the
+//! guest runs several times slower than on the host): a trivial command under
+//! 6.1 or 6.12 takes 15-21 s of wall time on an idle host and up to 35 s while
+//! the host compiles, the guest reaching the command after 11-27 s of uptime
+//! and vng/qemu start-up adding 3-5 s. A kernel's first [`ensure_kernel`]
+//! takes 4-11 s (a 70-110 MB download from the apt mirror, then unpacking);
+//! later calls return at once. Boot once and run many tests per boot.
 //!
 //! [virtme-ng]: https://github.com/arighi/virtme-ng
 #![allow(
@@ -304,8 +307,8 @@ pub fn run_in_vm_with(
     run_vng(vng_cmd, kernel, options.echo, timeout)
 }
 
-/// Spawns vng in its own process group, collects its output, and kills the
-/// whole group (vng, its shell, virtme-run, qemu) at the timeout.
+/// Spawns vng in its own process group (vng, its shell, virtme-run, qemu),
+/// collects its output, and stops the VM at the timeout.
 fn run_vng(
     mut vng_cmd: Command,
     kernel: &KernelSpec,
@@ -322,7 +325,7 @@ fn run_vng(
     let start = Instant::now();
     let mut child = vng_cmd
         .spawn()
-        .with_context(|| format!("cannot run {:?}", vng_cmd.get_program()))?;
+        .with_context(|| format!("cannot run {}", display_cmd(&vng_cmd)))?;
     let stdout = collect(child.stdout.take().expect("piped"), echo);
     let stderr = collect(child.stderr.take().expect("piped"), echo);
 
@@ -777,7 +780,8 @@ fn version_key(name: &str) -> Vec<u64> {
         .collect()
 }
 
-/// The `leakbpf-vm:` lines `guest-run.sh` writes to stderr.
+/// The `leakbpf-vm:` lines `guest-run.sh` writes to stderr: the first
+/// `ready`, the last `exit status` (a command may run the wrapper again).
 #[derive(Debug, Default, PartialEq)]
 struct Markers {
     ready_uptime: Option<Duration>,
@@ -792,7 +796,9 @@ fn parse_markers(stderr: &str) -> Markers {
             continue;
         };
         let rest = &line[at + MARKER.len()..];
-        if let Some(rest) = rest.strip_prefix("ready uptime=") {
+        if let Some(rest) = rest.strip_prefix("ready uptime=")
+            && markers.ready_uptime.is_none()
+        {
             markers.ready_uptime = rest
                 .split_whitespace()
                 .next()
@@ -896,6 +902,7 @@ linux-image-amd64 - Linux for 64-bit PCs (meta-package)
 leakbpf-vm: ready uptime=11.03 kernel=6.1.0-56-amd64
 some error from the command
 [   12.1] random: crng initleakbpf-vm: exit status=3
+leakbpf-vm: ready uptime=13.5 kernel=6.1.0-56-amd64
 ";
         assert_eq!(
             parse_markers(stderr),

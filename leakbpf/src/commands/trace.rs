@@ -162,8 +162,9 @@ async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
     );
     let open: usize = report.processes.iter().map(|p| p.open).sum();
     eprintln!(
-        "leakbpf: {events} events in {:.1} s, {open} open sockets reported{}",
+        "leakbpf: {events} events in {:.1} s, lost events: {}, {open} open sockets reported{}",
         report.duration_s,
+        report.lost_events,
         if report.complete {
             String::new()
         } else {
