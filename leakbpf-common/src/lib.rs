@@ -198,6 +198,10 @@ pub struct HookConfig {
     /// 1: the state tracepoint reports connects (CLOSE -> SYN_SENT), as in
     /// the tracepoint set; 0: a tcp_connect hook does.
     pub connect_from_state: u32,
+    /// Wake the reader only once this many bytes wait in the ring; user
+    /// space drains it on a short timer anyway. A wakeup per event costs
+    /// the traced process and the reader far more than the event itself.
+    pub wakeup_bytes: u32,
 }
 
 #[cfg(feature = "user")]

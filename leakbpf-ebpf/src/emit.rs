@@ -2,8 +2,9 @@
 //! map, and the per-CPU counters of everything that had to be dropped.
 use core::ffi::c_void;
 
+use crate::shared::HOOKS;
 use aya_ebpf::{
-    bindings::BPF_F_USER_STACK,
+    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{
@@ -136,7 +137,19 @@ pub fn submit_open<C: StackIdContext>(
             (*top) = [0; USER_STACK_TOP_WORDS];
         }
     }
-    entry.submit(0);
+    entry.submit(wakeup());
+}
+
+/// Submit flags: wake the reader only when enough data waits (see
+/// `HookConfig::wakeup_bytes`); it also drains on a timer.
+#[inline(always)]
+fn wakeup() -> u64 {
+    let threshold = u64::from(HOOKS.load().wakeup_bytes);
+    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= threshold {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
 }
 
 /// Copies `event` into the ring buffer, or counts it as lost.
@@ -145,7 +158,7 @@ pub fn submit<T: 'static>(event: T) {
     match EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             entry.write(event);
-            entry.submit(0);
+            entry.submit(wakeup());
         }
         None => count_lost(lost::RINGBUF_FULL),
     }

@@ -21,8 +21,9 @@ const TCP_CLOSE: i32 = 7;
 
 /// Set by user space before load, per hook set.
 #[unsafe(no_mangle)]
-static HOOKS: Global<HookConfig> = Global::new(HookConfig {
+pub static HOOKS: Global<HookConfig> = Global::new(HookConfig {
     connect_from_state: 1,
+    wakeup_bytes: 0,
 });
 
 /// `inet_sock_set_state(sk, oldstate, newstate)`, fired before `sk_state`

@@ -60,6 +60,13 @@ pub struct Tracer {
     undecodable: u64,
 }
 
+/// Size of `EVENTS` in leakbpf-ebpf/src/emit.rs.
+const DEFAULT_RING_BYTES: u32 = 4 << 20;
+
+/// How often the reader drains the ring without being woken: the latency
+/// of a lone event (the kernel wakes it early when the ring fills).
+pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The compiled eBPF object, built by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakbpf"));
 
@@ -72,8 +79,12 @@ impl Tracer {
         let caps = Capabilities::probe(EBPF_OBJECT);
         let hooks = caps.choose(options.hooks)?;
         let offsets = offsets::read_offsets().context("reading kernel offsets")?;
+        let ring_bytes = options.ring_bytes.unwrap_or(DEFAULT_RING_BYTES);
         let config = HookConfig {
             connect_from_state: u32::from(hooks.connect_from_state()),
+            // A quarter full: early enough that a burst never fills it
+            // between the reader's timer drains.
+            wakeup_bytes: ring_bytes / 4,
         };
 
         let mut loader = EbpfLoader::new();
@@ -91,6 +102,11 @@ impl Tracer {
         hooks
             .attach(&mut ebpf, &caps)
             .with_context(|| format!("attaching the {hooks} hook set"))?;
+
+        // Parsing kernel BTF (offsets, program loads) peaks at tens of MiB
+        // that are garbage now: give them back before tracing for hours.
+        // SAFETY: malloc_trim only releases free heap memory.
+        unsafe { libc::malloc_trim(0) };
 
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS")?)?;
         let stacks = StackTraceMap::try_from(ebpf.take_map("STACKS").context("map STACKS")?)?;

@@ -5,7 +5,10 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{event::Event, tracer::Tracer};
+use crate::{
+    event::Event,
+    tracer::{DRAIN_INTERVAL, Tracer},
+};
 
 /// What a command does with the events.
 pub trait Consumer {
@@ -28,10 +31,15 @@ pub async fn pump(
     let deadline = duration.map(|d| tokio::time::Instant::now() + d);
     let mut ticks = tokio::time::interval(tick);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // The kernel wakes us only when the ring fills up (see HookConfig): a
+    // timer picks up the rest.
+    let mut drains = tokio::time::interval(DRAIN_INTERVAL);
+    drains.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut batch = Vec::new();
     loop {
         tokio::select! {
             read = tracer.read(&mut batch) => read?,
+            _ = drains.tick() => tracer.drain(&mut batch),
             _ = ticks.tick() => {
                 consumer.tick(tracer);
                 continue;
