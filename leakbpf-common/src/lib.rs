@@ -98,6 +98,11 @@ pub const USER_STACK_TOP_WORDS: usize = 16;
 /// A stack id the kernel could not get is stored as `-errno`.
 pub type StackId = i32;
 
+/// A kernel stack deliberately not taken: at a syscall's exit it is always
+/// the syscall-exit path, and kernels before 6.x cannot take it there at all
+/// (they hand the program user-mode registers). `-ENODATA`; not a loss.
+pub const STACK_NOT_TAKEN: StackId = -61;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpenEvent {

@@ -17,7 +17,8 @@ use aya_ebpf::{
     programs::tracing::StackIdContext,
 };
 use leakbpf_common::{
-    CloseEvent, Endpoints, EventHeader, OpenEvent, StackId, Task, USER_STACK_TOP_WORDS, kind, lost,
+    CloseEvent, Endpoints, EventHeader, OpenEvent, STACK_NOT_TAKEN, StackId, Task,
+    USER_STACK_TOP_WORDS, kind, lost,
 };
 
 /// Default size; user space may resize it before load (`--ring-bytes`).
@@ -64,9 +65,10 @@ pub fn current_task() -> Task {
     }
 }
 
-/// (user stack id, kernel stack id); a failure is kept as `-errno` and counted.
+/// (user stack id, kernel stack id); a failure is kept as `-errno` and
+/// counted. Without `kernel`, the kernel stack is [`STACK_NOT_TAKEN`].
 #[inline(always)]
-pub fn stack_ids<C: StackIdContext>(ctx: &C) -> (StackId, StackId) {
+pub fn stack_ids<C: StackIdContext>(ctx: &C, kernel: bool) -> (StackId, StackId) {
     let user = match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
         Ok(id) => id as StackId,
         Err(err) => {
@@ -74,6 +76,9 @@ pub fn stack_ids<C: StackIdContext>(ctx: &C) -> (StackId, StackId) {
             err
         }
     };
+    if !kernel {
+        return (user, STACK_NOT_TAKEN);
+    }
     let kernel = match ctx.get_stackid(&STACKS, 0) {
         Ok(id) => id as StackId,
         Err(err) => {
@@ -96,12 +101,13 @@ pub fn submit_open<C: StackIdContext>(
     direction: u8,
     fd: i32,
     sp_offset: u32,
+    kernel_stack: bool,
 ) {
     let Some(mut entry) = EVENTS.reserve::<OpenEvent>(0) else {
         count_lost(lost::RINGBUF_FULL);
         return;
     };
-    let (user_stack_id, kernel_stack_id) = stack_ids(ctx);
+    let (user_stack_id, kernel_stack_id) = stack_ids(ctx, kernel_stack);
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points to a reserved, exclusively owned ring entry;
     // every field is written before submit.

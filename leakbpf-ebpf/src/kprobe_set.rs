@@ -43,7 +43,7 @@ fn open<C: aya_ebpf::programs::tracing::StackIdContext>(ctx: &C, sk: u64, direct
         })
         && cookie != 0
     {
-        submit_open(ctx, cookie, endpoints, direction, -1, off.pt_regs_sp);
+        submit_open(ctx, cookie, endpoints, direction, -1, off.pt_regs_sp, true);
     }
 }
 

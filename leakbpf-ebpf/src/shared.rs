@@ -53,7 +53,15 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // path) see the same value.
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
     if old_state == TCP_CLOSE && new_state == TCP_SYN_SENT && HOOKS.load().connect_from_state != 0 {
-        submit_open(ctx, cookie, ep, direction::CONNECT, -1, off.pt_regs_sp);
+        submit_open(
+            ctx,
+            cookie,
+            ep,
+            direction::CONNECT,
+            -1,
+            off.pt_regs_sp,
+            true,
+        );
     } else {
         submit(StateEvent {
             header: header(kind::STATE, cookie),

@@ -33,41 +33,54 @@ pub fn fentry_tcp_connect(ctx: FEntryContext) -> i32 {
             direction::CONNECT,
             -1,
             off.pt_regs_sp,
+            true,
         );
     }
     0
 }
 
-/// `struct sock *inet_csk_accept(...)` returns the accepted socket, in the
-/// accepting process (accept(), accept4() and io_uring alike). Its
-/// parameters changed in 6.10; the return value sits right after them.
+/// `struct sock *inet_csk_accept(struct sock *sk, struct proto_accept_arg
+/// *arg)` (Linux 6.10+) returns the accepted socket, in the accepting process
+/// (accept(), accept4() and io_uring alike). A fexit program finds the return
+/// value after the parameters, at a fixed context offset: one program per
+/// signature, user space loads the one the kernel's BTF matches (a single
+/// program choosing the offset at run time becomes a computed context access,
+/// which the verifier refuses).
 #[fexit(function = "inet_csk_accept")]
 pub fn fexit_inet_csk_accept(ctx: FExitContext) -> i32 {
-    let off = offsets();
-    // Constant per kernel: the verifier only walks the branch that applies.
-    let sk: *mut c_void = if off.accept_arity == 2 {
-        ctx.arg(2)
-    } else {
-        ctx.arg(4)
-    };
+    accepted(&ctx, ctx.arg(2));
+    0
+}
+
+/// `struct sock *inet_csk_accept(struct sock *sk, int flags, int *err, bool
+/// kern)`: before Linux 6.10.
+#[fexit(function = "inet_csk_accept")]
+pub fn fexit_inet_csk_accept_4args(ctx: FExitContext) -> i32 {
+    accepted(&ctx, ctx.arg(4));
+    0
+}
+
+#[inline(always)]
+fn accepted(ctx: &FExitContext, sk: *mut c_void) {
     if sk.is_null() {
-        return 0;
+        return;
     }
+    let off = offsets();
     if unsafe { is_tcp(sk as u64, &off) }
         && let Ok(endpoints) = unsafe { endpoints(sk as u64, &off) }
     {
         let cookie = unsafe { bpf_get_socket_cookie(sk) };
         // The fd is installed after inet_csk_accept returns: unknown here.
         submit_open(
-            &ctx,
+            ctx,
             cookie,
             endpoints,
             direction::ACCEPT,
             -1,
             off.pt_regs_sp,
+            true,
         );
     }
-    0
 }
 
 /// `void tcp_close(struct sock *sk, long timeout)`: the owner let go (last

@@ -100,7 +100,7 @@ impl Tracer {
             .load(EBPF_OBJECT)
             .context("loading the eBPF object")?;
         hooks
-            .attach(&mut ebpf, &caps)
+            .attach(&mut ebpf, &caps, offsets.accept_arity)
             .with_context(|| format!("attaching the {hooks} hook set"))?;
 
         // Parsing kernel BTF (offsets, program loads) peaks at tens of MiB

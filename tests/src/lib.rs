@@ -15,8 +15,36 @@ use std::{
 
 use serde_json::Value;
 
-/// How long to wait for anything a test expects to happen.
-pub const TIMEOUT: Duration = Duration::from_secs(20);
+/// How long to wait for anything a test expects to happen (a kernel under
+/// software emulation needs longer: `LEAKBPF_TEST_TIMEOUT_S`).
+pub static TIMEOUT: std::sync::LazyLock<Duration> = std::sync::LazyLock::new(|| {
+    let seconds = std::env::var("LEAKBPF_TEST_TIMEOUT_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    Duration::from_secs(seconds)
+});
+
+/// The hook set the tests force (`LEAKBPF_HOOKS`, set by the kernel
+/// matrix), or `None` for leakbpf's own choice.
+pub fn forced_hooks() -> Option<String> {
+    std::env::var("LEAKBPF_HOOKS")
+        .ok()
+        .filter(|h| !h.is_empty())
+}
+
+/// The hook set a run must report: the forced one, else the one this
+/// machine's kernel allows (the tracepoint set on the project's VMs).
+pub fn expected_hooks() -> String {
+    forced_hooks().unwrap_or_else(|| "tracepoint".to_owned())
+}
+
+/// `--hooks SET` when the matrix forces one.
+fn hooks_args() -> Vec<String> {
+    forced_hooks()
+        .map(|h| vec!["--hooks".to_owned(), h])
+        .unwrap_or_default()
+}
 
 pub fn leakbpf_bin() -> PathBuf {
     let path = std::env::var_os("LEAKBPF_BIN")
@@ -44,6 +72,20 @@ fn build_dir() -> PathBuf {
     dir
 }
 
+/// Inside the kernel matrix's VM the tree is read-only: fixtures were built
+/// on the host (`LEAKBPF_PREBUILT_FIXTURES=1`) and must already exist.
+fn prebuilt(out: &Path) -> bool {
+    if std::env::var_os("LEAKBPF_PREBUILT_FIXTURES").is_none() {
+        return false;
+    }
+    assert!(
+        out.is_file(),
+        "LEAKBPF_PREBUILT_FIXTURES is set but {} was not built on the host",
+        out.display()
+    );
+    true
+}
+
 fn run_build(mut command: Command, what: &str) {
     let output = command
         .output()
@@ -62,6 +104,9 @@ pub fn c_server() -> PathBuf {
     BUILT
         .get_or_init(|| {
             let out = build_dir().join("server");
+            if prebuilt(&out) {
+                return out;
+            }
             let mut gcc = Command::new("gcc");
             gcc.args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
                 .arg(&out)
@@ -78,6 +123,9 @@ pub fn go_dialer() -> PathBuf {
     BUILT
         .get_or_init(|| {
             let out = build_dir().join("dialer");
+            if prebuilt(&out) {
+                return out;
+            }
             let mut go = Command::new("go");
             go.args(["build", "-o"])
                 .arg(&out)
@@ -138,7 +186,7 @@ impl Fixture {
 
     fn line(&mut self) -> String {
         self.lines
-            .recv_timeout(TIMEOUT)
+            .recv_timeout(*TIMEOUT)
             .unwrap_or_else(|_| panic!("fixture {} printed nothing for {TIMEOUT:?}", self.name))
     }
 
@@ -190,6 +238,7 @@ impl Leakbpf {
     pub fn events(args: &[&str]) -> Leakbpf {
         let mut child = Command::new(leakbpf_bin())
             .args(["events", "--format", "json"])
+            .args(hooks_args())
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -227,7 +276,7 @@ impl Leakbpf {
             stdout_reader: Some(stdout_reader),
             stderr: stderr_text,
         };
-        if ready_rx.recv_timeout(TIMEOUT).is_err() {
+        if ready_rx.recv_timeout(*TIMEOUT).is_err() {
             let _ = leakbpf.child.kill();
             let _ = leakbpf.child.wait();
             thread::sleep(Duration::from_millis(100));
@@ -251,7 +300,7 @@ impl Leakbpf {
             if done(&self.events.lock().unwrap()) {
                 return;
             }
-            if start.elapsed() > TIMEOUT {
+            if start.elapsed() > *TIMEOUT {
                 let events = self.events.lock().unwrap();
                 panic!(
                     "timed out waiting for {what}; {} events seen:\n{}",
@@ -364,6 +413,10 @@ fn go_build(name: &str, stripped: bool) -> PathBuf {
         return path.clone();
     }
     let out = build_dir().join(&out_name);
+    if prebuilt(&out) {
+        built.insert(out_name, out.clone());
+        return out;
+    }
     let mut go = Command::new("go");
     go.arg("build");
     if stripped {
@@ -474,7 +527,7 @@ impl TraceRun {
             stderr: stderr_text,
             stderr_reader: Some(stderr_reader),
         };
-        if ready_rx.recv_timeout(TIMEOUT).is_err() {
+        if ready_rx.recv_timeout(*TIMEOUT).is_err() {
             let _ = run.child.kill();
             let _ = run.child.wait();
             if let Some(reader) = run.stderr_reader.take() {
@@ -508,7 +561,7 @@ impl TraceRun {
             if let Some(status) = self.child.try_wait().expect("waiting for leakbpf trace") {
                 break status;
             }
-            if start.elapsed() > TIMEOUT {
+            if start.elapsed() > *TIMEOUT {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
                 if let Some(reader) = self.stderr_reader.take() {

@@ -418,7 +418,7 @@ fn run_leakbpf(args: &[&str]) -> (i32, String) {
         .expect("running leakbpf");
     let start = Instant::now();
     while child.try_wait().expect("waiting for leakbpf").is_none() {
-        if start.elapsed() > TIMEOUT {
+        if start.elapsed() > *TIMEOUT {
             let _ = child.kill();
             let output = child.wait_with_output().expect("leakbpf output");
             panic!(

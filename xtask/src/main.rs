@@ -9,6 +9,8 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod matrix;
+mod vm;
 
 #[derive(Parser)]
 #[command(about = "leakbpf's developer tasks (run them through ./x)")]
@@ -33,6 +35,13 @@ enum Task {
     Test,
     /// Measure leakbpf's cost on loopback connections and its memory per socket. Needs root.
     Bench,
+    /// The lifecycle tests on the host kernel and, under qemu, on Debian's stock kernels, once
+    /// per hook set; prints a (kernel, hook set) table. Needs root.
+    Matrix {
+        /// Debian kernel image packages to boot (default: the stock 6.1).
+        #[arg(long = "kernel", value_name = "PACKAGE")]
+        kernels: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -64,6 +73,16 @@ fn run(task: Task) -> Result<()> {
             cmd(&binary, &root).args(args).run()
         }
         Task::Lint => lint(&root),
+        Task::Matrix { kernels } => {
+            let binary = build(&root)?;
+            require_root("the kernel matrix")?;
+            let kernels = if kernels.is_empty() {
+                vec![vm::DEFAULT_KERNEL.to_owned()]
+            } else {
+                kernels
+            };
+            matrix::matrix(&root, &binary, &kernels)
+        }
         Task::Bench => {
             let binary = build(&root)?;
             require_root("the benchmarks")?;

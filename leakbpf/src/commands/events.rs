@@ -50,6 +50,11 @@ struct Record<'a> {
     user_stack_id: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     kernel_stack_id: Option<u32>,
+    /// errno of `bpf_get_stackid` when a stack could not be recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_stack_error: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel_stack_error: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     user_stack: Option<Rc<[Frame]>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -256,6 +261,8 @@ impl<W: std::io::Write> Printer<W> {
             lifetime_ms: None,
             user_stack_id: None,
             kernel_stack_id: None,
+            user_stack_error: None,
+            kernel_stack_error: None,
             user_stack: None,
             kernel_stack: None,
         };
@@ -264,6 +271,8 @@ impl<W: std::io::Write> Printer<W> {
                 record.fd = open.fd;
                 record.user_stack_id = stack_id(open.user_stack);
                 record.kernel_stack_id = stack_id(open.kernel_stack);
+                record.user_stack_error = stack_error(open.user_stack);
+                record.kernel_stack_error = stack_error(open.kernel_stack);
                 if self.show_stacks {
                     record.user_stack = self.stacks.user_frames(
                         tracer,
@@ -320,6 +329,13 @@ impl<W: std::io::Write> Printer<W> {
             }
         }
         Ok(())
+    }
+}
+
+fn stack_error(stack: Stack) -> Option<i32> {
+    match stack {
+        Stack::Id(_) => None,
+        Stack::Missing(errno) => Some(errno),
     }
 }
 

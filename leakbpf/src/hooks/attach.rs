@@ -2,7 +2,7 @@
 //! `leakbpf-ebpf/src/*_set.rs` and `shared.rs`).
 use std::fs;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use aya::{
     Btf, Ebpf,
     programs::{
@@ -59,7 +59,7 @@ fn tracepoint_set_accept(ebpf: &mut Ebpf) -> Result<()> {
     )
 }
 
-pub(super) fn fentry_set(ebpf: &mut Ebpf) -> Result<()> {
+pub(super) fn fentry_set(ebpf: &mut Ebpf, accept_arity: u32) -> Result<()> {
     let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
     for (name, function) in [
         ("fentry_tcp_connect", "tcp_connect"),
@@ -73,7 +73,15 @@ pub(super) fn fentry_set(ebpf: &mut Ebpf) -> Result<()> {
             .attach()
             .with_context(|| format!("attaching fentry/{function}"))?;
     }
-    let program: &mut FExit = program_mut(ebpf, "fexit_inet_csk_accept")?;
+    // One program per inet_csk_accept signature (see trampoline_set.rs).
+    let name = match accept_arity {
+        2 => "fexit_inet_csk_accept",
+        4 => "fexit_inet_csk_accept_4args",
+        other => {
+            bail!("inet_csk_accept takes {other} parameters on this kernel; leakbpf knows 2 and 4")
+        }
+    };
+    let program: &mut FExit = program_mut(ebpf, name)?;
     program
         .load("inet_csk_accept", &btf)
         .context("loading fexit/inet_csk_accept")?;

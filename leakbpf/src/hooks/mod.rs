@@ -82,10 +82,10 @@ impl HookSet {
     }
 
     /// Loads and attaches this set's programs.
-    pub fn attach(self, ebpf: &mut Ebpf, caps: &Capabilities) -> Result<()> {
+    pub fn attach(self, ebpf: &mut Ebpf, caps: &Capabilities, accept_arity: u32) -> Result<()> {
         attach::shared(ebpf)?;
         match self {
-            HookSet::Fentry => attach::fentry_set(ebpf),
+            HookSet::Fentry => attach::fentry_set(ebpf, accept_arity),
             HookSet::Kprobe => attach::kprobe_set(ebpf),
             HookSet::Tracepoint => attach::tracepoint_set(ebpf, caps),
         }
