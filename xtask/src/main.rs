@@ -31,7 +31,7 @@ enum Task {
     },
     /// rustfmt and clippy on the user crates and, separately, on the eBPF crate.
     Lint,
-    /// Lint, unit tests, then the privileged end-to-end tests. Needs root.
+    /// Lint, unit tests, the privileged end-to-end tests, then the kernel matrix. Needs root.
     Test,
     /// Measure leakbpf's cost on loopback connections and its memory per socket. Needs root.
     Bench,
@@ -94,7 +94,7 @@ fn run(task: Task) -> Result<()> {
             require_root("the end-to-end tests")?;
             // Pure logic first: fast, no root.
             cargo(&root)
-                .args(["test", "--release", "-p", "leakbpf", "-p", "leakbpf-common"])
+                .args(["test", "--release", "-p", "leakbpf", "-p", "leakbpf-common", "-p", "xtask"])
                 .run()?;
             // They share kernel state and load programs: one at a time.
             cargo(&root)

@@ -475,14 +475,21 @@ fn download_and_unpack(package: &str, scratch: &ScratchDir) -> Result<PathBuf> {
     let download = scratch.path.join("download");
     fs::create_dir_all(&download)
         .with_context(|| format!("cannot create {}", download.display()))?;
-    run_quiet(
-        Command::new(apt_get)
-            .args(["download", package])
-            .current_dir(&download),
-    )
-    .with_context(|| {
-        format!("apt-get download {package} failed (not in apt-cache? apt-get update?)")
-    })?;
+    let fetch = || {
+        run_quiet(
+            Command::new(&apt_get)
+                .args(["download", package])
+                .current_dir(&download),
+        )
+    };
+    // A fresh machine may have no package lists yet: refresh once and retry.
+    if fetch().is_err() {
+        run_quiet(Command::new(&apt_get).args(["update", "-qq"]))
+            .context("apt-get update failed (needed to download a kernel for the matrix)")?;
+        fetch().with_context(|| {
+            format!("apt-get download {package} failed even after apt-get update")
+        })?;
+    }
     let deb = only_deb_in(&download)?;
     let tree = scratch.path.join("tree");
     run_quiet(Command::new(dpkg_deb).arg("-x").arg(&deb).arg(&tree))
