@@ -94,7 +94,16 @@ fn run(task: Task) -> Result<()> {
             require_root("the end-to-end tests")?;
             // Pure logic first: fast, no root.
             cargo(&root)
-                .args(["test", "--release", "-p", "leakbpf", "-p", "leakbpf-common", "-p", "xtask"])
+                .args([
+                    "test",
+                    "--release",
+                    "-p",
+                    "leakbpf",
+                    "-p",
+                    "leakbpf-common",
+                    "-p",
+                    "xtask",
+                ])
                 .run()?;
             // They share kernel state and load programs: one at a time.
             cargo(&root)

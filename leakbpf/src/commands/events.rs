@@ -88,14 +88,7 @@ async fn stream(args: EventsArgs, filter: Filter) -> Result<ExitCode> {
     })?;
     let clock = Clock::now();
     let started = Instant::now();
-    eprintln!(
-        "leakbpf: tracing TCP sockets with the {} hook set; {}",
-        tracer.hooks(),
-        match args.duration {
-            Some(d) => format!("stopping after {}", humantime::format_duration(d)),
-            None => "Ctrl-C to stop".to_owned(),
-        }
-    );
+    session::announce(&tracer, args.duration, "stop");
 
     let mut printer = Printer {
         format: args.format,

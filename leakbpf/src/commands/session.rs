@@ -10,6 +10,19 @@ use crate::{
     tracer::{DRAIN_INTERVAL, Tracer},
 };
 
+/// Says on stderr that tracing runs (scripts and tests wait for this line:
+/// the programs are attached) and how it will end.
+pub fn announce(tracer: &Tracer, duration: Option<Duration>, verb: &str) {
+    let end = match duration {
+        Some(d) => format!("will {verb} after {}", humantime::format_duration(d)),
+        None => format!("Ctrl-C to {verb}"),
+    };
+    eprintln!(
+        "leakbpf: tracing TCP sockets with the {} hook set; {end}",
+        tracer.hooks()
+    );
+}
+
 /// What a command does with the events.
 pub trait Consumer {
     /// Takes (drains) a batch of events.

@@ -14,7 +14,7 @@ use super::session;
 use crate::{
     cli::{ReportFormat, TraceArgs},
     clock::monotonic_ns,
-    event::{Endpoints, Event, Family, Task, TcpState},
+    event::{Endpoints, Event, Task, TcpState},
     filter::Filter,
     report::{
         self,
@@ -80,14 +80,7 @@ async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
         preexisting(&mut table, filter, &mut warnings)?;
     }
     let progress = std::io::stderr().is_terminal();
-    eprintln!(
-        "leakbpf: tracing TCP sockets with the {} hook set; {}",
-        tracer.hooks(),
-        match args.duration {
-            Some(d) => format!("reporting after {}", humantime::format_duration(d)),
-            None => "Ctrl-C to report".to_owned(),
-        }
-    );
+    session::announce(&tracer, args.duration, "report");
 
     let mut collector = Collector {
         table,
@@ -236,10 +229,7 @@ fn preexisting(table: &mut SocketTable, filter: &Filter, warnings: &mut Vec<Stri
             cgroup_id: 0,
             comm: owner.comm.clone(),
         };
-        let family = match owned.socket.family {
-            sockets::Family::V4 => Family::Ipv4,
-            sockets::Family::V6 => Family::Ipv6,
-        };
+        let family = owned.socket.family;
         if !filter.matches(&task, family) {
             continue;
         }

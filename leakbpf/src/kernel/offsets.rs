@@ -279,11 +279,13 @@ mod tests {
         slots.sort_unstable();
         slots.dedup();
         assert_eq!(slots.len(), STRUCT_MEMBERS.len());
+        // Plus the two tracepoint fields and inet_csk_accept's arity.
         assert_eq!(
-            (slots.len() + 2) * size_of::<u32>(),
+            (slots.len() + 3) * size_of::<u32>(),
             size_of::<KernelOffsets>(),
             "every KernelOffsets field is filled"
         );
+        assert!(matches!(offsets.accept_arity, 2 | 4), "{}", offsets.accept_arity);
     }
 
     #[test]

@@ -35,6 +35,8 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
 
+use crate::event::Family;
+
 /// Kernel TCP state numbers (`include/net/tcp_states.h`), as in
 /// [`DiagSocket::state`].
 pub mod state {
@@ -69,15 +71,6 @@ pub const ALL_STATES: u32 = ((1 << (state::BOUND_INACTIVE + 1)) - 1) & !1;
 /// themselves, and a busy server has many of them. Includes
 /// `BOUND_INACTIVE`, so a socket bound and then forgotten is still found.
 pub const DEFAULT_STATES: u32 = ALL_STATES & !state_bit(state::LISTEN);
-
-/// Address family of a socket. An IPv6 socket talking to an IPv4 peer is
-/// `V6`, with IPv4-mapped addresses (`::ffff:a.b.c.d`), as `getsockname`
-/// would say.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Family {
-    V4,
-    V6,
-}
 
 /// One TCP socket as the kernel describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -270,9 +263,9 @@ fn convert(response: &InetResponse) -> DiagSocket {
         inode: u64::from(header.inode),
         uid: header.uid,
         family: if header.family == AF_INET6 {
-            Family::V6
+            Family::Ipv6
         } else {
-            Family::V4
+            Family::Ipv4
         },
         local: socket_addr(id.source_address, id.source_port, id.interface_id),
         remote: socket_addr(id.destination_address, id.destination_port, id.interface_id),
@@ -375,7 +368,7 @@ mod tests {
             cookie: 1,
             inode: 1,
             uid: 0,
-            family: Family::V4,
+            family: Family::Ipv4,
             local: "127.0.0.1:1".parse().unwrap(),
             remote: "127.0.0.1:2".parse().unwrap(),
             state: state::CLOSE_WAIT,

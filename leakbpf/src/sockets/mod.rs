@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use anyhow::{Context, Result};
 
 pub use self::{
-    diag::{DEFAULT_STATES, DiagSocket, Family, diag_by_cookie},
+    diag::{DEFAULT_STATES, DiagSocket, diag_by_cookie},
     procfs::{Owner, WalkStats, socket_owners},
 };
 

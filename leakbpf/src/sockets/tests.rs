@@ -9,6 +9,7 @@ use std::{
 };
 
 use super::{diag::state, *};
+use crate::event::Family;
 
 /// `getsockopt(SO_COOKIE)`: the cookie the kernel gives eBPF programs.
 fn so_cookie(socket: &impl AsRawFd) -> u64 {
@@ -83,8 +84,8 @@ fn assert_addresses(found: &OwnedSocket, socket: &TcpStream) {
     assert_eq!(found.socket.local, socket.local_addr().unwrap());
     assert_eq!(found.socket.remote, socket.peer_addr().unwrap());
     let family = match socket.local_addr().unwrap() {
-        SocketAddr::V4(_) => Family::V4,
-        SocketAddr::V6(_) => Family::V6,
+        SocketAddr::V4(_) => Family::Ipv4,
+        SocketAddr::V6(_) => Family::Ipv6,
     };
     assert_eq!(found.socket.family, family);
 }
@@ -305,7 +306,7 @@ fn join_drops_fileless_and_unheld_sockets() {
         cookie,
         inode,
         uid: 0,
-        family: Family::V4,
+        family: Family::Ipv4,
         local: "127.0.0.1:1".parse().unwrap(),
         remote: "127.0.0.1:2".parse().unwrap(),
         state: state::ESTABLISHED,
