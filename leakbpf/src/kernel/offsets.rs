@@ -285,7 +285,11 @@ mod tests {
             size_of::<KernelOffsets>(),
             "every KernelOffsets field is filled"
         );
-        assert!(matches!(offsets.accept_arity, 2 | 4), "{}", offsets.accept_arity);
+        assert!(
+            matches!(offsets.accept_arity, 2 | 4),
+            "{}",
+            offsets.accept_arity
+        );
     }
 
     #[test]
