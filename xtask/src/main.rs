@@ -116,7 +116,9 @@ fn run(task: Task) -> Result<()> {
                     "--test-threads=1",
                 ])
                 .env("LEAKBPF_BIN", &binary)
-                .run()
+                .run()?;
+            // The same lifecycle tests on other kernels and hook sets.
+            matrix::matrix(&root, &binary, &[vm::DEFAULT_KERNEL.to_owned()])
         }
     }
 }
