@@ -103,7 +103,77 @@ pub struct Task {
     pub pid: u32,
     pub tid: u32,
     pub cgroup_id: u64,
-    pub comm: String,
+    pub comm: Comm,
+}
+
+/// A task's command name, inline like the kernel's (`TASK_COMM_LEN`): every
+/// tracked socket keeps its owner's, so no heap allocation per socket.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Comm {
+    bytes: [u8; common::COMM_LEN],
+    len: u8,
+}
+
+impl Comm {
+    /// From the kernel's NUL-padded bytes; invalid UTF-8 becomes `?`.
+    pub fn from_kernel(raw: &[u8; common::COMM_LEN]) -> Comm {
+        let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        let mut bytes = [0u8; common::COMM_LEN];
+        bytes[..len].copy_from_slice(&raw[..len]);
+        if std::str::from_utf8(&bytes[..len]).is_err() {
+            for byte in &mut bytes[..len] {
+                if !byte.is_ascii() {
+                    *byte = b'?';
+                }
+            }
+        }
+        Comm {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Valid UTF-8 by construction.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("?")
+    }
+}
+
+impl From<&str> for Comm {
+    /// Longer names are cut at a character boundary, as the kernel cuts them.
+    fn from(name: &str) -> Comm {
+        let mut end = name.len().min(common::COMM_LEN - 1);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut raw = [0u8; common::COMM_LEN];
+        raw[..end].copy_from_slice(&name.as_bytes()[..end]);
+        Comm::from_kernel(&raw)
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq<&str> for Comm {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl Serialize for Comm {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -319,16 +389,11 @@ fn read_record<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeErr
 }
 
 fn task(raw: &common::Task) -> Task {
-    let len = raw
-        .comm
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(raw.comm.len());
     Task {
         pid: raw.pid,
         tid: raw.tid,
         cgroup_id: raw.cgroup_id,
-        comm: String::from_utf8_lossy(&raw.comm[..len]).into_owned(),
+        comm: Comm::from_kernel(&raw.comm),
     }
 }
 
@@ -517,6 +582,20 @@ mod tests {
                 cookie: 3
             })
         );
+    }
+
+    #[test]
+    fn comm_is_inline_and_always_text() {
+        let mut raw = [0u8; 16];
+        raw[..4].copy_from_slice(b"curl");
+        assert_eq!(Comm::from_kernel(&raw), "curl");
+        raw[..15].copy_from_slice(b"a-very-long-com");
+        assert_eq!(Comm::from_kernel(&raw).as_str(), "a-very-long-com");
+        raw[1] = 0xff;
+        assert_eq!(Comm::from_kernel(&raw).as_str(), "a?very-long-com");
+        assert_eq!(Comm::from("sixteen-chars-xx").as_str(), "sixteen-chars-x");
+        assert_eq!(Comm::from("ééééééééé").as_str(), "ééééééé");
+        assert_eq!(size_of::<Comm>(), 17);
     }
 
     #[test]

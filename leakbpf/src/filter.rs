@@ -27,7 +27,10 @@ impl Filter {
 
     pub fn matches(&self, owner: &Task, family: Family) -> bool {
         (self.pids.is_empty() || self.pids.contains(&owner.pid))
-            && self.comm.as_ref().is_none_or(|comm| *comm == owner.comm)
+            && self
+                .comm
+                .as_ref()
+                .is_none_or(|comm| comm == owner.comm.as_str())
             && self.family.is_none_or(|f| f == family)
     }
 
@@ -51,7 +54,7 @@ mod tests {
             pid,
             tid: pid,
             cgroup_id: 0,
-            comm: comm.to_owned(),
+            comm: comm.into(),
         }
     }
 

@@ -164,6 +164,11 @@ impl<W: std::io::Write> session::Consumer for Printer<W> {
     fn batch(&mut self, tracer: &Tracer, events: &mut Vec<Event>) -> Result<()> {
         self.print_batch(tracer, events)
     }
+
+    fn tick(&mut self, _tracer: &Tracer) {
+        // Closed sockets whose destroy never came: forget them in time.
+        self.table.sweep(crate::clock::monotonic_ns());
+    }
 }
 
 impl<W: std::io::Write> Printer<W> {
@@ -241,7 +246,7 @@ impl<W: std::io::Write> Printer<W> {
             time_ns: event.time_ns(),
             pid: task.pid,
             tid: task.tid,
-            comm: &task.comm,
+            comm: task.comm.as_str(),
             cgroup_id: task.cgroup_id,
             cookie: socket.cookie,
             family: socket.endpoints.family,

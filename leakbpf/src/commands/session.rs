@@ -10,6 +10,9 @@ use crate::{
     tracer::{DRAIN_INTERVAL, Tracer},
 };
 
+/// Events' worth of buffer kept between batches.
+const BATCH_KEEP: usize = 1024;
+
 /// Says on stderr that tracing runs (scripts and tests wait for this line:
 /// the programs are attached) and how it will end.
 pub fn announce(tracer: &Tracer, duration: Option<Duration>, verb: &str) {
@@ -62,6 +65,8 @@ pub async fn pump(
             () = sleep_until(deadline) => break,
         }
         consumer.batch(tracer, &mut batch)?;
+        // A burst can leave a huge buffer behind: do not keep it for hours.
+        batch.shrink_to(BATCH_KEEP);
     }
     // Whatever the kernel wrote before we stopped still counts.
     tracer.drain(&mut batch);

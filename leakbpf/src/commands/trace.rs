@@ -193,6 +193,9 @@ impl session::Consumer for Collector {
     }
 
     fn tick(&mut self, _tracer: &Tracer) {
+        // Closed sockets whose destroy never came (lost, or still in
+        // FIN_WAIT): forget them after the table's retention time.
+        self.table.sweep(monotonic_ns());
         if self.progress {
             let stats = self.table.stats();
             eprint!(
@@ -227,7 +230,7 @@ fn preexisting(table: &mut SocketTable, filter: &Filter, warnings: &mut Vec<Stri
             pid: owner.pid,
             tid: 0,
             cgroup_id: 0,
-            comm: owner.comm.clone(),
+            comm: owner.comm.as_str().into(),
         };
         let family = owned.socket.family;
         if !filter.matches(&task, family) {

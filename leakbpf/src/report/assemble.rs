@@ -70,7 +70,7 @@ pub fn assemble(
         .map(|(key, mut sockets)| {
             sockets.sort_by_key(|s| (s.opened_ns, s.cookie));
             let group = group(&key, &sockets, table, live, frames, options);
-            (key.pid, sockets[0].owner.comm.clone(), group)
+            (key.pid, sockets[0].owner.comm.to_string(), group)
         })
         .collect();
     // Largest first; ties by pid and stack for stable output.
@@ -225,7 +225,7 @@ mod tests {
                 pid,
                 tid: pid + 1,
                 cgroup_id: 0,
-                comm: format!("p{pid}"),
+                comm: format!("p{pid}").as_str().into(),
             },
             endpoints: Endpoints {
                 family: Family::Ipv4,
