@@ -217,6 +217,31 @@ impl Drop for Fixture {
     }
 }
 
+/// Collects leakbpf's stderr as it comes, and signals once it says it is
+/// tracing (its programs are attached).
+fn watch_stderr(
+    stderr: std::process::ChildStderr,
+) -> (
+    Arc<Mutex<String>>,
+    mpsc::Receiver<()>,
+    thread::JoinHandle<()>,
+) {
+    let text = Arc::new(Mutex::new(String::new()));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let sink = Arc::clone(&text);
+    let reader = thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("tracing TCP sockets") {
+                let _ = ready_tx.send(());
+            }
+            let mut text = sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+    (text, ready_rx, reader)
+}
+
 /// A running `leakbpf events --format json`.
 pub struct Leakbpf {
     child: Child,
@@ -256,20 +281,7 @@ impl Leakbpf {
                 sink.lock().unwrap().push(value);
             }
         });
-        let stderr_text = Arc::new(Mutex::new(String::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let stderr = child.stderr.take().expect("leakbpf stderr");
-        let sink = Arc::clone(&stderr_text);
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("tracing TCP sockets") {
-                    let _ = ready_tx.send(());
-                }
-                let mut text = sink.lock().unwrap();
-                text.push_str(&line);
-                text.push('\n');
-            }
-        });
+        let (stderr_text, ready_rx, _) = watch_stderr(child.stderr.take().expect("leakbpf stderr"));
         let mut leakbpf = Leakbpf {
             child,
             events,
@@ -507,20 +519,8 @@ impl TraceRun {
             let _ = std::io::Read::read_to_end(&mut stdout, &mut bytes);
             bytes
         });
-        let stderr_text = Arc::new(Mutex::new(String::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let stderr = child.stderr.take().expect("leakbpf stderr");
-        let sink = Arc::clone(&stderr_text);
-        let stderr_reader = thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("tracing TCP sockets") {
-                    let _ = ready_tx.send(());
-                }
-                let mut text = sink.lock().unwrap();
-                text.push_str(&line);
-                text.push('\n');
-            }
-        });
+        let (stderr_text, ready_rx, stderr_reader) =
+            watch_stderr(child.stderr.take().expect("leakbpf stderr"));
         let mut run = TraceRun {
             child,
             stdout_reader: Some(stdout_reader),
