@@ -25,6 +25,11 @@ impl Filter {
         }
     }
 
+    /// The `--pid` list, if any: scans of /proc need only walk these.
+    pub fn pids(&self) -> Option<Vec<u32>> {
+        (!self.pids.is_empty()).then(|| self.pids.clone())
+    }
+
     pub fn matches(&self, owner: &Task, family: Family) -> bool {
         (self.pids.is_empty() || self.pids.contains(&owner.pid))
             && self

@@ -132,7 +132,7 @@ async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
         warnings,
         processes: Vec::new(),
     };
-    let (live, exes) = live_facts(&table);
+    let (live, exes) = live_facts(&table, filter);
     let frames = Frames {
         tracer: &tracer,
         stacks: &stacks,
@@ -212,7 +212,11 @@ impl session::Consumer for Collector {
 
 /// Puts the sockets processes already hold into the table.
 fn preexisting(table: &mut SocketTable, filter: &Filter, warnings: &mut Vec<String>) -> Result<()> {
-    let (found, stats) = sockets::scan_with_stats(&ScanOptions::default())
+    let options = ScanOptions {
+        pids: filter.pids(),
+        ..ScanOptions::default()
+    };
+    let (found, stats) = sockets::scan_with_stats(&options)
         .context("listing the sockets already open (sock_diag, /proc)")?;
     if stats.walk.permission_denied > 0 {
         warnings.push(format!(
@@ -248,11 +252,18 @@ fn preexisting(table: &mut SocketTable, filter: &Filter, warnings: &mut Vec<Stri
 }
 
 /// The kernel's view of the open sockets now, and their owners' executables.
-fn live_facts(table: &SocketTable) -> (HashMap<u64, LiveFacts>, HashMap<u32, String>) {
+fn live_facts(
+    table: &SocketTable,
+    filter: &Filter,
+) -> (HashMap<u64, LiveFacts>, HashMap<u32, String>) {
     let mut live = HashMap::new();
     let mut exes = HashMap::new();
     // Best effort: without it the report still has what the events said.
-    let Ok(found) = sockets::scan(&ScanOptions::default()) else {
+    let options = ScanOptions {
+        pids: filter.pids(),
+        ..ScanOptions::default()
+    };
+    let Ok(found) = sockets::scan(&options) else {
         return (live, exes);
     };
     let mut by_cookie: HashMap<u64, &sockets::OwnedSocket> = found
