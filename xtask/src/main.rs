@@ -64,7 +64,7 @@ fn run(task: Task) -> Result<()> {
             require_root("leakbpf")?;
             let args = if args.is_empty() {
                 vec![
-                    "events".to_owned(),
+                    "trace".to_owned(),
                     "--duration".to_owned(),
                     "10s".to_owned(),
                 ]
