@@ -3,7 +3,7 @@
 use std::{cell::RefCell, collections::HashMap, rc::Rc};
 
 use crate::{
-    event::{Open, Stack},
+    event::{Event, Open, Stack},
     symbolize::{Frame, Symbolizer},
     tracer::Tracer,
     unwind::{LeafUnwinder, insert_caller},
@@ -26,9 +26,19 @@ pub struct StackResolver {
 }
 
 impl StackResolver {
-    /// Fills `open.leaf_caller`. Call it as the event arrives, while the
-    /// process that opened the socket surely still runs.
-    pub fn on_open(&mut self, tracer: &Tracer, open: &mut Open) {
+    /// Sees every event before the socket table does: an open gets its
+    /// skipped caller recovered (while its process surely still runs), a
+    /// process end drops what was cached about that pid.
+    pub fn observe(&mut self, tracer: &Tracer, event: &mut Event) {
+        match event {
+            Event::Open(open) => self.on_open(tracer, open),
+            Event::Exit(exit) => self.forget(exit.task.pid),
+            _ => {}
+        }
+    }
+
+    /// Fills `open.leaf_caller`.
+    fn on_open(&mut self, tracer: &Tracer, open: &mut Open) {
         let Stack::Id(id) = open.user_stack else {
             return;
         };
@@ -49,7 +59,7 @@ impl StackResolver {
     }
 
     /// Forgets what it cached about an exited process.
-    pub fn forget(&mut self, pid: u32) {
+    fn forget(&mut self, pid: u32) {
         self.unwinder.forget(pid);
         self.callers.retain(|(p, _), _| *p != pid);
         self.user_frames.get_mut().retain(|(p, _, _), _| *p != pid);

@@ -2,7 +2,7 @@
 //! only module that touches aya's maps. Every command starts one `Tracer`.
 use anyhow::{Context as _, Result, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
 };
 use leakbpf_common::{HookConfig, lost};
@@ -74,10 +74,24 @@ impl Tracer {
     /// Probes the kernel, chooses a hook set, loads and attaches it. Must run
     /// inside a tokio runtime (the ring buffer registers with it).
     pub fn start(options: TracerOptions) -> Result<Tracer> {
+        if let Some(bytes) = options.ring_bytes
+            && (!bytes.is_power_of_two() || bytes < 4096)
+        {
+            bail!("--ring-bytes must be a power of two of at least 4096, not {bytes}");
+        }
         require_root()?;
         tracefs::ensure_mounted()?;
-        let caps = Capabilities::probe(EBPF_OBJECT);
+        // Parsed once, for the trampoline probe and every program load; a
+        // missing BTF is reported by `choose` among what the sets need.
+        let btf = Btf::from_sys_fs().ok();
+        let probe_trampolines = matches!(options.hooks, HookChoice::Auto | HookChoice::Fentry);
+        let caps = Capabilities::probe(
+            btf.as_ref()
+                .filter(|_| probe_trampolines)
+                .map(|btf| (EBPF_OBJECT, btf)),
+        );
         let hooks = caps.choose(options.hooks)?;
+        let btf = btf.context("reading kernel BTF (/sys/kernel/btf/vmlinux)")?;
         let offsets = offsets::read_offsets().context("reading kernel offsets")?;
         let ring_bytes = options.ring_bytes.unwrap_or(DEFAULT_RING_BYTES);
         let config = HookConfig {
@@ -91,16 +105,13 @@ impl Tracer {
         loader.override_global("OFFSETS", &offsets, true);
         loader.override_global("HOOKS", &config, true);
         if let Some(bytes) = options.ring_bytes {
-            if !bytes.is_power_of_two() || bytes < 4096 {
-                bail!("--ring-bytes must be a power of two of at least 4096, not {bytes}");
-            }
             loader.map_max_entries("EVENTS", bytes);
         }
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the eBPF object")?;
         hooks
-            .attach(&mut ebpf, &caps, offsets.accept_arity)
+            .attach(&mut ebpf, &caps, &btf, offsets.accept_arity)
             .with_context(|| format!("attaching the {hooks} hook set"))?;
 
         // Parsing kernel BTF (offsets, program loads) peaks at tens of MiB

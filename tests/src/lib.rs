@@ -33,10 +33,22 @@ pub fn forced_hooks() -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
-/// The hook set a run must report: the forced one, else the one this
-/// machine's kernel allows (the tracepoint set on the project's VMs).
+/// The hook set a run must report: the forced one, else the one
+/// `leakbpf check` says this kernel gets.
 pub fn expected_hooks() -> String {
-    forced_hooks().unwrap_or_else(|| "tracepoint".to_owned())
+    forced_hooks().unwrap_or_else(|| {
+        let output = Command::new(leakbpf_bin())
+            .arg("check")
+            .output()
+            .expect("running leakbpf check");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("hook set"))
+            .and_then(|rest| rest.trim_start().split(':').next())
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("leakbpf check named no hook set:\n{stdout}"))
+    })
 }
 
 /// `--hooks SET` when the matrix forces one.

@@ -108,7 +108,10 @@ pub fn matrix(root: &Path, leakbpf: &Path, kernels: &[String]) -> Result<()> {
             });
         }
         if !output.success() {
-            eprintln!("{}", output.stderr_tail(60));
+            eprintln!("{}", output.stdout);
+            if let Err(err) = output.clone().into_result() {
+                eprintln!("{err:#}");
+            }
         }
         let boot = output.boot.map_or(0.0, |b| b.as_secs_f64());
         println!(

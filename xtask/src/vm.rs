@@ -29,10 +29,6 @@
 //! later calls return at once. Boot once and run many tests per boot.
 //!
 //! [virtme-ng]: https://github.com/arighi/virtme-ng
-#![allow(
-    dead_code,
-    reason = "a toolbox for xtask's tasks: not every task uses every piece"
-)]
 
 use std::{
     env,
@@ -90,28 +86,6 @@ impl KernelSpec {
         Ok(Self {
             package: name.to_owned(),
         })
-    }
-
-    /// The newest generic amd64 kernel image of a series (`"6.1"`, `"6.12"`)
-    /// that `apt-cache` knows about.
-    pub fn newest(series: &str) -> Result<Self> {
-        ensure!(
-            !series.is_empty() && series.chars().all(|c| c.is_ascii_digit() || c == '.'),
-            "kernel series {series:?} must look like 6.1"
-        );
-        let pattern = format!("^linux-image-{}[.-]", series.replace('.', "\\."));
-        let output = capture(Command::new(find_tool("apt-cache", "apt")?).args([
-            "search",
-            "--names-only",
-            &pattern,
-        ]))?;
-        let name = newest_generic_image(&output, series).ok_or_else(|| {
-            anyhow!(
-                "apt-cache knows no generic amd64 kernel image of series {series} \
-                 (run apt-get update?)"
-            )
-        })?;
-        Self::package(&name)
     }
 
     /// The Debian package name.
@@ -760,33 +734,6 @@ fn is_generic_release(release: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '~'))
 }
 
-/// From `apt-cache search` output (`NAME - DESCRIPTION` lines), the generic
-/// amd64 kernel image of `series` with the highest version.
-fn newest_generic_image(apt_cache_output: &str, series: &str) -> Option<String> {
-    apt_cache_output
-        .lines()
-        .filter_map(|line| line.split(" - ").next())
-        .map(str::trim)
-        .filter(|name| {
-            name.strip_prefix("linux-image-").is_some_and(|release| {
-                is_generic_release(release)
-                    && release
-                        .strip_prefix(series)
-                        .is_some_and(|rest| rest.starts_with(['.', '-']))
-            })
-        })
-        .max_by_key(|name| version_key(name))
-        .map(str::to_owned)
-}
-
-/// The runs of digits in a name, as numbers: a sort key for releases.
-fn version_key(name: &str) -> Vec<u64> {
-    name.split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap_or(u64::MAX))
-        .collect()
-}
-
 /// The `leakbpf-vm:` lines `guest-run.sh` writes to stderr: the first
 /// `ready`, the last `exit status` (a command may run the wrapper again).
 #[derive(Debug, Default, PartialEq)]
@@ -837,33 +784,6 @@ fn sh_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const APT_CACHE: &str = "\
-linux-image-6.1.0-47-amd64-dbg - Debug symbols for linux-image-6.1.0-47-amd64
-linux-image-6.1.0-9-amd64 - Linux 6.1 for 64-bit PCs (signed)
-linux-image-6.1.0-56-cloud-amd64 - Linux 6.1 for x86-64 cloud (signed)
-linux-image-6.1.0-57-rt-amd64 - Linux 6.1 for 64-bit PCs, PREEMPT_RT (signed)
-linux-image-6.1.0-58-amd64-unsigned - Linux 6.1 for 64-bit PCs
-linux-image-6.1.0-56-amd64 - Linux 6.1 for 64-bit PCs (signed)
-linux-image-6.1.0-50-amd64 - Linux 6.1 for 64-bit PCs (signed)
-linux-image-6.12.117+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
-linux-image-6.12.99+deb12-amd64 - Linux 6.12 for 64-bit PCs (signed)
-linux-image-amd64 - Linux for 64-bit PCs (meta-package)
-";
-
-    #[test]
-    fn picks_the_newest_generic_image_of_a_series() {
-        assert_eq!(
-            newest_generic_image(APT_CACHE, "6.1").as_deref(),
-            Some("linux-image-6.1.0-56-amd64")
-        );
-        assert_eq!(
-            newest_generic_image(APT_CACHE, "6.12").as_deref(),
-            Some("linux-image-6.12.117+deb12-amd64")
-        );
-        assert_eq!(newest_generic_image(APT_CACHE, "6.6"), None);
-        assert_eq!(newest_generic_image("", "6.1"), None);
-    }
 
     #[test]
     fn kernel_spec_accepts_only_generic_images() {

@@ -12,7 +12,8 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     if crate::tracer::require_root().is_ok() {
         crate::kernel::tracefs::ensure_mounted()?;
     }
-    let caps = Capabilities::probe(crate::tracer::EBPF_OBJECT);
+    let btf = aya::Btf::from_sys_fs().ok();
+    let caps = Capabilities::probe(btf.as_ref().map(|btf| (crate::tracer::EBPF_OBJECT, btf)));
     let yes_no = |present: bool| if present { "yes" } else { "no" };
     println!("kernel            {}", caps.kernel_release);
     println!("BTF               {}", yes_no(caps.btf));
@@ -46,7 +47,12 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
     );
     match offsets::read_offsets() {
-        Ok(_) => println!("kernel offsets    read from BTF and tracefs"),
+        Ok(read) => {
+            println!("kernel offsets    read from BTF and tracefs:");
+            for line in offsets::describe(&read).lines() {
+                println!("  {line}");
+            }
+        }
         Err(err) => println!("kernel offsets    unavailable: {err:#}"),
     }
     for set in [HookSet::Fentry, HookSet::Kprobe, HookSet::Tracepoint] {

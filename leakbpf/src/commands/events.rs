@@ -184,9 +184,7 @@ impl<W: std::io::Write> Printer<W> {
     fn print_batch(&mut self, tracer: &Tracer, batch: &mut Vec<Event>) -> Result<()> {
         for mut event in batch.drain(..) {
             self.events += 1;
-            if let Event::Open(open) = &mut event {
-                self.stacks.on_open(tracer, open);
-            }
+            self.stacks.observe(tracer, &mut event);
             // A destroy removes the socket: look at it first.
             let before = match &event {
                 Event::Destroy(d) => self.table.get(d.cookie).cloned(),
@@ -194,12 +192,7 @@ impl<W: std::io::Write> Printer<W> {
             };
             let applied = self.table.apply(&event);
             let socket = match applied {
-                Applied::Untracked | Applied::DroppedFull | Applied::Exited { .. } => {
-                    if let Event::Exit(exit) = &event {
-                        self.stacks.forget(exit.task.pid);
-                    }
-                    continue;
-                }
+                Applied::Untracked | Applied::DroppedFull | Applied::Exited { .. } => continue,
                 Applied::Destroyed => before,
                 _ => self.table.get(event.cookie()).cloned(),
             };

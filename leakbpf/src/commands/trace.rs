@@ -181,12 +181,7 @@ impl session::Consumer for Collector {
     fn batch(&mut self, tracer: &Tracer, events: &mut Vec<Event>) -> Result<()> {
         for mut event in events.drain(..) {
             self.events += 1;
-            if let Event::Open(open) = &mut event {
-                self.stacks.on_open(tracer, open);
-            }
-            if let Event::Exit(exit) = &event {
-                self.stacks.forget(exit.task.pid);
-            }
+            self.stacks.observe(tracer, &mut event);
             self.table.apply(&event);
         }
         Ok(())
@@ -272,7 +267,9 @@ fn live_facts(
         .collect();
     for socket in table.open_sockets() {
         let pid = socket.owner.pid;
-        if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+        if !exes.contains_key(&pid)
+            && let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe"))
+        {
             exes.insert(pid, exe.display().to_string());
         }
         let Some(owned) = by_cookie.remove(&socket.cookie) else {

@@ -14,18 +14,17 @@ use aya::{
 use super::Capabilities;
 
 /// State changes, destruction, process ends: every set.
-pub(super) fn shared(ebpf: &mut Ebpf) -> Result<()> {
-    let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+pub(super) fn shared(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
     let program: &mut BtfTracePoint = program_mut(ebpf, "inet_sock_set_state")?;
     program
-        .load("inet_sock_set_state", &btf)
+        .load("inet_sock_set_state", btf)
         .context("loading tp_btf/inet_sock_set_state")?;
     program
         .attach()
         .context("attaching tp_btf/inet_sock_set_state")?;
     let program: &mut BtfTracePoint = program_mut(ebpf, "sched_process_free")?;
     program
-        .load("sched_process_free", &btf)
+        .load("sched_process_free", btf)
         .context("loading tp_btf/sched_process_free")?;
     program
         .attach()
@@ -59,15 +58,14 @@ fn tracepoint_set_accept(ebpf: &mut Ebpf) -> Result<()> {
     )
 }
 
-pub(super) fn fentry_set(ebpf: &mut Ebpf, accept_arity: u32) -> Result<()> {
-    let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+pub(super) fn fentry_set(ebpf: &mut Ebpf, btf: &Btf, accept_arity: u32) -> Result<()> {
     for (name, function) in [
         ("fentry_tcp_connect", "tcp_connect"),
         ("fentry_tcp_close", "tcp_close"),
     ] {
         let program: &mut FEntry = program_mut(ebpf, name)?;
         program
-            .load(function, &btf)
+            .load(function, btf)
             .with_context(|| format!("loading fentry/{function}"))?;
         program
             .attach()
@@ -83,7 +81,7 @@ pub(super) fn fentry_set(ebpf: &mut Ebpf, accept_arity: u32) -> Result<()> {
     };
     let program: &mut FExit = program_mut(ebpf, name)?;
     program
-        .load("inet_csk_accept", &btf)
+        .load("inet_csk_accept", btf)
         .context("loading fexit/inet_csk_accept")?;
     program
         .attach()

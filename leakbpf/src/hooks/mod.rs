@@ -82,10 +82,16 @@ impl HookSet {
     }
 
     /// Loads and attaches this set's programs.
-    pub fn attach(self, ebpf: &mut Ebpf, caps: &Capabilities, accept_arity: u32) -> Result<()> {
-        attach::shared(ebpf)?;
+    pub fn attach(
+        self,
+        ebpf: &mut Ebpf,
+        caps: &Capabilities,
+        btf: &Btf,
+        accept_arity: u32,
+    ) -> Result<()> {
+        attach::shared(ebpf, btf)?;
         match self {
-            HookSet::Fentry => attach::fentry_set(ebpf, accept_arity),
+            HookSet::Fentry => attach::fentry_set(ebpf, btf, accept_arity),
             HookSet::Kprobe => attach::kprobe_set(ebpf),
             HookSet::Tracepoint => attach::tracepoint_set(ebpf, caps),
         }
@@ -135,9 +141,10 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    /// Probes the running kernel; `object` is the eBPF object, from which
-    /// one fentry program is loaded to see whether trampolines work.
-    pub fn probe(object: &[u8]) -> Self {
+    /// Probes the running kernel. With `trampoline_probe` (the eBPF object
+    /// and the kernel's BTF), one fentry program is loaded to see whether
+    /// trampolines work; without it they count as refused (not asked for).
+    pub fn probe(trampoline_probe: Option<(&[u8], &Btf)>) -> Self {
         let tracefs = tracefs::Tracefs::find()
             .ok()
             .map(|t| t.root().to_path_buf());
@@ -160,7 +167,12 @@ impl Capabilities {
             cgroup2: cgroup2_mount(),
             kprobes: fs::metadata("/sys/bus/event_source/devices/kprobe").is_ok(),
             functions,
-            trampolines: probe_trampolines(object),
+            trampolines: match trampoline_probe {
+                Some((object, btf)) => probe_trampolines(object, btf),
+                None => {
+                    Trampolines::Refused("not probed: another hook set was asked for".to_owned())
+                }
+            },
         }
     }
 
@@ -239,22 +251,19 @@ impl Capabilities {
 }
 
 /// Loads (then drops) fentry/tcp_close: BPF_PROG_LOAD is where a kernel
-/// without trampolines says no.
-fn probe_trampolines(object: &[u8]) -> Trampolines {
+/// without trampolines says no. The maps are made tiny: nothing runs.
+fn probe_trampolines(object: &[u8], btf: &Btf) -> Trampolines {
     let refused = |err: &dyn fmt::Display| Trampolines::Refused(err.to_string());
-    let btf = match Btf::from_sys_fs() {
-        Ok(btf) => btf,
-        Err(err) => return refused(&format_args!("no kernel BTF: {err}")),
-    };
-    let mut ebpf = match EbpfLoader::new().load(object) {
+    let mut ebpf = match EbpfLoader::new()
+        .map_max_entries("EVENTS", 4096)
+        .map_max_entries("STACKS", 1)
+        .load(object)
+    {
         Ok(ebpf) => ebpf,
         Err(err) => return refused(&err),
     };
     let program: Result<&mut FEntry> = attach::program_mut(&mut ebpf, "fentry_tcp_close");
-    match program.and_then(|p| {
-        p.load("tcp_close", &btf)
-            .context("loading fentry/tcp_close")
-    }) {
+    match program.and_then(|p| p.load("tcp_close", btf).context("loading fentry/tcp_close")) {
         Ok(()) => Trampolines::Work,
         Err(err) => refused(&format_args!("{err:#}")),
     }

@@ -115,12 +115,6 @@ impl Tracefs {
     }
 }
 
-/// Offset and size of `field` in the record of tracepoint `system:event`, on
-/// the tracefs found by [`Tracefs::find`].
-pub fn format_field_offset(system: &str, event: &str, field: &str) -> Result<Field, TracefsError> {
-    Tracefs::find()?.field(system, event, field)
-}
-
 /// Whether tracepoint `system:event` exists; `false` also when tracefs is
 /// not mounted, since then it cannot be attached either.
 pub fn tracepoint_exists(system: &str, event: &str) -> bool {

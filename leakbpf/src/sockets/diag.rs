@@ -19,7 +19,6 @@
 //! Only sockets of this process's network namespace are visible: a netlink
 //! socket sees its own namespace.
 use std::{
-    collections::HashMap,
     io,
     net::{IpAddr, SocketAddr, SocketAddrV6},
 };
@@ -159,16 +158,6 @@ pub fn dump(states: u32) -> Result<Dump> {
             .with_context(|| format!("reading the inet_diag dump for family {family}"))?;
     }
     Ok(out)
-}
-
-/// All sockets but listeners, by cookie: the kernel's view of the sockets
-/// that eBPF events name.
-pub fn diag_by_cookie() -> Result<HashMap<u64, DiagSocket>> {
-    Ok(dump(DEFAULT_STATES)?
-        .sockets
-        .into_iter()
-        .map(|s| (s.cookie, s))
-        .collect())
 }
 
 /// The kernel caps one dump datagram at 32 KiB (`netlink_dump`); twice that

@@ -3,9 +3,10 @@
 //!
 //! Why: many leaks began before leakbpf started, so the eBPF events never
 //! show their open. At start-up [`scan`] finds every socket already held by
-//! a process; at report time [`diag_by_cookie`] adds what only the kernel
-//! knows about each open socket (queued bytes, idle times). Both are keyed by
-//! the socket cookie, the value `bpf_get_socket_cookie` gives the eBPF side.
+//! a process; at report time another [`scan`] adds what only the kernel
+//! knows about each open socket (queued bytes, idle times, fds). Both are
+//! joined to traced sockets by the socket cookie, the value
+//! `bpf_get_socket_cookie` gives the eBPF side.
 //!
 //! [`diag`] reads the kernel's socket list over `NETLINK_SOCK_DIAG`;
 //! [`procfs`] maps socket inodes to the processes holding them.
@@ -21,8 +22,8 @@ use std::collections::HashMap;
 use anyhow::{Context, Result};
 
 pub use self::{
-    diag::{DEFAULT_STATES, DiagSocket, diag_by_cookie},
-    procfs::{Owner, WalkStats, socket_owners},
+    diag::{DEFAULT_STATES, DiagSocket},
+    procfs::{Owner, WalkStats},
 };
 
 /// What to look for.

@@ -67,15 +67,9 @@ impl Failures {
 /// Socket owners by socket inode.
 pub type OwnersByInode = HashMap<u64, Vec<Owner>>;
 
-/// Socket owners by inode for every process, or only for `pids`. A socket
-/// shared across `fork` or `dup` has one owner per (process, fd).
-pub fn socket_owners(pids: Option<&[u32]>) -> OwnersByInode {
-    walk_owners(pids)
-        .map(|(owners, _)| owners)
-        .unwrap_or_default()
-}
-
-/// [`socket_owners`], with what the walk missed. Fails only if `/proc`
+/// Socket owners by inode for every process, or only for `pids` (a socket
+/// shared across `fork` or `dup` has one owner per (process, fd)), with
+/// what the walk missed. Fails only if `/proc`
 /// itself cannot be listed.
 pub fn walk_owners(pids: Option<&[u32]>) -> io::Result<(OwnersByInode, WalkStats)> {
     walk_in(Path::new("/proc"), pids)
@@ -284,7 +278,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let fd = listener.as_raw_fd();
         let pid = std::process::id();
-        let owners = socket_owners(Some(&[pid]));
+        let (owners, _) = walk_owners(Some(&[pid])).unwrap();
         let own = owners
             .values()
             .flatten()

@@ -177,7 +177,12 @@ fn scan_finds_preexisting_sockets_with_owner_and_kernel_facts() {
     }
 
     // The dump alone, keyed by cookie, as used to enrich traced sockets.
-    let by_cookie = diag_by_cookie().unwrap();
+    let by_cookie: std::collections::HashMap<u64, DiagSocket> = diag::dump(DEFAULT_STATES)
+        .unwrap()
+        .sockets
+        .into_iter()
+        .map(|s| (s.cookie, s))
+        .collect();
     for c in &all {
         let unread = &by_cookie[&so_cookie(&c.unread)];
         assert_eq!(unread.local, c.unread.local_addr().unwrap());
