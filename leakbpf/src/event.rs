@@ -221,6 +221,16 @@ pub enum Stack {
     Missing(i32),
 }
 
+impl Stack {
+    /// The stack map id, if the stack was recorded.
+    pub fn id(self) -> Option<u32> {
+        match self {
+            Stack::Id(id) => Some(id),
+            Stack::Missing(_) => None,
+        }
+    }
+}
+
 /// TCP states, numbered as in the kernel's `include/net/tcp_states.h`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TcpState {

@@ -3,10 +3,12 @@
 //!
 //! Data flows one way: [`tracer`] loads the kernel side chosen by [`hooks`]
 //! and reads ring-buffer records, [`event`] decodes them, [`socket_table`]
-//! keeps each socket's owner and state, and the commands render what it knows.
+//! keeps each socket's opener and state, [`snapshot`] says who holds what
+//! now, and the commands render what they know.
 pub mod cli;
 pub mod clock;
 pub mod commands;
+pub mod completeness;
 pub mod event;
 pub mod filter;
 pub mod gopclntab;
@@ -14,6 +16,7 @@ pub mod hooks;
 pub mod kernel;
 pub mod procmaps;
 pub mod report;
+pub mod snapshot;
 pub mod socket_table;
 pub mod sockets;
 pub mod stacks;

@@ -1,7 +1,14 @@
 //! The socket table: a pure state machine over lifecycle events. It knows
-//! which process owns each socket, since when, in which state, and which
+//! which process opened each socket, since when, in which state, and which
 //! stack opened it. No aya types and no system clock: the events carry their
 //! own (kernel monotonic) time, so it is unit-tested without root.
+//!
+//! Ownership follows the kernel's model: a socket lives until its file's
+//! last reference is released (`Close`) or the kernel frees it (`Destroy`),
+//! never because the process that opened it exited: fork, `dup` and
+//! SCM_RIGHTS hand sockets to other processes. The table therefore keeps
+//! only the *opener* (where the leak was born); who holds a socket *now*
+//! comes from the fd tables at report time ([`crate::snapshot`]).
 use std::collections::HashMap;
 
 use crate::event::{
@@ -12,12 +19,16 @@ use crate::event::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Socket {
     pub cookie: u64,
-    pub owner: Task,
+    /// The process that connected or accepted it (for pre-existing sockets,
+    /// the first holder found at start-up). It may have exited since: the
+    /// socket then lives on in whoever inherited or received it.
+    pub opener: Task,
     pub direction: Direction,
     pub opened_ns: u64,
     pub endpoints: Endpoints,
     /// Time of the last state change (or the open).
     pub state_since_ns: u64,
+    /// The opener's fd, where the hook knows it.
     pub fd: Option<i32>,
     pub user_stack: Stack,
     /// The caller frame-pointer unwinding skipped (see [`crate::unwind`]).
@@ -32,30 +43,20 @@ impl Socket {
     }
 }
 
-/// The release of a socket by a process.
+/// The release of a socket's last file reference (close(), exit, last fd).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Closed {
     pub time_ns: u64,
-    /// The releasing process (the owner, or one it handed the socket to).
+    /// The releasing process (the opener, or one it handed the socket to).
     pub by_pid: u32,
     pub state: TcpState,
-    pub reason: CloseReason,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The kernel's release hook saw it go (close(), exit, last fd).
-    Released,
-    /// Its owner exited without a release being seen: the close was lost,
-    /// or the socket lives on in another process. Either way it is no
-    /// longer this pid's leak, and the pid may be reused.
-    OwnerExited,
-}
-
-/// Sockets of one process opened the same way from the same code: the
-/// unit of grouping for reports, and of the per-stack open/close counts.
+/// Sockets one process opened the same way from the same code: the unit
+/// of the per-stack open/close counts (`growing`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GroupKey {
+    /// The opener.
     pub pid: u32,
     pub direction: Direction,
     pub user_stack: Option<u32>,
@@ -65,7 +66,7 @@ pub struct GroupKey {
 impl Socket {
     pub fn group_key(&self) -> GroupKey {
         GroupKey {
-            pid: self.owner.pid,
+            pid: self.opener.pid,
             direction: self.direction,
             user_stack: match self.user_stack {
                 Stack::Id(id) => Some(id),
@@ -91,7 +92,7 @@ pub enum Applied {
     StateChanged {
         old: TcpState,
     },
-    /// The owner let go of it after `lifetime_ns`.
+    /// Its last file reference was released after `lifetime_ns`.
     Closed {
         lifetime_ns: u64,
     },
@@ -102,11 +103,10 @@ pub enum Applied {
     Untracked,
     /// The table was full: the socket is not tracked, results are incomplete.
     DroppedFull,
-    /// A process exited; this many of its sockets were still open and are
-    /// now retired ([`CloseReason::OwnerExited`]).
-    Exited {
-        retired: usize,
-    },
+    /// A process exited. Its sockets are untouched: whoever inherited or
+    /// received them still holds them, and a lost close shows up as a
+    /// socket no fd table holds at report time.
+    Exited,
 }
 
 /// Bounds on memory; anything dropped is counted in [`TableStats`].
@@ -136,8 +136,7 @@ pub struct TableStats {
     pub untracked_events: u64,
     /// Opens not tracked because `max_sockets` was reached.
     pub dropped_full: u64,
-    /// Sockets retired because their owner exited without a release.
-    pub retired_on_exit: u64,
+    pub exits: u64,
     pub preexisting: u64,
 }
 
@@ -145,6 +144,9 @@ pub struct TableStats {
 pub struct SocketTable {
     sockets: HashMap<u64, Socket>,
     groups: HashMap<GroupKey, GroupCounts>,
+    /// Openers that exited since the last sweep: their group counts go once
+    /// none of their sockets is open any more.
+    exited: Vec<u32>,
     limits: Limits,
     stats: TableStats,
 }
@@ -154,6 +156,7 @@ impl SocketTable {
         SocketTable {
             sockets: HashMap::new(),
             groups: HashMap::new(),
+            exited: Vec::new(),
             limits,
             stats: TableStats::default(),
         }
@@ -188,7 +191,7 @@ impl SocketTable {
         self.stats.opened += 1;
         let socket = Socket {
             cookie: open.cookie,
-            owner: open.task.clone(),
+            opener: open.task.clone(),
             direction: open.direction,
             opened_ns: open.time_ns,
             endpoints: open.endpoints,
@@ -209,7 +212,7 @@ impl SocketTable {
     pub fn insert_preexisting(
         &mut self,
         cookie: u64,
-        owner: Task,
+        holder: Task,
         endpoints: Endpoints,
         fd: Option<i32>,
         now_ns: u64,
@@ -226,7 +229,7 @@ impl SocketTable {
             cookie,
             Socket {
                 cookie,
-                owner,
+                opener: holder,
                 direction: Direction::Preexisting,
                 opened_ns: now_ns,
                 endpoints,
@@ -242,22 +245,9 @@ impl SocketTable {
     }
 
     fn exit(&mut self, exit: &Exit) -> Applied {
-        let mut retired = 0;
-        for socket in self.sockets.values_mut() {
-            if socket.owner.pid == exit.task.pid && socket.closed.is_none() {
-                socket.closed = Some(Closed {
-                    time_ns: exit.time_ns,
-                    by_pid: exit.task.pid,
-                    state: socket.endpoints.state,
-                    reason: CloseReason::OwnerExited,
-                });
-                retired += 1;
-            }
-        }
-        self.stats.retired_on_exit += retired as u64;
-        // The pid may come back as another process: its counts start anew.
-        self.groups.retain(|key, _| key.pid != exit.task.pid);
-        Applied::Exited { retired }
+        self.stats.exits += 1;
+        self.exited.push(exit.task.pid);
+        Applied::Exited
     }
 
     fn state(&mut self, change: &StateChange) -> Applied {
@@ -289,7 +279,6 @@ impl SocketTable {
             time_ns: close.time_ns,
             by_pid: close.task.pid,
             state: close.state,
-            reason: CloseReason::Released,
         });
         self.stats.closed += 1;
         if let Some(counts) = self.groups.get_mut(&socket.group_key()) {
@@ -302,19 +291,28 @@ impl SocketTable {
 
     /// Forgets closed sockets whose destroy has not come within the
     /// retention time. Call it now and then with the current monotonic time.
+    /// Also drops the open/close counts of exited openers that hold no
+    /// open socket any more (a reused pid then starts with fresh counts).
     pub fn sweep(&mut self, now_ns: u64) {
         let retention = self.limits.closed_retention_ns;
         self.sockets.retain(|_, socket| match &socket.closed {
             Some(closed) => now_ns.saturating_sub(closed.time_ns) < retention,
             None => true,
         });
+        if !self.exited.is_empty() {
+            let exited = std::mem::take(&mut self.exited);
+            let live: std::collections::HashSet<GroupKey> =
+                self.open_sockets().map(Socket::group_key).collect();
+            self.groups
+                .retain(|key, _| !exited.contains(&key.pid) || live.contains(key));
+        }
     }
 
     pub fn get(&self, cookie: u64) -> Option<&Socket> {
         self.sockets.get(&cookie)
     }
 
-    /// Sockets still owned by a process.
+    /// Sockets whose last file reference has not been released.
     pub fn open_sockets(&self) -> impl Iterator<Item = &Socket> {
         self.sockets.values().filter(|socket| socket.is_open())
     }
@@ -485,8 +483,10 @@ mod tests {
         assert_eq!(table.stats().untracked_events, 3);
     }
 
+    /// fork, dup and SCM_RIGHTS hand sockets on: the opener's exit must
+    /// not close them; only the release of the last reference does.
     #[test]
-    fn an_exit_retires_what_its_process_still_held() {
+    fn an_exit_leaves_sockets_open_for_their_new_holders() {
         let mut table = SocketTable::default();
         table.apply(&open(1, 100, 0));
         table.apply(&open(2, 100, 0));
@@ -496,29 +496,60 @@ mod tests {
             time_ns: 9,
             task: task(100),
         });
-        assert_eq!(table.apply(&exit), Applied::Exited { retired: 1 });
-        let closed = table.get(2).unwrap().closed.as_ref().unwrap();
+        assert_eq!(table.apply(&exit), Applied::Exited);
+        let mut still_open: Vec<u64> = table.open_sockets().map(|s| s.cookie).collect();
+        still_open.sort_unstable();
+        assert_eq!(still_open, [2, 3], "the exit of the opener closes nothing");
+        assert_eq!(table.get(2).unwrap().opener.pid, 100);
+        // Released later by the child that inherited it.
         assert_eq!(
-            (closed.reason, closed.time_ns),
-            (CloseReason::OwnerExited, 9)
+            table.apply(&close(2, 101, 20)),
+            Applied::Closed { lifetime_ns: 20 }
         );
-        let still_open: Vec<u64> = table.open_sockets().map(|s| s.cookie).collect();
+        assert_eq!(table.get(2).unwrap().closed.as_ref().unwrap().by_pid, 101);
+        assert_eq!(table.stats().exits, 1);
+    }
+
+    /// A late exit of a pid's previous process never touches the sockets
+    /// of the new process that got the pid.
+    #[test]
+    fn a_late_exit_of_a_reused_pid_closes_nothing() {
+        let mut table = SocketTable::default();
+        table.apply(&open(1, 100, 10));
+        table.apply(&close(1, 100, 11));
+        table.apply(&open(2, 100, 20)); // the new process with pid 100
+        table.apply(&Event::Exit(Exit {
+            time_ns: 12,
+            task: task(100),
+        }));
+        let open: Vec<u64> = table.open_sockets().map(|s| s.cookie).collect();
+        assert_eq!(open, [2]);
+    }
+
+    #[test]
+    fn counts_of_exited_openers_go_once_nothing_of_theirs_is_open() {
+        let mut table = SocketTable::default();
+        table.apply(&open(1, 100, 0));
+        table.apply(&open(2, 200, 0));
+        let key_100 = table.get(1).unwrap().group_key();
+        let key_200 = table.get(2).unwrap().group_key();
+        table.apply(&close(1, 100, 1));
+        for pid in [100, 200] {
+            table.apply(&Event::Exit(Exit {
+                time_ns: 2,
+                task: task(pid),
+            }));
+        }
+        table.sweep(3);
+        assert_eq!(table.group_counts(&key_100), GroupCounts::default());
         assert_eq!(
-            still_open,
-            [3],
-            "only the other process's socket is still open"
-        );
-        // A new process with the reused pid starts with fresh counts.
-        table.apply(&open(4, 100, 20));
-        let key = table.get(4).unwrap().group_key();
-        assert_eq!(
-            table.group_counts(&key),
+            table.group_counts(&key_200),
             GroupCounts {
                 opened: 1,
                 closed: 0
-            }
+            },
+            "its socket lives on in another process"
         );
-        assert_eq!(table.stats().retired_on_exit, 1);
     }
 
     #[test]

@@ -10,10 +10,14 @@ use crate::{
 };
 
 /// (pid, user stack id, recovered leaf caller).
-type UserStackKey = (u32, u32, Option<u64>);
+pub type UserStackKey = (u32, u32, Option<u64>);
 
 #[derive(Default)]
 pub struct StackResolver {
+    /// Symbolize each new user stack as soon as its open is seen, while
+    /// the process that took it still runs and still maps the same code:
+    /// its sockets may outlive it (fork, SCM_RIGHTS) or it may exec.
+    eager: bool,
     unwinder: LeafUnwinder,
     /// (pid, user stack id) -> recovered caller: the same call path gives
     /// the same answer, so each is unwound once.
@@ -26,6 +30,14 @@ pub struct StackResolver {
 }
 
 impl StackResolver {
+    /// A resolver that symbolizes at open time (see `eager`).
+    pub fn eager() -> StackResolver {
+        StackResolver {
+            eager: true,
+            ..StackResolver::default()
+        }
+    }
+
     /// Sees every event before the socket table does: an open gets its
     /// skipped caller recovered (while its process surely still runs), a
     /// process end drops what was cached about that pid.
@@ -56,13 +68,25 @@ impl StackResolver {
             }
         };
         open.leaf_caller = caller;
+        if self.eager {
+            self.user_frames(tracer, pid, open.user_stack, caller);
+            self.kernel_frames(tracer, open.kernel_stack);
+        }
     }
 
-    /// Forgets what it cached about an exited process.
+    /// Forgets what it cached to unwind an exited process. Its symbolized
+    /// stacks stay while sockets it opened are open ([`Self::retain_user`]).
     fn forget(&mut self, pid: u32) {
         self.unwinder.forget(pid);
         self.callers.retain(|(p, _), _| *p != pid);
-        self.user_frames.get_mut().retain(|(p, _, _), _| *p != pid);
+        if !self.eager {
+            self.user_frames.get_mut().retain(|(p, _, _), _| *p != pid);
+        }
+    }
+
+    /// Keeps only the symbolized user stacks `keep` says are still needed.
+    pub fn retain_user(&mut self, keep: impl Fn(&UserStackKey) -> bool) {
+        self.user_frames.get_mut().retain(|key, _| keep(key));
     }
 
     /// Instruction pointers of a user stack, innermost first, repaired.

@@ -6,9 +6,9 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
 };
 use leakbpf_common::{HookConfig, lost};
-use serde::Serialize;
 use tokio::io::{Interest, unix::AsyncFd};
 
+pub use crate::completeness::LostCounts;
 use crate::{
     event::{self, Event},
     hooks::{Capabilities, HookChoice, HookSet},
@@ -21,33 +21,6 @@ pub struct TracerOptions {
     pub hooks: HookChoice,
     /// Ring buffer size in bytes (a power of two, at least one page).
     pub ring_bytes: Option<u32>,
-}
-
-/// Everything that was dropped, in the kernel or while decoding.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct LostCounts {
-    /// Events the ring buffer had no room for.
-    pub ringbuf_full: u64,
-    /// Open events whose user stack could not be recorded.
-    pub user_stacks: u64,
-    /// Open events whose kernel stack could not be recorded.
-    pub kernel_stacks: u64,
-    /// Accepts whose socket could not be read (not reported).
-    pub accept_reads: u64,
-    /// Records user space could not decode.
-    pub undecodable: u64,
-}
-
-impl LostCounts {
-    /// Lost lifecycle events: what makes a socket count wrong.
-    pub fn events(&self) -> u64 {
-        self.ringbuf_full + self.accept_reads + self.undecodable
-    }
-
-    /// Lost stacks: what makes an attribution to code incomplete.
-    pub fn stacks(&self) -> u64 {
-        self.user_stacks + self.kernel_stacks
-    }
 }
 
 pub struct Tracer {

@@ -1,5 +1,7 @@
 //! `leakbpf events`: every lifecycle event of every socket opened while it
-//! runs, attributed to the socket's owner through the socket table.
+//! runs: opens and closes by the process that did them, state changes and
+//! destroys (which happen in the kernel, not in a process) by the socket's
+//! opener, through the socket table.
 use std::{
     io::{BufWriter, Write as _},
     process::ExitCode,
@@ -14,6 +16,7 @@ use super::session;
 use crate::{
     cli::{EventFormat, EventsArgs},
     clock::Clock,
+    completeness::Completeness,
     event::{Direction, Event, Family, Stack, Task, TcpState},
     filter::Filter,
     socket_table::{Applied, Socket, SocketTable},
@@ -71,8 +74,13 @@ struct Summary {
     lost_events: u64,
     lost_stacks: u64,
     lost: LostCounts,
+    /// Opens not tracked because the socket table was full (their later
+    /// events are not shown either).
+    untracked_full: u64,
     /// False whenever something was lost: counts may be wrong.
     complete: bool,
+    /// Why not complete.
+    incomplete: Vec<String>,
 }
 
 pub fn run(args: EventsArgs) -> Result<ExitCode> {
@@ -114,6 +122,8 @@ async fn stream(args: EventsArgs, filter: Filter) -> Result<ExitCode> {
     .await?;
 
     let lost = tracer.lost();
+    let table_stats = printer.table.stats();
+    let completeness = Completeness::of_run(&lost, &table_stats);
     let summary = Summary {
         event: "summary",
         hooks: tracer.hooks().name(),
@@ -123,7 +133,9 @@ async fn stream(args: EventsArgs, filter: Filter) -> Result<ExitCode> {
         lost_events: lost.events(),
         lost_stacks: lost.stacks(),
         lost,
-        complete: lost.events() == 0 && lost.stacks() == 0,
+        untracked_full: table_stats.dropped_full,
+        complete: completeness.is_complete(),
+        incomplete: completeness.into_reasons(),
     };
     if args.format == EventFormat::Json {
         serde_json::to_writer(&mut printer.out, &summary)?;
@@ -141,8 +153,9 @@ async fn stream(args: EventsArgs, filter: Filter) -> Result<ExitCode> {
     );
     if !summary.complete {
         eprintln!(
-            "leakbpf: warning: the kernel dropped data ({lost:?}); counts may be wrong. \
-             A larger --ring-bytes helps against ring buffer losses."
+            "leakbpf: warning: incomplete: {}; counts may be wrong. \
+             A larger --ring-bytes helps against ring buffer losses.",
+            summary.incomplete.join("; ")
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -192,12 +205,12 @@ impl<W: std::io::Write> Printer<W> {
             };
             let applied = self.table.apply(&event);
             let socket = match applied {
-                Applied::Untracked | Applied::DroppedFull | Applied::Exited { .. } => continue,
+                Applied::Untracked | Applied::DroppedFull | Applied::Exited => continue,
                 Applied::Destroyed => before,
                 _ => self.table.get(event.cookie()).cloned(),
             };
             let Some(socket) = socket else { continue };
-            if !self.filter.matches(&socket.owner, socket.endpoints.family) {
+            if !self.filter.matches(actor(&event, &socket), socket.endpoints.family) {
                 continue;
             }
             self.shown += 1;
@@ -221,12 +234,7 @@ impl<W: std::io::Write> Printer<W> {
         applied: &Applied,
         socket: &'a Socket,
     ) -> Record<'a> {
-        // Open and close happen in a process; state and destroy show the owner.
-        let task: &Task = match event {
-            Event::Open(open) => &open.task,
-            Event::Close(close) => &close.task,
-            _ => &socket.owner,
-        };
+        let task = actor(event, socket);
         let mut record = Record {
             event: match event {
                 Event::Open(_) => "open",
@@ -320,6 +328,15 @@ impl<W: std::io::Write> Printer<W> {
             }
         }
         Ok(())
+    }
+}
+
+/// Open and close happen in a process; state and destroy show the opener.
+fn actor<'a>(event: &'a Event, socket: &'a Socket) -> &'a Task {
+    match event {
+        Event::Open(open) => &open.task,
+        Event::Close(close) => &close.task,
+        _ => &socket.opener,
     }
 }
 

@@ -1,7 +1,7 @@
 //! `leakbpf trace`: trace, then report every socket still open, grouped by
 //! the stack that opened it, with the reasons it looks leaked.
 use std::{
-    collections::HashMap,
+    collections::HashSet,
     fs::File,
     io::{IsTerminal as _, Write as _},
     process::ExitCode,
@@ -14,17 +14,18 @@ use super::session;
 use crate::{
     cli::{ReportFormat, TraceArgs},
     clock::monotonic_ns,
-    event::{Endpoints, Event, Task, TcpState},
+    completeness::Completeness,
+    event::Event,
     filter::Filter,
     report::{
         self,
-        assemble::{FrameSource, LiveFacts, Options, assemble},
+        assemble::{FrameSource, Options, assemble},
         classify::Thresholds,
         model::{REPORT_VERSION, Report},
     },
+    snapshot::Snapshot,
     socket_table::{Socket, SocketTable},
-    sockets::{self, ScanOptions},
-    stacks::StackResolver,
+    stacks::{StackResolver, UserStackKey},
     symbolize::Frame,
     tracer::{Tracer, TracerOptions},
 };
@@ -32,37 +33,45 @@ use crate::{
 pub fn run(args: TraceArgs) -> Result<ExitCode> {
     let filter = Filter::new(&args.filter);
     filter.check_pids_exist()?;
-    // Fail on an unwritable --output now, not after tracing for an hour.
-    let output = match &args.output {
-        Some(path) => {
-            Some(File::create(path).with_context(|| format!("cannot write {}", path.display()))?)
-        }
+    let output = open_output(&args)?;
+    let report = session::runtime()?.block_on(trace(&args, &filter))?;
+    write_report(&report, args.format, output)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Fails on an unwritable --output now, not after tracing for an hour.
+fn open_output(args: &TraceArgs) -> Result<Option<File>> {
+    match &args.output {
+        Some(path) => Ok(Some(
+            File::create(path).with_context(|| format!("cannot write {}", path.display()))?,
+        )),
         None => {
             if args.format == ReportFormat::Pprof && std::io::stdout().is_terminal() {
                 bail!("pprof output is binary: write it to a file with --output FILE");
             }
-            None
+            Ok(None)
         }
-    };
-    let report = session::runtime()?.block_on(trace(&args, &filter))?;
-    let bytes = match args.format {
-        ReportFormat::Text => report::text::render(&report).into_bytes(),
+    }
+}
+
+fn write_report(report: &Report, format: ReportFormat, output: Option<File>) -> Result<()> {
+    let bytes = match format {
+        ReportFormat::Text => report::text::render(report).into_bytes(),
         ReportFormat::Json => {
-            let mut json = serde_json::to_vec_pretty(&report)?;
+            let mut json = serde_json::to_vec_pretty(report)?;
             json.push(b'\n');
             json
         }
-        ReportFormat::Pprof => report::pprof::encode(&report)?,
-        ReportFormat::Folded => report::folded::encode(&report).into_bytes(),
+        ReportFormat::Pprof => report::pprof::encode(report)?,
+        ReportFormat::Folded => report::folded::encode(report).into_bytes(),
     };
     match output {
-        Some(mut file) => file.write_all(&bytes).context("writing the report")?,
+        Some(mut file) => file.write_all(&bytes).context("writing the report"),
         None => std::io::stdout()
             .lock()
             .write_all(&bytes)
-            .context("writing the report")?,
+            .context("writing the report"),
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
@@ -71,24 +80,22 @@ async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
         ring_bytes: args.tracer.ring_bytes,
     })?;
     let started = Instant::now();
-    let mut table = SocketTable::default();
-    let mut incomplete = Vec::new();
+    let mut collector = Collector {
+        table: SocketTable::default(),
+        stacks: StackResolver::eager(),
+        events: 0,
+        started,
+        progress: std::io::stderr().is_terminal(),
+    };
     let mut warnings = Vec::new();
     // After attaching, so nothing opened from here on is missed: a socket
     // both found here and seen opening is tracked once (by its cookie).
     if !args.no_preexisting {
-        preexisting(&mut table, filter, &mut warnings)?;
+        let found = Snapshot::take(filter.pids().as_deref())?;
+        found.seed(&mut collector.table, filter);
+        warnings.extend(found.warnings());
     }
-    let progress = std::io::stderr().is_terminal();
     session::announce(&tracer, args.duration, "report");
-
-    let mut collector = Collector {
-        table,
-        stacks: StackResolver::default(),
-        events: 0,
-        started,
-        progress,
-    };
     session::pump(
         &mut tracer,
         args.duration,
@@ -96,66 +103,26 @@ async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
         &mut collector,
     )
     .await?;
-    if progress {
+    if collector.progress {
         eprintln!();
     }
-    let Collector {
-        table,
-        stacks,
-        events,
-        ..
-    } = collector;
-
-    let now_ns = monotonic_ns();
-    let lost = tracer.lost();
-    if lost.events() > 0 {
-        incomplete.push(format!("{} events lost ({lost:?})", lost.events()));
+    // Who holds what now: every fd table, whatever the filter, since a
+    // socket may have moved to a process the filter names (or away from
+    // it). Releases that came in while it was taken still count.
+    let now = Snapshot::take(None)?;
+    let mut late = Vec::new();
+    tracer.drain(&mut late);
+    session::Consumer::batch(&mut collector, &tracer, &mut late)?;
+    for warning in now.warnings() {
+        if !warnings.contains(&warning) {
+            warnings.push(warning);
+        }
     }
-    if lost.stacks() > 0 {
-        incomplete.push(format!("{} stacks lost", lost.stacks()));
-    }
-    let dropped = table.stats().dropped_full;
-    if dropped > 0 {
-        incomplete.push(format!(
-            "{dropped} sockets not tracked: the socket table was full"
-        ));
-    }
-    let header = Report {
-        version: REPORT_VERSION,
-        hooks: tracer.hooks().name().to_owned(),
-        duration_s: started.elapsed().as_secs_f64(),
-        events,
-        lost_events: lost.events(),
-        lost_stacks: lost.stacks(),
-        complete: incomplete.is_empty(),
-        incomplete,
-        warnings,
-        processes: Vec::new(),
-    };
-    let (live, exes) = live_facts(&table, filter);
-    let frames = Frames {
-        tracer: &tracer,
-        stacks: &stacks,
-    };
-    let report = assemble(
-        header,
-        &table,
-        &live,
-        &exes,
-        &frames,
-        &Options {
-            now_ns,
-            filter,
-            min_age_s: args.min_age.as_secs_f64(),
-            top: args.top,
-            thresholds: Thresholds {
-                idle_s: args.idle.as_secs_f64(),
-            },
-        },
-    );
-    let open: usize = report.processes.iter().map(|p| p.open).sum();
+    let report = build_report(args, filter, &tracer, &collector, &now, warnings, started);
+    let open = report.open_sockets;
     eprintln!(
-        "leakbpf: {events} events in {:.1} s, lost events: {}, {open} open sockets reported{}",
+        "leakbpf: {} events in {:.1} s, lost events: {}, {open} open sockets reported{}",
+        report.events,
         report.duration_s,
         report.lost_events,
         if report.complete {
@@ -165,6 +132,51 @@ async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
         }
     );
     Ok(report)
+}
+
+/// The report of what `collector` saw, as `snapshot` finds it now.
+fn build_report(
+    args: &TraceArgs,
+    filter: &Filter,
+    tracer: &Tracer,
+    collector: &Collector,
+    snapshot: &Snapshot,
+    warnings: Vec<String>,
+    started: Instant,
+) -> Report {
+    let lost = tracer.lost();
+    let completeness = Completeness::of_run(&lost, &collector.table.stats());
+    let header = Report {
+        version: REPORT_VERSION,
+        hooks: tracer.hooks().name().to_owned(),
+        duration_s: started.elapsed().as_secs_f64(),
+        events: collector.events,
+        lost_events: lost.events(),
+        lost_stacks: lost.stacks(),
+        complete: completeness.is_complete(),
+        incomplete: completeness.into_reasons(),
+        warnings,
+        ..Report::default()
+    };
+    let frames = Frames {
+        tracer,
+        stacks: &collector.stacks,
+    };
+    assemble(
+        header,
+        &collector.table,
+        snapshot,
+        &frames,
+        &Options {
+            now_ns: monotonic_ns(),
+            filter,
+            min_age_s: args.min_age.as_secs_f64(),
+            top: args.top,
+            thresholds: Thresholds {
+                idle_s: args.idle.as_secs_f64(),
+            },
+        },
+    )
 }
 
 /// Keeps the socket table up to date while tracing.
@@ -189,8 +201,15 @@ impl session::Consumer for Collector {
 
     fn tick(&mut self, _tracer: &Tracer) {
         // Closed sockets whose destroy never came (lost, or still in
-        // FIN_WAIT): forget them after the table's retention time.
+        // FIN_WAIT): forget them after the table's retention time, and the
+        // frames no open socket needs any more.
         self.table.sweep(monotonic_ns());
+        let needed: HashSet<UserStackKey> = self
+            .table
+            .open_sockets()
+            .filter_map(|s| s.user_stack.id().map(|id| (s.opener.pid, id, s.leaf_caller)))
+            .collect();
+        self.stacks.retain_user(|key| needed.contains(key));
         if self.progress {
             let stats = self.table.stats();
             eprint!(
@@ -205,95 +224,6 @@ impl session::Consumer for Collector {
     }
 }
 
-/// Puts the sockets processes already hold into the table.
-fn preexisting(table: &mut SocketTable, filter: &Filter, warnings: &mut Vec<String>) -> Result<()> {
-    let options = ScanOptions {
-        pids: filter.pids(),
-        ..ScanOptions::default()
-    };
-    let (found, stats) = sockets::scan_with_stats(&options)
-        .context("listing the sockets already open (sock_diag, /proc)")?;
-    if stats.walk.permission_denied > 0 {
-        warnings.push(format!(
-            "{} processes' fd tables could not be read: their pre-existing sockets are not listed",
-            stats.walk.permission_denied
-        ));
-    }
-    let now_ns = monotonic_ns();
-    for owned in found {
-        // A socket shared by fork/dup is reported once, under its first owner.
-        let Some(owner) = owned.owners.first() else {
-            continue;
-        };
-        let task = Task {
-            pid: owner.pid,
-            tid: 0,
-            cgroup_id: 0,
-            comm: owner.comm.as_str().into(),
-        };
-        let family = owned.socket.family;
-        if !filter.matches(&task, family) {
-            continue;
-        }
-        let endpoints = Endpoints {
-            family,
-            local: owned.socket.local,
-            remote: owned.socket.remote,
-            state: TcpState::from_kernel(owned.socket.state),
-        };
-        table.insert_preexisting(owned.socket.cookie, task, endpoints, Some(owner.fd), now_ns);
-    }
-    Ok(())
-}
-
-/// The kernel's view of the open sockets now, and their owners' executables.
-fn live_facts(
-    table: &SocketTable,
-    filter: &Filter,
-) -> (HashMap<u64, LiveFacts>, HashMap<u32, String>) {
-    let mut live = HashMap::new();
-    let mut exes = HashMap::new();
-    // Best effort: without it the report still has what the events said.
-    let options = ScanOptions {
-        pids: filter.pids(),
-        ..ScanOptions::default()
-    };
-    let Ok(found) = sockets::scan(&options) else {
-        return (live, exes);
-    };
-    let mut by_cookie: HashMap<u64, &sockets::OwnedSocket> = found
-        .iter()
-        .map(|owned| (owned.socket.cookie, owned))
-        .collect();
-    for socket in table.open_sockets() {
-        let pid = socket.owner.pid;
-        if !exes.contains_key(&pid)
-            && let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe"))
-        {
-            exes.insert(pid, exe.display().to_string());
-        }
-        let Some(owned) = by_cookie.remove(&socket.cookie) else {
-            continue;
-        };
-        let diag = &owned.socket;
-        let idle_ms = match (diag.last_data_recv_ms, diag.last_data_sent_ms) {
-            (Some(recv), Some(sent)) => Some(u64::from(recv.min(sent))),
-            _ => None,
-        };
-        live.insert(
-            socket.cookie,
-            LiveFacts {
-                state: Some(TcpState::from_kernel(diag.state)),
-                unread_bytes: Some(diag.unread_bytes()),
-                unsent_bytes: Some(diag.send_queue),
-                idle_ms,
-                fd: owned.owners.iter().find(|o| o.pid == pid).map(|o| o.fd),
-            },
-        );
-    }
-    (live, exes)
-}
-
 struct Frames<'a> {
     tracer: &'a Tracer,
     stacks: &'a StackResolver,
@@ -304,7 +234,7 @@ impl FrameSource for Frames<'_> {
         self.stacks
             .user_frames(
                 self.tracer,
-                socket.owner.pid,
+                socket.opener.pid,
                 socket.user_stack,
                 socket.leaf_caller,
             )

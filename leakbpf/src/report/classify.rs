@@ -122,6 +122,7 @@ mod tests {
         SocketReport {
             cookie: 1,
             fd: None,
+            shared_with: Vec::new(),
             tid: 1,
             local: "127.0.0.1:1".to_owned(),
             remote: "127.0.0.1:2".to_owned(),

@@ -29,27 +29,44 @@ pub struct Report {
     /// process whose fd table could not be read: its pre-existing sockets
     /// are not attributed).
     pub warnings: Vec<String>,
+    /// Distinct open sockets in the report: a socket held by several
+    /// processes is listed under each of them but counted here once.
+    pub open_sockets: usize,
     /// Ranked by open sockets, most first.
     pub processes: Vec<ProcessReport>,
 }
 
+/// A process that holds open sockets (has an fd for them now): the one to
+/// fix or restart. Sockets whose holder could not be found are listed
+/// under their opener, in groups with `holder_found: false`.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ProcessReport {
     pub pid: u32,
     pub comm: String,
     pub exe: Option<String>,
-    /// Open sockets in all groups.
+    /// Open sockets in all groups (shared ones included).
     pub open: usize,
     /// Ranked by count, most first.
     pub groups: Vec<Group>,
 }
 
-/// Outstanding sockets of one process opened the same way from the same
-/// stack (pre-existing sockets have no stack: one group per process).
+/// Outstanding sockets one process holds that were opened the same way, by
+/// the same process, from the same stack (pre-existing sockets have no
+/// stack and no known opener: one group per holder).
 #[derive(Clone, Debug, Serialize)]
 pub struct Group {
     pub direction: Direction,
     pub count: usize,
+    /// Who opened them (`None` for pre-existing sockets: never seen opening).
+    /// It may have exited, or be another process than the holder: fork and
+    /// SCM_RIGHTS hand sockets on.
+    pub opener: Option<Opener>,
+    /// False when no fd table holds these sockets (another network
+    /// namespace, an unreadable fd table, an fd in flight): they are listed
+    /// under their opener, and the report says so.
+    pub holder_found: bool,
+    /// Sockets of this group that other processes hold too.
+    pub shared: usize,
     pub oldest_age_s: f64,
     pub newest_age_s: f64,
     /// TCP state name -> sockets in it.
@@ -70,6 +87,14 @@ pub struct Group {
     pub kernel_stack: Vec<Frame>,
     /// Oldest first.
     pub sockets: Vec<SocketReport>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Opener {
+    pub pid: u32,
+    pub comm: String,
+    /// The opener is gone; its sockets live on in the holder.
+    pub exited: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -105,8 +130,12 @@ pub struct RemoteCount {
 #[derive(Clone, Debug, Serialize)]
 pub struct SocketReport {
     pub cookie: u64,
-    /// The owner's fd, where known (accept, or found in /proc/PID/fd).
+    /// The holder's fd (from /proc/PID/fd; the opener's fd from the event
+    /// when no holder was found).
     pub fd: Option<i32>,
+    /// Other processes that hold it too (fork, dup, SCM_RIGHTS).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shared_with: Vec<u32>,
     /// Thread that opened it (0 for pre-existing sockets).
     pub tid: u32,
     pub local: String,

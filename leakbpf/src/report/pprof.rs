@@ -463,6 +463,9 @@ pub(crate) mod tests {
         Group {
             direction,
             count,
+            opener: None,
+            holder_found: true,
+            shared: 0,
             oldest_age_s: 90.5,
             newest_age_s: 1.0,
             states: BTreeMap::from([("ESTABLISHED".to_string(), count)]),

@@ -13,7 +13,7 @@ const SOCKETS_SHOWN: usize = 5;
 
 pub fn render(report: &Report) -> String {
     let mut out = String::new();
-    let open: usize = report.processes.iter().map(|p| p.open).sum();
+    let open = report.open_sockets;
     let _ = writeln!(
         out,
         "leakbpf: {open} open sockets in {} processes after {} (hooks: {}, {} events, {})",
@@ -80,6 +80,28 @@ fn render_group(out: &mut String, group: &Group) {
         .map(|r| format!("{} ({})", r.addr, r.count))
         .collect();
     let _ = writeln!(out, "#   to {}", remotes.join(", "));
+    if let Some(opener) = &group.opener {
+        let _ = writeln!(
+            out,
+            "#   opened by pid {} {}{}",
+            opener.pid,
+            opener.comm,
+            if opener.exited { " (exited)" } else { "" }
+        );
+    }
+    if !group.holder_found {
+        let _ = writeln!(
+            out,
+            "#   held by: not found in any fd table (listed under the opener)"
+        );
+    }
+    if group.shared > 0 {
+        let _ = writeln!(
+            out,
+            "#   {} of these sockets are also held by other processes (counted once in the total)",
+            group.shared
+        );
+    }
     if group.direction != crate::event::Direction::Preexisting {
         let _ = writeln!(
             out,
@@ -109,7 +131,7 @@ fn render_group(out: &mut String, group: &Group) {
         let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
         let _ = writeln!(
             out,
-            "#     {} {} {} {} -> {} {} {} {} {}",
+            "#     {} {} {} {} -> {} {} {} {} {}{}",
             s.cookie,
             opt(s.fd.map(|fd| fd.to_string())),
             s.tid,
@@ -119,6 +141,12 @@ fn render_group(out: &mut String, group: &Group) {
             seconds(s.age_s),
             opt(s.idle_s.map(seconds)),
             opt(s.unread_bytes.map(|b| b.to_string())),
+            if s.shared_with.is_empty() {
+                String::new()
+            } else {
+                let pids: Vec<String> = s.shared_with.iter().map(u32::to_string).collect();
+                format!(" (also held by pid {})", pids.join(", "))
+            }
         );
     }
 }
@@ -162,6 +190,13 @@ mod tests {
         let group = Group {
             direction: Direction::Connect,
             count: 2,
+            opener: Some(crate::report::model::Opener {
+                pid: 100,
+                comm: "parent".to_owned(),
+                exited: true,
+            }),
+            holder_found: true,
+            shared: 1,
             oldest_age_s: 120.0,
             newest_age_s: 3.0,
             states: BTreeMap::from([("CLOSE_WAIT".to_owned(), 2)]),
@@ -186,6 +221,7 @@ mod tests {
             sockets: vec![SocketReport {
                 cookie: 7,
                 fd: Some(5),
+                shared_with: vec![102],
                 tid: 101,
                 local: "127.0.0.1:50000".to_owned(),
                 remote: "127.0.0.1:8080".to_owned(),
@@ -202,8 +238,9 @@ mod tests {
             duration_s: 10.0,
             events: 42,
             complete: true,
+            open_sockets: 2,
             processes: vec![ProcessReport {
-                pid: 100,
+                pid: 101,
                 comm: "leaky".to_owned(),
                 exe: Some("/usr/bin/leaky".to_owned()),
                 open: 2,
@@ -215,16 +252,18 @@ mod tests {
         let expected = "\
 leakbpf: 2 open sockets in 1 processes after 10.0s (hooks: tracepoint, 42 events, nothing lost)
 
-== pid 100 leaky (/usr/bin/leaky): 2 open
+== pid 101 leaky (/usr/bin/leaky): 2 open
 
 2 @ connect  [close_wait]
 #   CLOSE_WAIT 2; oldest 2m0s, newest 3.0s
 #   to 127.0.0.1:8080 (2)
+#   opened by pid 100 parent (exited)
+#   1 of these sockets are also held by other processes (counted once in the total)
 #   while tracing this stack opened 2 and closed 0
 #   why: 2 of 2 sockets are in CLOSE_WAIT
 #\t0x4f3a21\tmain.httpSend+0x1a\t/src/main.go:12
 #   sockets (1 of 2, oldest first): cookie fd tid local -> remote state age idle unread
-#     7 5 101 127.0.0.1:50000 -> 127.0.0.1:8080 CLOSE_WAIT 2m0s - 0
+#     7 5 101 127.0.0.1:50000 -> 127.0.0.1:8080 CLOSE_WAIT 2m0s - 0 (also held by pid 102)
 ";
         assert_eq!(text, expected);
     }

@@ -56,7 +56,7 @@ pub struct OwnedSocket {
 }
 
 /// How complete a scan is.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScanStats {
     pub walk: WalkStats,
     /// Sockets the kernel reported but the netlink crate could not decode.

@@ -34,13 +34,15 @@ pub struct Owner {
 }
 
 /// What the walk could not see.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WalkStats {
     /// Processes whose fd table was read.
     pub processes: usize,
     /// Processes of which something (the fd table, an fd, `exe`) was
     /// refused (EACCES, EPERM): sockets they hold may be missing.
     pub permission_denied: usize,
+    /// Those processes' pids.
+    pub denied_pids: Vec<u32>,
     /// Processes with other failures, neither vanished nor refused (e.g.
     /// EMFILE), and failures listing `/proc` itself.
     pub other_errors: usize,
@@ -117,6 +119,9 @@ fn walk_process(proc: &Path, pid: u32, owners: &mut OwnersByInode, stats: &mut W
         stats.processes += 1;
     }
     stats.permission_denied += usize::from(failures.denied);
+    if failures.denied {
+        stats.denied_pids.push(pid);
+    }
     stats.other_errors += usize::from(failures.other);
 }
 
