@@ -62,7 +62,13 @@ impl Snapshot {
                 .collect(),
             None => living_pids(),
         };
-        Ok(Snapshot::from_parts(found, alive, stats, taken_ns, pids.is_none()))
+        Ok(Snapshot::from_parts(
+            found,
+            alive,
+            stats,
+            taken_ns,
+            pids.is_none(),
+        ))
     }
 
     /// A snapshot of given facts (for tests and for the pure report code).

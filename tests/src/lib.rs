@@ -169,6 +169,8 @@ pub struct Fixture {
     child: Child,
     lines: mpsc::Receiver<String>,
     name: String,
+    /// Processes it forked that outlive it (`child PID` lines).
+    children: Vec<u32>,
 }
 
 impl Fixture {
@@ -189,7 +191,12 @@ impl Fixture {
                 }
             }
         });
-        Fixture { child, lines, name }
+        Fixture {
+            child,
+            lines,
+            name,
+            children: Vec::new(),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -210,16 +217,66 @@ impl Fixture {
             .unwrap_or_else(|| panic!("fixture {} said {line:?}, not `port N`", self.name))
     }
 
+    /// Reads `child PID` lines up to `ready`: the processes the fixture
+    /// handed its sockets to. They are killed when the fixture is dropped.
+    pub fn ready_with_children(&mut self) -> Vec<u32> {
+        let mut children = Vec::new();
+        loop {
+            let line = self.line();
+            if line == "ready" {
+                return children;
+            }
+            let pid = line
+                .strip_prefix("child ")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("fixture {} said {line:?}, not `child PID`", self.name));
+            children.push(pid);
+            self.children.push(pid);
+        }
+    }
+
+    /// Writes one line to the fixture's stdin.
+    pub fn send_line(&mut self, line: &str) {
+        use std::io::Write as _;
+        let stdin = self.child.stdin.as_mut().expect("fixture stdin");
+        writeln!(stdin, "{line}").expect("writing to the fixture");
+        stdin.flush().expect("flushing the fixture's stdin");
+    }
+
+    /// Waits (at most [`TIMEOUT`]) for the fixture process itself to exit
+    /// and reaps it.
+    pub fn wait_exit(&mut self) {
+        let start = Instant::now();
+        while self
+            .child
+            .try_wait()
+            .expect("waiting for a fixture")
+            .is_none()
+        {
+            assert!(
+                start.elapsed() < *TIMEOUT,
+                "fixture {} did not exit within {TIMEOUT:?}",
+                self.name
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Waits for the `ready` line: its work is done, its sockets are held.
     pub fn ready(&mut self) {
         let line = self.line();
         assert_eq!(line, "ready", "fixture {} is not ready", self.name);
     }
 
-    /// SIGKILL: the kernel releases every socket it held, in its context.
+    /// SIGKILL (and to the children it named): the kernel releases every
+    /// socket they held, in their context.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for pid in self.children.drain(..) {
+            // SAFETY: plain kill(2); a pid that is gone is fine.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
     }
 }
 

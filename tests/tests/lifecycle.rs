@@ -246,8 +246,18 @@ fn a_full_ring_is_counted_and_reported() {
     assert!(lost >= 1000, "only {lost} lost: {}", stopped.summary);
     assert_eq!(lost, ringbuf_full);
     assert_eq!(stopped.summary["complete"], false);
+    let reason = format!("{lost} events lost");
     assert!(
-        stopped.stderr.contains("warning: the kernel dropped data"),
+        stopped.summary["incomplete"][0]
+            .as_str()
+            .is_some_and(|r| r.starts_with(&reason)),
+        "{}",
+        stopped.summary
+    );
+    assert!(
+        stopped
+            .stderr
+            .contains(&format!("warning: incomplete: {reason}")),
         "loss not reported on stderr:\n{}",
         stopped.stderr
     );

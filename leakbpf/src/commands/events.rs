@@ -210,7 +210,10 @@ impl<W: std::io::Write> Printer<W> {
                 _ => self.table.get(event.cookie()).cloned(),
             };
             let Some(socket) = socket else { continue };
-            if !self.filter.matches(actor(&event, &socket), socket.endpoints.family) {
+            if !self
+                .filter
+                .matches(actor(&event, &socket), socket.endpoints.family)
+            {
                 continue;
             }
             self.shown += 1;

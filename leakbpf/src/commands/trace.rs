@@ -42,9 +42,11 @@ pub fn run(args: TraceArgs) -> Result<ExitCode> {
 /// Fails on an unwritable --output now, not after tracing for an hour.
 fn open_output(args: &TraceArgs) -> Result<Option<File>> {
     match &args.output {
-        Some(path) => Ok(Some(
-            File::create(path).with_context(|| format!("cannot write {}", path.display()))?,
-        )),
+        Some(path) => {
+            Ok(Some(File::create(path).with_context(|| {
+                format!("cannot write {}", path.display())
+            })?))
+        }
         None => {
             if args.format == ReportFormat::Pprof && std::io::stdout().is_terminal() {
                 bail!("pprof output is binary: write it to a file with --output FILE");
@@ -207,7 +209,11 @@ impl session::Consumer for Collector {
         let needed: HashSet<UserStackKey> = self
             .table
             .open_sockets()
-            .filter_map(|s| s.user_stack.id().map(|id| (s.opener.pid, id, s.leaf_caller)))
+            .filter_map(|s| {
+                s.user_stack
+                    .id()
+                    .map(|id| (s.opener.pid, id, s.leaf_caller))
+            })
             .collect();
         self.stacks.retain_user(|key| needed.contains(key));
         if self.progress {

@@ -455,9 +455,11 @@ mod tests {
         table.apply(&open(6, 200, 1, SEC, 8080));
         table.apply(&open(7, 200, 1, SEC, 8080));
         table.apply(&close(7, 200));
-        let kernel = kernel
-            .holds(5, TcpState::Established, &[(100, 20)])
-            .holds(6, TcpState::Established, &[(200, 3)]);
+        let kernel = kernel.holds(5, TcpState::Established, &[(100, 20)]).holds(
+            6,
+            TcpState::Established,
+            &[(200, 3)],
+        );
         let filter = Filter::default();
         let report = assemble(
             header(),
@@ -546,7 +548,11 @@ mod tests {
         let opener = child.opener.as_ref().unwrap();
         assert_eq!((opener.pid, opener.exited), (100, true));
         let fds: Vec<Option<i32>> = child.sockets.iter().map(|s| s.fd).collect();
-        assert_eq!(fds, [Some(5), Some(6)], "one entry per holder, its lowest fd");
+        assert_eq!(
+            fds,
+            [Some(5), Some(6)],
+            "one entry per holder, its lowest fd"
+        );
         assert_eq!(child.sockets[1].shared_with, [102]);
         assert_eq!(report.processes[2].groups[0].sockets[0].shared_with, [101]);
 
@@ -567,7 +573,10 @@ mod tests {
         let report = assemble(header(), &table, &snapshot, &Names, &options(&only_102));
         assert_eq!(report.open_sockets, 1);
         assert_eq!(report.processes.len(), 1);
-        assert_eq!((report.processes[0].pid, report.processes[0].open), (102, 1));
+        assert_eq!(
+            (report.processes[0].pid, report.processes[0].open),
+            (102, 1)
+        );
         assert!(report.complete);
     }
 

@@ -1,0 +1,220 @@
+//! Sockets that change hands: `leakbpf trace` reports a socket under the
+//! processes that hold an fd for it when tracing ends, keeps who opened it
+//! (and whether that process is gone), and counts a shared socket once.
+//! Real processes fork, exit, pass fds over SCM_RIGHTS and reuse pids; the
+//! report must be exact and say `complete`. Runs as root, one at a time.
+use std::{thread, time::Duration};
+
+use leakbpf_tests::{Fixture, groups, process, python, trace_json};
+use serde_json::Value;
+
+/// The accept-and-close sink: clients' sockets end in CLOSE_WAIT.
+fn listener() -> (Fixture, u16) {
+    let mut c = python("listener.py");
+    c.arg("0");
+    let mut listener = Fixture::spawn(c);
+    let port = listener.port();
+    listener.ready();
+    (listener, port)
+}
+
+fn handoff(args: &[&str]) -> Fixture {
+    let mut c = python("handoff.py");
+    c.args(args);
+    Fixture::spawn(c)
+}
+
+/// The one group `pid` holds; panics with its entry otherwise.
+fn only_group(report: &Value, pid: u32) -> &Value {
+    let found = groups(report, pid);
+    assert_eq!(
+        found.len(),
+        1,
+        "pid {pid}: expected exactly one group; its entry: {:#}",
+        process(report, pid).unwrap_or(&Value::Null)
+    );
+    found[0]
+}
+
+fn open_of(report: &Value, pid: u32) -> u64 {
+    process(report, pid).map_or(0, |p| p["open"].as_u64().unwrap_or(0))
+}
+
+fn assert_complete(report: &Value) {
+    assert_eq!(
+        report["complete"], true,
+        "incomplete: {}",
+        report["incomplete"]
+    );
+}
+
+/// A group opened by `opener`, with a stack, held where it is found.
+fn assert_opened_by(group: &Value, opener: u32, exited: bool) {
+    assert_eq!(group["direction"], "connect", "{group:#}");
+    assert_eq!(group["opener"]["pid"], opener, "{group:#}");
+    assert_eq!(group["opener"]["exited"], exited, "{group:#}");
+    assert_eq!(group["holder_found"], true, "{group:#}");
+    assert!(
+        group["stack"].as_array().is_some_and(|s| !s.is_empty()),
+        "the opener's stack is kept: {group:#}"
+    );
+}
+
+/// The parent opens 5, forks, closes its copies and stays: the child holds
+/// all 5, opened by the living parent; `--comm` of the child finds them.
+#[test]
+fn fork_parent_closes_child_keeps() {
+    let (_listener, port) = listener();
+    let all = trace_json(&[]);
+    let by_comm = trace_json(&["--comm", "handoff-child"]);
+    let mut parent = handoff(&["fork-keep", &port.to_string(), "5"]);
+    let children = parent.ready_with_children();
+    thread::sleep(Duration::from_millis(500));
+    let report = all.stop();
+    let filtered = by_comm.stop();
+    let (ppid, child) = (parent.pid(), children[0]);
+
+    assert_eq!(open_of(&report, child), 5, "{report:#}");
+    assert_eq!(open_of(&report, ppid), 0, "the parent holds nothing");
+    let group = only_group(&report, child);
+    assert_eq!(group["count"], 5);
+    assert_opened_by(group, ppid, false);
+    assert_complete(&report);
+
+    assert_eq!(filtered["open_sockets"], 5, "{filtered:#}");
+    assert_eq!(open_of(&filtered, child), 5, "{filtered:#}");
+    assert_complete(&filtered);
+}
+
+/// The parent forks and exits at once and is reaped (a daemon's double
+/// fork, a shell): the child holds all 5, their opener is gone.
+#[test]
+fn fork_parent_exits_child_keeps() {
+    let (_listener, port) = listener();
+    let trace = trace_json(&[]);
+    let mut parent = handoff(&["fork-exit", &port.to_string(), "5"]);
+    let children = parent.ready_with_children();
+    parent.wait_exit();
+    let ppid = parent.pid();
+    thread::sleep(Duration::from_millis(500));
+    let report = trace.stop();
+
+    let child = children[0];
+    assert_eq!(open_of(&report, child), 5, "{report:#}");
+    assert!(process(&report, ppid).is_none(), "{report:#}");
+    assert_opened_by(only_group(&report, child), ppid, true);
+    assert_complete(&report);
+}
+
+/// Sockets shared by fork before tracing: while both hold them each lists
+/// them, marked shared, counted once; once the parent exits during the
+/// trace, the child alone holds all 3.
+#[test]
+fn shared_before_tracing_then_the_parent_exits() {
+    let (_listener, port) = listener();
+    let mut parent = handoff(&["fork-hold", &port.to_string(), "3"]);
+    let children = parent.ready_with_children();
+    let (ppid, child) = (parent.pid(), children[0]);
+
+    let both = trace_json(&["--pid", &ppid.to_string(), "--pid", &child.to_string()]);
+    thread::sleep(Duration::from_millis(300));
+    let shared = both.stop();
+    assert_eq!(shared["open_sockets"], 3, "each socket once: {shared:#}");
+    for (pid, other) in [(ppid, child), (child, ppid)] {
+        let group = only_group(&shared, pid);
+        assert_eq!(group["direction"], "preexisting", "{group:#}");
+        assert_eq!(
+            (group["count"].as_u64(), group["shared"].as_u64()),
+            (Some(3), Some(3))
+        );
+        for socket in group["sockets"].as_array().unwrap() {
+            assert_eq!(
+                socket["shared_with"],
+                serde_json::json!([other]),
+                "{socket}"
+            );
+        }
+    }
+    assert_complete(&shared);
+
+    let trace = trace_json(&[]);
+    parent.send_line("exit");
+    parent.wait_exit();
+    thread::sleep(Duration::from_millis(300));
+    let report = trace.stop();
+    assert_eq!(open_of(&report, child), 3, "{report:#}");
+    assert!(process(&report, ppid).is_none(), "{report:#}");
+    let group = only_group(&report, child);
+    assert_eq!(group["direction"], "preexisting");
+    assert_eq!(group["shared"], 0);
+    assert_complete(&report);
+}
+
+/// A passes 4 sockets to B over SCM_RIGHTS (socket activation, connection
+/// passing), closes its copies and exits: B holds all 4, opened by A.
+#[test]
+fn scm_rights_hands_sockets_to_the_receiver() {
+    let (_listener, port) = listener();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("pass.sock");
+    let path = path.to_str().expect("a UTF-8 path");
+    let mut receiver = handoff(&["receive", path]);
+    receiver.ready();
+    let trace = trace_json(&[]);
+    let mut sender = handoff(&["send", path, &port.to_string(), "4"]);
+    sender.ready();
+    sender.wait_exit();
+    thread::sleep(Duration::from_millis(500));
+    let report = trace.stop();
+
+    let (a, b) = (sender.pid(), receiver.pid());
+    assert_eq!(open_of(&report, b), 4, "{report:#}");
+    assert!(process(&report, a).is_none(), "{report:#}");
+    assert_opened_by(only_group(&report, b), a, true);
+    assert_complete(&report);
+}
+
+/// 50 times: a process connects and exits, and the next process gets its
+/// pid at once and keeps a socket. The late end of the old process must
+/// never take the new one's socket: 50 of 50, each opened by its holder.
+#[test]
+fn pid_reuse_never_wipes_the_new_process() {
+    let (_listener, port) = listener();
+    let trace = trace_json(&[]);
+    let mut driver = handoff(&["reuse", &port.to_string(), "50"]);
+    let children = driver.ready_with_children();
+    assert_eq!(children.len(), 50);
+    thread::sleep(Duration::from_millis(500));
+    let report = trace.stop();
+
+    let mut held = 0;
+    for &pid in &children {
+        assert_eq!(open_of(&report, pid), 1, "pid {pid}: {report:#}");
+        let group = only_group(&report, pid);
+        assert_eq!(group["opener"]["pid"], pid, "{group:#}");
+        assert_eq!(group["opener"]["exited"], false, "{group:#}");
+        held += 1;
+    }
+    assert_eq!(held, 50);
+    assert_complete(&report);
+}
+
+/// A thread opens 3 sockets and ends; the process keeps them: they are the
+/// process's, with the thread that opened them.
+#[test]
+fn a_thread_opens_the_process_keeps() {
+    let (_listener, port) = listener();
+    let trace = trace_json(&[]);
+    let mut fixture = handoff(&["thread", &port.to_string(), "3"]);
+    fixture.ready();
+    thread::sleep(Duration::from_millis(300));
+    let report = trace.stop();
+    let pid = fixture.pid();
+    assert_eq!(open_of(&report, pid), 3, "{report:#}");
+    let group = only_group(&report, pid);
+    assert_opened_by(group, pid, false);
+    for socket in group["sockets"].as_array().unwrap() {
+        assert_ne!(socket["tid"], pid, "opened by the thread: {socket}");
+    }
+    assert_complete(&report);
+}
