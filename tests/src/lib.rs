@@ -112,21 +112,30 @@ fn run_build(mut command: Command, what: &str) {
 
 /// The C server, built with frame pointers so its stacks are whole.
 pub fn c_server() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let out = build_dir().join("server");
-            if prebuilt(&out) {
-                return out;
-            }
-            let mut gcc = Command::new("gcc");
-            gcc.args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
-                .arg(&out)
-                .arg(fixture_source("server.c"));
-            run_build(gcc, "C server (gcc)");
-            out
-        })
-        .clone()
+    c_fixture("server")
+}
+
+/// The C fixture `fixtures/NAME.c`, built with frame pointers (whole
+/// stacks) into `target/fixtures/NAME`.
+pub fn c_fixture(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<std::collections::HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(path) = built.get(name) {
+        return path.clone();
+    }
+    let out = build_dir().join(name);
+    if !prebuilt(&out) {
+        let mut gcc = Command::new("gcc");
+        gcc.args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
+            .arg(&out)
+            .arg(fixture_source(&format!("{name}.c")));
+        run_build(gcc, &format!("C fixture {name} (gcc)"));
+    }
+    built.insert(name.to_owned(), out.clone());
+    out
 }
 
 /// The Go dialer, built with Debian's Go (frame pointers, full symbols).

@@ -5,7 +5,7 @@
 //! report must be exact and say `complete`. Runs as root, one at a time.
 use std::{thread, time::Duration};
 
-use leakbpf_tests::{Fixture, groups, process, python, trace_json};
+use leakbpf_tests::{Fixture, c_fixture, groups, process, python, symbols, trace_json};
 use serde_json::Value;
 
 /// The accept-and-close sink: clients' sockets end in CLOSE_WAIT.
@@ -216,5 +216,42 @@ fn a_thread_opens_the_process_keeps() {
     for socket in group["sockets"].as_array().unwrap() {
         assert_ne!(socket["tid"], pid, "opened by the thread: {socket}");
     }
+    assert_complete(&report);
+}
+
+/// A program connects in `leaky_connect_in_A`, then execs another that
+/// keeps the fd: the stack is A's, never the new image's.
+#[test]
+fn exec_after_open_keeps_the_openers_stack() {
+    let (_listener, port) = listener();
+    let trace = trace_json(&[]);
+    let b = c_fixture("exec_b");
+    let mut fixture = Fixture::spawn({
+        let mut c = std::process::Command::new(c_fixture("exec_a"));
+        c.arg(port.to_string()).arg(&b);
+        c
+    });
+    fixture.ready();
+    thread::sleep(Duration::from_millis(300));
+    let report = trace.stop();
+    let pid = fixture.pid();
+    assert_eq!(open_of(&report, pid), 1, "{report:#}");
+    let group = only_group(&report, pid);
+    assert_opened_by(group, pid, false);
+    let stack = symbols(&group["stack"]);
+    assert!(
+        stack.iter().any(|s| s == "leaky_connect_in_A"),
+        "stack {stack:?}"
+    );
+    assert!(
+        !stack.iter().any(|s| s.contains("innocent_function_in_B")),
+        "stack {stack:?}"
+    );
+    assert!(
+        process(&report, pid).unwrap()["exe"]
+            .as_str()
+            .is_some_and(|exe| exe.ends_with("/exec_b")),
+        "the holder is exec_b now: {report:#}"
+    );
     assert_complete(&report);
 }
