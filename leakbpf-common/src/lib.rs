@@ -22,6 +22,10 @@ pub mod kind {
     /// A process is gone (its thread-group leader was freed, after every
     /// thread exited and released its files); `cookie` is 0.
     pub const EXIT: u32 = 5;
+    /// A user stack copied whole into the ring, because the stack map could
+    /// not take it (hash collision, or full): it precedes the open event of
+    /// the same socket, whose `user_stack_id` is [`super::STACK_INLINE`].
+    pub const STACK: u32 = 6;
 }
 
 /// Values of [`OpenEvent::direction`].
@@ -102,6 +106,25 @@ pub type StackId = i32;
 /// the syscall-exit path, and kernels before 6.x cannot take it there at all
 /// (they hand the program user-mode registers). `-ENODATA`; not a loss.
 pub const STACK_NOT_TAKEN: StackId = -61;
+
+/// The user stack is not in the stack map but in the [`StackEvent`] just
+/// before this open (beyond every errno, which stops at 4095).
+pub const STACK_INLINE: StackId = -4096;
+
+/// Frames a stack holds at most (the kernel's default `perf_event_max_stack`).
+pub const MAX_STACK_DEPTH: usize = 127;
+
+/// A user stack copied into the ring (see [`kind::STACK`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackEvent {
+    pub header: EventHeader,
+    /// Bytes of `ips` that hold frames (8 per frame).
+    pub bytes: u32,
+    pub _pad: u32,
+    /// Instruction pointers, innermost first.
+    pub ips: [u64; MAX_STACK_DEPTH],
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

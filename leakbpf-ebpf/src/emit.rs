@@ -9,7 +9,7 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_current_task_btf, bpf_get_smp_processor_id,
-            bpf_ktime_get_ns, bpf_probe_read_user, bpf_task_pt_regs,
+            bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user, bpf_task_pt_regs,
         },
     },
     macros::map,
@@ -17,8 +17,8 @@ use aya_ebpf::{
     programs::tracing::StackIdContext,
 };
 use leakbpf_common::{
-    CloseEvent, Endpoints, EventHeader, OpenEvent, STACK_NOT_TAKEN, StackId, Task,
-    USER_STACK_TOP_WORDS, kind, lost,
+    CloseEvent, Endpoints, EventHeader, MAX_STACK_DEPTH, OpenEvent, STACK_INLINE, STACK_NOT_TAKEN,
+    StackEvent, StackId, Task, USER_STACK_TOP_WORDS, kind, lost,
 };
 
 /// Default size; user space may resize it before load (`--ring-bytes`).
@@ -26,8 +26,9 @@ use leakbpf_common::{
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 /// User and kernel stacks of open events. Without BPF_F_REUSE_STACKID a hash
-/// collision fails (and is counted) instead of silently replacing an older
-/// stack that an outstanding socket still points to.
+/// collision fails instead of silently replacing an older stack that an
+/// outstanding socket still points to; the user stack then travels in the
+/// ring instead ([`inline_user_stack`]).
 #[map]
 pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 
@@ -66,11 +67,15 @@ pub fn current_task() -> Task {
 }
 
 /// (user stack id, kernel stack id); a failure is kept as `-errno` and
-/// counted. Without `kernel`, the kernel stack is [`STACK_NOT_TAKEN`].
+/// counted. A user stack the map cannot take (a hash collision: EEXIST, or
+/// a full map: ENOMEM) is copied whole into the ring just before the open
+/// event, so no stack is lost to the map. Without `kernel`, the kernel stack
+/// is [`STACK_NOT_TAKEN`].
 #[inline(always)]
-pub fn stack_ids<C: StackIdContext>(ctx: &C, kernel: bool) -> (StackId, StackId) {
+pub fn stack_ids<C: StackIdContext>(ctx: &C, kernel: bool, cookie: u64) -> (StackId, StackId) {
     let user = match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
         Ok(id) => id as StackId,
+        Err(err) if (err == -17 || err == -12) && inline_user_stack(ctx, cookie) => STACK_INLINE,
         Err(err) => {
             count_lost(lost::USER_STACK);
             err
@@ -89,6 +94,37 @@ pub fn stack_ids<C: StackIdContext>(ctx: &C, kernel: bool) -> (StackId, StackId)
     (user, kernel)
 }
 
+/// Copies the current user stack into a [`StackEvent`] record; false if
+/// the ring is full or the stack cannot be read.
+#[inline(always)]
+fn inline_user_stack<C: StackIdContext>(ctx: &C, cookie: u64) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<StackEvent>(0) else {
+        return false;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points to a reserved, exclusively owned ring entry;
+    // the header and the byte count are written before submit, `ips` up to
+    // the byte count by the helper.
+    let copied = unsafe {
+        (*event).header = header(kind::STACK, cookie);
+        (*event)._pad = 0;
+        bpf_get_stack(
+            ctx.as_ptr(),
+            (&raw mut (*event).ips).cast::<c_void>(),
+            (MAX_STACK_DEPTH * 8) as u32,
+            u64::from(BPF_F_USER_STACK),
+        )
+    };
+    if copied <= 0 {
+        entry.discard(0);
+        return false;
+    }
+    // SAFETY: as above.
+    unsafe { (*event).bytes = copied as u32 };
+    entry.submit(wakeup());
+    true
+}
+
 /// Writes an open event straight into the ring (it is too big to build on
 /// the 512-byte BPF stack first): who, which socket, and where in the code,
 /// with the user stack pointer and the words above it so user space can
@@ -103,11 +139,12 @@ pub fn submit_open<C: StackIdContext>(
     sp_offset: u32,
     kernel_stack: bool,
 ) {
+    // Stacks first: an inline user stack must precede its open in the ring.
+    let (user_stack_id, kernel_stack_id) = stack_ids(ctx, kernel_stack, cookie);
     let Some(mut entry) = EVENTS.reserve::<OpenEvent>(0) else {
         count_lost(lost::RINGBUF_FULL);
         return;
     };
-    let (user_stack_id, kernel_stack_id) = stack_ids(ctx, kernel_stack);
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points to a reserved, exclusively owned ring entry;
     // every field is written before submit.

@@ -22,6 +22,9 @@ pub enum Event {
     Close(Close),
     Destroy(Destroy),
     Exit(Exit),
+    /// A user stack that came through the ring, for the next open of
+    /// `cookie` (see [`Stack::Inline`]); consumed by the stack resolver.
+    Stack(InlineStack),
 }
 
 impl Event {
@@ -32,6 +35,7 @@ impl Event {
             Event::Close(e) => e.time_ns,
             Event::Destroy(e) => e.time_ns,
             Event::Exit(e) => e.time_ns,
+            Event::Stack(e) => e.time_ns,
         }
     }
 
@@ -41,6 +45,7 @@ impl Event {
             Event::State(e) => e.cookie,
             Event::Close(e) => e.cookie,
             Event::Destroy(e) => e.cookie,
+            Event::Stack(e) => e.cookie,
             Event::Exit(_) => 0,
         }
     }
@@ -88,6 +93,16 @@ pub struct Close {
 pub struct Destroy {
     pub time_ns: u64,
     pub cookie: u64,
+}
+
+/// A user stack copied into the ring because the stack map could not take
+/// it (see `leakbpf_common::StackEvent`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InlineStack {
+    pub time_ns: u64,
+    pub cookie: u64,
+    /// Instruction pointers, innermost first.
+    pub ips: Vec<u64>,
 }
 
 /// A process ended (its thread-group leader exited).
@@ -219,6 +234,9 @@ pub enum Stack {
     /// `bpf_get_stackid` failed with this errno (e.g. EEXIST on a collision,
     /// EFAULT without a user stack).
     Missing(i32),
+    /// Not in the stack map: it came through the ring just before the open
+    /// ([`Event::Stack`]); the stack resolver gives it an id of its own.
+    Inline,
 }
 
 impl Stack {
@@ -226,7 +244,7 @@ impl Stack {
     pub fn id(self) -> Option<u32> {
         match self {
             Stack::Id(id) => Some(id),
-            Stack::Missing(_) => None,
+            Stack::Missing(_) | Stack::Inline => None,
         }
     }
 }
@@ -379,6 +397,15 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 task: task(&raw.task),
             }))
         }
+        kind::STACK => {
+            let raw: common::StackEvent = read_record(bytes, "stack record")?;
+            let frames = (raw.bytes as usize / 8).min(common::MAX_STACK_DEPTH);
+            Ok(Event::Stack(InlineStack {
+                time_ns: header.time_ns,
+                cookie: header.cookie,
+                ips: raw.ips[..frames].to_vec(),
+            }))
+        }
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -408,6 +435,9 @@ fn task(raw: &common::Task) -> Task {
 }
 
 fn stack(id: common::StackId) -> Stack {
+    if id == common::STACK_INLINE {
+        return Stack::Inline;
+    }
     match u32::try_from(id) {
         Ok(id) => Stack::Id(id),
         Err(_) => Stack::Missing(-id),
@@ -486,6 +516,7 @@ mod tests {
         assert_eq!(size_of::<common::CloseEvent>(), 64);
         assert_eq!(size_of::<common::DestroyEvent>(), 24);
         assert_eq!(size_of::<common::ExitEvent>(), 56);
+        assert_eq!(size_of::<common::StackEvent>(), 1048, "the largest record");
     }
 
     #[test]

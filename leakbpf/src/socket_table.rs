@@ -68,10 +68,7 @@ impl Socket {
         GroupKey {
             pid: self.opener.pid,
             direction: self.direction,
-            user_stack: match self.user_stack {
-                Stack::Id(id) => Some(id),
-                Stack::Missing(_) => None,
-            },
+            user_stack: self.user_stack.id(),
             leaf_caller: self.leaf_caller,
         }
     }
@@ -101,6 +98,8 @@ pub enum Applied {
     /// The event is about a socket the table does not track (a listener,
     /// one opened before tracing, one dropped for lack of room).
     Untracked,
+    /// Not about a socket's life (an inline stack record).
+    Ignored,
     /// The table was full: the socket is not tracked, results are incomplete.
     DroppedFull,
     /// A process exited. Its sockets are untouched: whoever inherited or
@@ -175,6 +174,8 @@ impl SocketTable {
                 None => Applied::Untracked,
             },
             Event::Exit(exit) => self.exit(exit),
+            // The stack resolver's business.
+            Event::Stack(_) => return Applied::Ignored,
         };
         if applied == Applied::Untracked {
             self.stats.untracked_events += 1;

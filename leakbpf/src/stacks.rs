@@ -12,6 +12,14 @@ use crate::{
 /// (pid, user stack id, recovered leaf caller).
 pub type UserStackKey = (u32, u32, Option<u64>);
 
+/// Ids the resolver gives stacks that came through the ring: above any
+/// stack map index, so both kinds share every cache.
+const INLINE_ID_BASE: u32 = 1 << 31;
+
+/// Inline stacks received but not yet claimed by their open; more means
+/// their opens were lost (counted as ring losses already).
+const PENDING_INLINE_MAX: usize = 4096;
+
 #[derive(Default)]
 pub struct StackResolver {
     /// Symbolize each new user stack as soon as its open is seen, while
@@ -23,6 +31,13 @@ pub struct StackResolver {
     /// the same answer, so each is unwound once.
     callers: HashMap<(u32, u32), Option<u64>>,
     symbolizer: Symbolizer,
+    /// Inline stacks by cookie, until their open comes (right after).
+    pending_inline: HashMap<u64, Vec<u64>>,
+    /// Inline stacks by the id given to them.
+    inline: HashMap<u32, Rc<[u64]>>,
+    /// The same, by content: a stack that collides once collides again.
+    inline_ids: HashMap<Rc<[u64]>, u32>,
+    next_inline: u32,
     /// Symbolized stacks: the same stack is resolved once. User stacks by
     /// (pid, stack id, leaf caller), kernel stacks by stack id.
     user_frames: RefCell<HashMap<UserStackKey, Rc<[Frame]>>>,
@@ -45,12 +60,26 @@ impl StackResolver {
         match event {
             Event::Open(open) => self.on_open(tracer, open),
             Event::Exit(exit) => self.forget(exit.task.pid),
+            Event::Stack(stack) => {
+                if self.pending_inline.len() >= PENDING_INLINE_MAX {
+                    self.pending_inline.clear();
+                }
+                self.pending_inline
+                    .insert(stack.cookie, std::mem::take(&mut stack.ips));
+            }
             _ => {}
         }
     }
 
-    /// Fills `open.leaf_caller`.
+    /// Gives an inline user stack its id; fills `open.leaf_caller`.
     fn on_open(&mut self, tracer: &Tracer, open: &mut Open) {
+        if open.user_stack == Stack::Inline {
+            open.user_stack = match self.pending_inline.remove(&open.cookie) {
+                Some(ips) => Stack::Id(self.intern_inline(ips)),
+                // Its record was lost with a full ring (counted there).
+                None => Stack::Missing(libc::ENODATA),
+            };
+        }
         let Stack::Id(id) = open.user_stack else {
             return;
         };
@@ -58,7 +87,7 @@ impl StackResolver {
         let caller = match self.callers.get(&(pid, id)) {
             Some(caller) => *caller,
             None => {
-                let ip = tracer.stack(id).and_then(|ips| ips.first().copied());
+                let ip = self.ips(tracer, id).and_then(|ips| ips.first().copied());
                 let caller = ip.and_then(|ip| {
                     self.unwinder
                         .caller(pid, ip, open.user_sp, &open.user_stack_top)
@@ -84,15 +113,49 @@ impl StackResolver {
         }
     }
 
-    /// Keeps only the symbolized user stacks `keep` says are still needed.
+    /// Keeps only the symbolized user stacks `keep` says are still needed,
+    /// and the inline stacks they come from.
     pub fn retain_user(&mut self, keep: impl Fn(&UserStackKey) -> bool) {
         self.user_frames.get_mut().retain(|key, _| keep(key));
+        let frames = self.user_frames.get_mut();
+        let needed: std::collections::HashSet<u32> =
+            frames.keys().map(|(_, stack, _)| *stack).collect();
+        self.inline.retain(|id, _| needed.contains(id));
+        self.inline_ids.retain(|_, id| needed.contains(id));
+    }
+
+    /// An id for a stack that came through the ring; the same stack gets
+    /// the same id while it is kept.
+    fn intern_inline(&mut self, ips: Vec<u64>) -> u32 {
+        let ips: Rc<[u64]> = ips.into();
+        if let Some(&id) = self.inline_ids.get(&ips) {
+            return id;
+        }
+        let id = INLINE_ID_BASE | self.next_inline;
+        self.next_inline = (self.next_inline + 1) % INLINE_ID_BASE;
+        self.inline.insert(id, Rc::clone(&ips));
+        self.inline_ids.insert(ips, id);
+        id
+    }
+
+    /// Instruction pointers of stack `id`, from the stack map or the ring.
+    fn ips(&self, tracer: &Tracer, id: u32) -> Option<Vec<u64>> {
+        match self.inline.get(&id) {
+            Some(ips) => Some(ips.to_vec()),
+            None if id < INLINE_ID_BASE => tracer.stack(id),
+            None => None,
+        }
     }
 
     /// Instruction pointers of a user stack, innermost first, repaired.
-    pub fn user_ips(tracer: &Tracer, stack: Stack, leaf_caller: Option<u64>) -> Option<Vec<u64>> {
+    pub fn user_ips(
+        &self,
+        tracer: &Tracer,
+        stack: Stack,
+        leaf_caller: Option<u64>,
+    ) -> Option<Vec<u64>> {
         let Stack::Id(id) = stack else { return None };
-        let mut ips = tracer.stack(id)?;
+        let mut ips = self.ips(tracer, id)?;
         insert_caller(&mut ips, leaf_caller);
         Some(ips)
     }
@@ -109,7 +172,7 @@ impl StackResolver {
         if let Some(frames) = self.user_frames.borrow().get(&key) {
             return Some(Rc::clone(frames));
         }
-        let ips = Self::user_ips(tracer, stack, leaf_caller)?;
+        let ips = self.user_ips(tracer, stack, leaf_caller)?;
         let frames: Rc<[Frame]> = self.symbolizer.user(pid, &ips).into();
         self.user_frames
             .borrow_mut()

@@ -255,3 +255,33 @@ fn exec_after_open_keeps_the_openers_stack() {
     );
     assert_complete(&report);
 }
+
+/// 2000 sockets from 2000 distinct user stacks in one trace: stack map
+/// hash collisions must not lose one (the stack then comes through the
+/// ring): 2000 groups, each with its stack, nothing lost.
+#[test]
+fn two_thousand_distinct_stacks_lose_none() {
+    let (_listener, port) = listener();
+    let trace = trace_json(&[]);
+    let mut fixture = Fixture::spawn({
+        let mut c = std::process::Command::new(c_fixture("stacks"));
+        c.arg(port.to_string()).arg("2000");
+        c
+    });
+    fixture.ready();
+    thread::sleep(Duration::from_millis(500));
+    let report = trace.stop();
+    let pid = fixture.pid();
+    assert_eq!(report["lost_stacks"], 0, "{}", report["incomplete"]);
+    assert_complete(&report);
+    assert_eq!(open_of(&report, pid), 2000);
+    let found = groups(&report, pid);
+    assert_eq!(found.len(), 2000, "one group per distinct stack");
+    for group in found {
+        let stack = symbols(&group["stack"]);
+        assert!(
+            stack.iter().any(|s| s == "open_one") && stack.iter().any(|s| s == "main"),
+            "{stack:?}"
+        );
+    }
+}

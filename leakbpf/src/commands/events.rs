@@ -205,7 +205,9 @@ impl<W: std::io::Write> Printer<W> {
             };
             let applied = self.table.apply(&event);
             let socket = match applied {
-                Applied::Untracked | Applied::DroppedFull | Applied::Exited => continue,
+                Applied::Untracked | Applied::DroppedFull | Applied::Exited | Applied::Ignored => {
+                    continue;
+                }
                 Applied::Destroyed => before,
                 _ => self.table.get(event.cookie()).cloned(),
             };
@@ -245,6 +247,7 @@ impl<W: std::io::Write> Printer<W> {
                 Event::Close(_) => "close",
                 Event::Destroy(_) => "destroy",
                 Event::Exit(_) => "exit",
+                Event::Stack(_) => "stack",
             },
             time: humantime::format_rfc3339_micros(self.clock.wall(event.time_ns())).to_string(),
             time_ns: event.time_ns(),
@@ -345,14 +348,11 @@ fn actor<'a>(event: &'a Event, socket: &'a Socket) -> &'a Task {
 
 fn stack_error(stack: Stack) -> Option<i32> {
     match stack {
-        Stack::Id(_) => None,
+        Stack::Id(_) | Stack::Inline => None,
         Stack::Missing(errno) => Some(errno),
     }
 }
 
 fn stack_id(stack: Stack) -> Option<u32> {
-    match stack {
-        Stack::Id(id) => Some(id),
-        Stack::Missing(_) => None,
-    }
+    stack.id()
 }
