@@ -640,6 +640,36 @@ mod tests {
     }
 
     #[test]
+    fn decodes_an_inline_stack_and_its_open() {
+        let mut raw = common::StackEvent {
+            header: common::EventHeader {
+                kind: kind::STACK,
+                cpu: 0,
+                time_ns: 5,
+                cookie: 77,
+            },
+            bytes: 24,
+            _pad: 0,
+            ips: [0; common::MAX_STACK_DEPTH],
+        };
+        raw.ips[..4].copy_from_slice(&[0x10, 0x20, 0x30, 0xdead]);
+        let Event::Stack(stack) = decode(&bytes_of(&raw)).unwrap() else {
+            panic!("not a stack event");
+        };
+        assert_eq!(
+            (stack.cookie, stack.ips.as_slice()),
+            (77, &[0x10, 0x20, 0x30][..])
+        );
+        // A byte count beyond the array is clamped, never read past it.
+        raw.bytes = u32::MAX;
+        let Event::Stack(stack) = decode(&bytes_of(&raw)).unwrap() else {
+            panic!("not a stack event");
+        };
+        assert_eq!(stack.ips.len(), common::MAX_STACK_DEPTH);
+        assert_eq!(super::stack(common::STACK_INLINE), Stack::Inline);
+    }
+
+    #[test]
     fn decodes_an_exit() {
         let raw = common::ExitEvent {
             header: common::EventHeader {

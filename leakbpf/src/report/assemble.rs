@@ -289,7 +289,7 @@ mod tests {
             let name = match socket.user_stack {
                 Stack::Id(1) => "main.leakOne",
                 Stack::Id(_) => "main.other",
-                Stack::Missing(_) => return Vec::new(),
+                Stack::Missing(_) | Stack::Inline => return Vec::new(),
             };
             vec![Frame {
                 address: 0x1000,
