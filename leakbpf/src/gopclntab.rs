@@ -568,7 +568,6 @@ mod tests {
     use std::{
         collections::BTreeSet,
         io::Write,
-        path::PathBuf,
         process::{Command, Stdio},
         sync::OnceLock,
     };
@@ -592,11 +591,12 @@ mod tests {
         ext_pie_stripped: Vec<u8>,
     }
 
-    fn scratch_dir(what: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("leakbpf-gopclntab-{what}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A scratch directory, removed when dropped.
+    fn scratch_dir(what: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("leakbpf-gopclntab-{what}-"))
+            .tempdir()
+            .unwrap()
     }
 
     fn go(dir: &Path, cgo: bool) -> Command {
@@ -626,9 +626,10 @@ mod tests {
     fn builds() -> &'static Builds {
         static BUILDS: OnceLock<Builds> = OnceLock::new();
         BUILDS.get_or_init(|| {
-            let dir = scratch_dir("build");
+            let scratch = scratch_dir("build");
+            let dir = scratch.path();
             let build = |out: &str, cgo: bool, args: &[&str]| -> Vec<u8> {
-                let mut cmd = go(&dir, cgo);
+                let mut cmd = go(dir, cgo);
                 cmd.arg("build").arg("-o").arg(out).args(args).arg(FIXTURE);
                 let output = run_go(cmd);
                 assert!(
@@ -880,7 +881,8 @@ mod tests {
     fn matches_go_tool_addr2line() {
         let b = builds();
         let symbols = go_symbols(&b.stripped);
-        let dir = scratch_dir("addr2line");
+        let scratch = scratch_dir("addr2line");
+        let dir = scratch.path();
         let binary = dir.join("stripped");
         std::fs::write(&binary, &b.stripped).unwrap();
         let text = symbols.text_range();
@@ -942,11 +944,10 @@ mod tests {
     #[test]
     fn from_elf_path_reads_go_binaries() {
         let b = builds();
-        let dir = scratch_dir("path");
-        let path = dir.join("ext-pie-stripped");
+        let scratch = scratch_dir("path");
+        let path = scratch.path().join("ext-pie-stripped");
         std::fs::write(&path, &b.ext_pie_stripped).unwrap();
         let from_path = GoSymbols::from_elf_path(&path).unwrap().unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
         let from_bytes = go_symbols(&b.ext_pie_stripped);
         assert_eq!(from_path.text_range(), from_bytes.text_range());
         let (entry, _) = symbol(&b.ext_pie, "main.leakOne");

@@ -180,7 +180,7 @@ fn tracepoint_field(
     Ok(found.offset)
 }
 
-/// Every offset as `name=value` pairs, one per line, for `--debug` output
+/// Every offset as `name=value` pairs, one per line, as `leakbpf check` prints them
 /// and bug reports.
 pub fn describe(offsets: &KernelOffsets) -> String {
     let mut copy = *offsets;
@@ -209,7 +209,6 @@ pub fn describe(offsets: &KernelOffsets) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
 
     use super::*;
     use crate::kernel::btf::tests::{BtfBuilder, vmlinux};
@@ -217,24 +216,24 @@ mod tests {
 
     /// A throw-away directory shaped like tracefs, holding the given
     /// `(system, event, format text)` files. Removed on drop.
-    struct FakeTracefs(PathBuf);
+    struct FakeTracefs(tempfile::TempDir);
 
     impl FakeTracefs {
         fn new(name: &str, events: &[(&str, &str, &str)]) -> Self {
-            let root =
-                std::env::temp_dir().join(format!("leakbpf-offsets-{name}-{}", std::process::id()));
+            let root = tempfile::Builder::new()
+                .prefix(&format!("leakbpf-offsets-{name}-"))
+                .tempdir()
+                .unwrap();
             for (system, event, text) in events {
-                let dir = root.join("events").join(system).join(event);
+                let dir = root.path().join("events").join(system).join(event);
                 std::fs::create_dir_all(&dir).unwrap();
                 std::fs::write(dir.join("format"), text).unwrap();
             }
             Self(root)
         }
-    }
 
-    impl Drop for FakeTracefs {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
+        fn path(&self) -> &std::path::Path {
+            self.0.path()
         }
     }
 
@@ -295,7 +294,7 @@ mod tests {
     #[test]
     fn all_offsets_with_copied_formats() {
         let fake = real_formats("all");
-        let offsets = read_offsets_from(vmlinux(), &fake.0).unwrap();
+        let offsets = read_offsets_from(vmlinux(), fake.path()).unwrap();
         assert_eq!(offsets.accept_exit_ret, 16);
         assert_eq!(offsets.destroy_cookie, 64);
         let text = describe(&offsets);
@@ -321,7 +320,7 @@ mod tests {
                 ("tcp", "tcp_destroy_sock", TCP_DESTROY_SOCK),
             ],
         );
-        let e = fill_tracepoint_offsets(&Tracefs::at(&fake.0), &mut KernelOffsets::default())
+        let e = fill_tracepoint_offsets(&Tracefs::at(fake.path()), &mut KernelOffsets::default())
             .unwrap_err();
         assert!(e.to_string().starts_with("ret is at offset 16 in "), "{e}");
     }
@@ -340,9 +339,9 @@ mod tests {
                 ("tcp", "tcp_destroy_sock", &narrow),
             ],
         );
-        let e = fill_tracepoint_offsets(&Tracefs::at(&fake.0), &mut KernelOffsets::default())
+        let e = fill_tracepoint_offsets(&Tracefs::at(fake.path()), &mut KernelOffsets::default())
             .unwrap_err();
-        let path = fake.0.join("events/tcp/tcp_destroy_sock/format");
+        let path = fake.path().join("events/tcp/tcp_destroy_sock/format");
         assert_eq!(
             e.to_string(),
             format!(
@@ -358,9 +357,9 @@ mod tests {
             "missing",
             &[("syscalls", "sys_exit_accept4", SYS_EXIT_ACCEPT4)],
         );
-        let e = fill_tracepoint_offsets(&Tracefs::at(&fake.0), &mut KernelOffsets::default())
+        let e = fill_tracepoint_offsets(&Tracefs::at(fake.path()), &mut KernelOffsets::default())
             .unwrap_err();
-        let path = fake.0.join("events/syscalls/sys_exit_accept/format");
+        let path = fake.path().join("events/syscalls/sys_exit_accept/format");
         assert!(
             e.to_string()
                 .starts_with(&format!("reading {}: ", path.display())),

@@ -401,11 +401,12 @@ print fmt: \"family=%s sport=%hu dport=%hu saddr=%pI4 daddr=%pI4 saddrv6=%pI6c d
 
     #[test]
     fn errors_name_the_file() {
-        let root = std::env::temp_dir().join(format!("leakbpf-tracefs-{}", std::process::id()));
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path();
         let dir = root.join("events/tcp/tcp_destroy_sock");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("format"), TCP_DESTROY_SOCK).unwrap();
-        let tracefs = Tracefs::at(&root);
+        let tracefs = Tracefs::at(root);
         let path = dir.join("format");
 
         assert!(tracefs.exists("tcp", "tcp_destroy_sock"));
@@ -437,7 +438,6 @@ print fmt: \"family=%s sport=%hu dport=%hu saddr=%pI4 daddr=%pI4 saddrv6=%pI6c d
                 .starts_with(&format!("parsing {}: line 1: no offset", path.display())),
             "{e}"
         );
-        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -439,7 +439,6 @@ pub(crate) mod tests {
     use std::{
         collections::{BTreeMap, HashSet},
         io::Read,
-        path::PathBuf,
         process::Command,
     };
 
@@ -726,41 +725,20 @@ pub(crate) mod tests {
         assert_eq!(profile.string_table[0], "");
     }
 
-    /// A temporary directory removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> TempDir {
-            let path = std::env::temp_dir().join(format!(
-                "leakbpf-{name}-{}-{:?}",
-                std::process::id(),
-                std::thread::current().id()
-            ));
-            let _ = std::fs::remove_dir_all(&path);
-            std::fs::create_dir_all(&path).unwrap();
-            TempDir(path)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     /// pprof itself must accept the profile. Needs Go (Debian's golang-go);
     /// fails rather than skips without it, so a missing tool is noticed.
     #[test]
     fn go_tool_pprof_reads_it() {
-        let dir = TempDir::new("pprof");
-        let file = dir.0.join("sockets.pb.gz");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sockets.pb.gz");
         std::fs::write(&file, encode(&sample_report()).unwrap()).unwrap();
         let output = Command::new("go")
             .args(["tool", "pprof", "-top", "-sample_index=sockets"])
             .arg(&file)
-            .env("HOME", &dir.0)
-            .env("GOCACHE", dir.0.join("gocache"))
-            .env("PPROF_TMPDIR", &dir.0)
+            .env("HOME", dir.path())
+            .env("GOCACHE", dir.path().join("gocache"))
+            .env("PPROF_TMPDIR", dir.path())
             .output()
             .expect("`go` must be installed for this test (Debian: apt install golang-go)");
         let stdout = String::from_utf8_lossy(&output.stdout);

@@ -241,8 +241,8 @@ mod tests {
     #[test]
     fn walks_a_fake_proc() {
         use std::os::unix::fs::symlink;
-        let root = std::env::temp_dir().join(format!("leakbpf-procfs-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path();
         fs::create_dir_all(root.join("123/fd")).unwrap();
         fs::write(root.join("123/comm"), "server\n").unwrap();
         symlink("/usr/bin/server", root.join("123/exe")).unwrap();
@@ -253,9 +253,8 @@ mod tests {
         fs::create_dir_all(root.join("self/fd")).unwrap();
         symlink("socket:[44]", root.join("self/fd/3")).unwrap();
 
-        let (mut owners, stats) = walk_in(&root, None).unwrap();
-        let filtered = walk_in(&root, Some(&[456])).unwrap().0;
-        fs::remove_dir_all(&root).unwrap();
+        let (mut owners, stats) = walk_in(root, None).unwrap();
+        let filtered = walk_in(root, Some(&[456])).unwrap().0;
 
         assert_eq!(owners.len(), 1);
         let mut held = owners.remove(&42).unwrap();
