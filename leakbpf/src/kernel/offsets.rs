@@ -180,8 +180,8 @@ fn tracepoint_field(
     Ok(found.offset)
 }
 
-/// Every offset as `name=value` pairs, one per line, as `leakbpf check` prints them
-/// and bug reports.
+/// Every offset as `name=value` pairs, one per line: `leakbpf check` prints
+/// them, for bug reports.
 pub fn describe(offsets: &KernelOffsets) -> String {
     let mut copy = *offsets;
     let mut lines: Vec<String> = STRUCT_MEMBERS
