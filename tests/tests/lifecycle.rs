@@ -12,6 +12,7 @@ use serde_json::Value;
 /// and the kernel releases the rest in their names.
 #[test]
 fn counts_opens_and_closes_per_process() {
+    let test_started = std::time::Instant::now();
     let leakbpf = Leakbpf::events(&["--stacks"]);
     let mut server = Fixture::spawn({
         let mut c = std::process::Command::new(c_server());
@@ -129,9 +130,21 @@ fn counts_opens_and_closes_per_process() {
     let stopped = leakbpf.stop();
     assert_eq!(of(&stopped.events, "close", cpid).len(), 6);
     assert_eq!(of(&stopped.events, "close", spid).len(), 5);
-    // Every close carries the lifetime of its socket.
+    // Every close carries the lifetime of its socket: from its open to its
+    // release, positive, and shorter than this test has run.
+    let elapsed_ms = test_started.elapsed().as_secs_f64() * 1e3;
     for close in of(&stopped.events, "close", cpid) {
-        assert!(close["lifetime_ms"].as_f64().unwrap() >= 0.0, "{close}");
+        let open = opens(&stopped.events, cpid, "connect")
+            .into_iter()
+            .find(|o| o["cookie"] == close["cookie"])
+            .unwrap_or_else(|| panic!("no open for {close}"));
+        let between_ns = close["time_ns"].as_u64().unwrap() - open["time_ns"].as_u64().unwrap();
+        let lifetime_ms = close["lifetime_ms"].as_f64().unwrap();
+        assert!(
+            (lifetime_ms * 1e6 - between_ns as f64).abs() < 1e3,
+            "lifetime {lifetime_ms} ms, open to close {between_ns} ns: {close}"
+        );
+        assert!(lifetime_ms > 0.0 && lifetime_ms < elapsed_ms, "{close}");
     }
     assert_eq!(stopped.summary["lost_events"], 0, "{}", stopped.summary);
     assert_eq!(stopped.summary["complete"], true, "{}", stopped.summary);

@@ -297,6 +297,40 @@ fn preexisting_sockets_have_owners() {
     }
 }
 
+/// `--no-preexisting` leaves out what was open before tracing: the same
+/// processes then have no entry, while a socket opened during the trace
+/// is still reported.
+#[test]
+fn no_preexisting_reports_only_what_tracing_saw_open() {
+    let (mut server, port) = c_server_on(&["0", "4", "0"]);
+    let mut before = client_py(&["127.0.0.1", &port.to_string(), "3", "0"]);
+    before.ready();
+    let trace = trace_json(&["--no-preexisting"]);
+    let mut during = client_py(&["127.0.0.1", &port.to_string(), "1", "0"]);
+    during.ready();
+    server.ready();
+    thread::sleep(Duration::from_millis(300));
+    let report = trace.stop();
+
+    assert!(
+        process(&report, before.pid()).is_none(),
+        "sockets from before the trace are left out: {report:#}"
+    );
+    let group = only_group(&report, during.pid(), "connect");
+    assert_eq!(group["count"], 1, "{group:#}");
+    let server_groups = groups(&report, server.pid());
+    assert_eq!(server_groups.len(), 1, "{report:#}");
+    assert_eq!(server_groups[0]["direction"], "accept");
+    assert_eq!(
+        server_groups[0]["count"], 1,
+        "only the accept seen while tracing"
+    );
+    assert!(
+        groups_in(&report, server.pid(), "preexisting").is_empty(),
+        "{report:#}"
+    );
+}
+
 /// A client killed while tracing leaves the report; the server's ends of
 /// its connections are now CLOSE_WAIT.
 #[test]

@@ -725,7 +725,6 @@ pub(crate) mod tests {
         assert_eq!(profile.string_table[0], "");
     }
 
-
     /// pprof itself must accept the profile. Needs Go (Debian's golang-go);
     /// fails rather than skips without it, so a missing tool is noticed.
     #[test]
