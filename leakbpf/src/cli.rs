@@ -2,9 +2,12 @@
 //! in `commands/`.
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{
+    Args, Parser, Subcommand, ValueEnum,
+    builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _},
+};
 
-use crate::hooks::HookChoice;
+use crate::hooks::{HookChoice, sets::SETS};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -142,7 +145,7 @@ pub struct FilterArgs {
 #[derive(Clone, Copy, Debug, Default, Args)]
 pub struct TracerArgs {
     /// Hook set: `auto` picks the best one this kernel allows (see `leakbpf check`).
-    #[arg(long, value_enum, default_value_t = HookChoice::Auto)]
+    #[arg(long, value_name = "SET", default_value = "auto", value_parser = hook_choice_parser())]
     pub hooks: HookChoice,
     /// Size of the kernel-to-user ring buffer in bytes (power of two). Events that do not fit
     /// are lost and counted; raise it if leakbpf reports losses.
@@ -156,6 +159,20 @@ pub enum EventFormat {
     Text,
     /// One JSON object per line, then a `summary` object.
     Json,
+}
+
+/// `--hooks` values and their help, from the hook set table.
+fn hook_choice_parser() -> impl clap::builder::TypedValueParser<Value = HookChoice> {
+    let values = std::iter::once(PossibleValue::new("auto").help(HookChoice::AUTO_DESCRIPTION))
+        .chain(SETS.iter().map(|spec| {
+            let (major, minor) = spec.min_kernel();
+            PossibleValue::new(spec.name)
+                .help(format!("{} (Linux {major}.{minor}+)", spec.description))
+        }));
+    PossibleValuesParser::new(values).map(|name| {
+        name.parse::<HookChoice>()
+            .expect("every possible value names a hook set")
+    })
 }
 
 fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {

@@ -84,7 +84,10 @@ impl Tracer {
         // Parsed once, for the trampoline probe and every program load; a
         // missing BTF is reported by `choose` among what the sets need.
         let btf = Btf::from_sys_fs().ok();
-        let probe_trampolines = matches!(options.hooks, HookChoice::Auto | HookChoice::Fentry);
+        let probe_trampolines = matches!(
+            options.hooks,
+            HookChoice::Auto | HookChoice::Set(HookSet::Fentry)
+        );
         let caps = Capabilities::probe(
             btf.as_ref()
                 .filter(|_| probe_trampolines)
