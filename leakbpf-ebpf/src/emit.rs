@@ -16,6 +16,7 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf, StackTrace},
     programs::tracing::StackIdContext,
 };
+use aya_log_ebpf::warn;
 use leakbpf_common::{
     CloseEvent, Endpoints, EventHeader, OpenEvent, STACK_NOT_TAKEN, StackId, Task,
     USER_STACK_TOP_WORDS, kind, lost,
@@ -65,14 +66,21 @@ pub fn current_task() -> Task {
     }
 }
 
-/// (user stack id, kernel stack id); a failure is kept as `-errno` and
-/// counted. Without `kernel`, the kernel stack is [`STACK_NOT_TAKEN`].
+/// (user stack id, kernel stack id); a failure is kept as `-errno`,
+/// counted and logged (`--log-kernel`). Without `kernel`, the kernel stack
+/// is [`STACK_NOT_TAKEN`].
 #[inline(always)]
 pub fn stack_ids<C: StackIdContext>(ctx: &C, kernel: bool) -> (StackId, StackId) {
     let user = match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
         Ok(id) => id as StackId,
         Err(err) => {
             count_lost(lost::USER_STACK);
+            warn!(
+                ctx,
+                "user stack of pid {} not recorded: error {}",
+                (bpf_get_current_pid_tgid() >> 32) as u32,
+                err
+            );
             err
         }
     };
@@ -83,6 +91,12 @@ pub fn stack_ids<C: StackIdContext>(ctx: &C, kernel: bool) -> (StackId, StackId)
         Ok(id) => id as StackId,
         Err(err) => {
             count_lost(lost::KERNEL_STACK);
+            warn!(
+                ctx,
+                "kernel stack of pid {} not recorded: error {}",
+                (bpf_get_current_pid_tgid() >> 32) as u32,
+                err
+            );
             err
         }
     };

@@ -151,6 +151,11 @@ pub struct TracerArgs {
     /// are lost and counted; raise it if leakbpf reports losses.
     #[arg(long, value_name = "BYTES")]
     pub ring_bytes: Option<u32>,
+    /// Print the kernel side's rare failures (a stack that could not be recorded, an accepted
+    /// socket that could not be read) on stderr, one `leakbpf: kernel: ` line each. They are
+    /// counted either way.
+    #[arg(long)]
+    pub log_kernel: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
