@@ -166,15 +166,18 @@ pub enum EventFormat {
     Json,
 }
 
-/// `--hooks` values and their help, from the hook set table.
+/// `--hooks` values and their help, from the hook set table (best first).
 fn hook_choice_parser() -> impl clap::builder::TypedValueParser<Value = HookChoice> {
-    let values = std::iter::once(PossibleValue::new("auto").help(HookChoice::AUTO_DESCRIPTION))
-        .chain(SETS.iter().map(|spec| {
-            let (major, minor) = spec.min_kernel();
-            PossibleValue::new(spec.name)
-                .help(format!("{} (Linux {major}.{minor}+)", spec.description))
-        }));
-    PossibleValuesParser::new(values).map(|name| {
+    let names: Vec<&str> = SETS.iter().map(|spec| spec.name).collect();
+    let auto = PossibleValue::new("auto").help(format!(
+        "the best set this kernel allows: {}",
+        names.join(", else ")
+    ));
+    let sets = SETS.iter().map(|spec| {
+        let (major, minor) = spec.min_kernel();
+        PossibleValue::new(spec.name).help(format!("{} (Linux {major}.{minor}+)", spec.description))
+    });
+    PossibleValuesParser::new(std::iter::once(auto).chain(sets)).map(|name| {
         name.parse::<HookChoice>()
             .expect("every possible value names a hook set")
     })

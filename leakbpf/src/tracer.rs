@@ -246,6 +246,18 @@ fn drain_into(ring: &mut RingBuf<MapData>, out: &mut Vec<Event>) -> u64 {
     undecodable
 }
 
+/// Loading eBPF needs CAP_BPF + CAP_PERFMON (+ CAP_NET_ADMIN for cgroup
+/// hooks); in practice, root. Say so in one line instead of an EPERM later.
+pub fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "leakbpf needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN) to load eBPF programs; run it with sudo"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,16 +279,4 @@ mod tests {
             "leakbpf: kernel: user stack of pid 4242 not recorded: error -14"
         );
     }
-}
-
-/// Loading eBPF needs CAP_BPF + CAP_PERFMON (+ CAP_NET_ADMIN for cgroup
-/// hooks); in practice, root. Say so in one line instead of an EPERM later.
-pub fn require_root() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!(
-            "leakbpf needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN) to load eBPF programs; run it with sudo"
-        );
-    }
-    Ok(())
 }

@@ -174,7 +174,7 @@ pub const SHARED: &[Program] = &[
         "inet_sock_set_state",
         TpBtf,
         "sock:inet_sock_set_state",
-        "state changes (connects in the tracepoint set)",
+        "state changes; connects in the tracepoint set",
     ),
     Program::new(
         "tcp_destroy_sock",
