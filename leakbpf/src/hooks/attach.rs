@@ -56,16 +56,14 @@ fn attach_one(
     caps: &Capabilities,
     btf: &Btf,
 ) -> Result<()> {
-    let loading = "loading";
-    let attaching = "attaching";
     match spec.kind {
         ProgramKind::TpBtf => {
             let (_, event) = spec.tracepoint().context("tp_btf target is system:event")?;
             let program: &mut BtfTracePoint = program_mut(ebpf, spec.name)?;
             if load {
-                program.load(event, btf).context(loading)?;
+                program.load(event, btf).context("loading")?;
             }
-            program.attach().context(attaching)?;
+            program.attach().context("attaching")?;
         }
         ProgramKind::Tracepoint => {
             let (system, event) = spec
@@ -73,9 +71,9 @@ fn attach_one(
                 .context("tracepoint target is system:event")?;
             let program: &mut TracePoint = program_mut(ebpf, spec.name)?;
             if load {
-                program.load().context(loading)?;
+                program.load().context("loading")?;
             }
-            program.attach(system, event).context(attaching)?;
+            program.attach(system, event).context("attaching")?;
         }
         ProgramKind::Cgroup => {
             let path = caps
@@ -86,7 +84,7 @@ fn attach_one(
                 .with_context(|| format!("opening cgroup {}", path.display()))?;
             let program: &mut CgroupSock = program_mut(ebpf, spec.name)?;
             if load {
-                program.load().context(loading)?;
+                program.load().context("loading")?;
             }
             program
                 // A link (kernel >= 5.7) never excludes other programs, whatever the mode.
@@ -96,23 +94,23 @@ fn attach_one(
         ProgramKind::Fentry => {
             let program: &mut FEntry = program_mut(ebpf, spec.name)?;
             if load {
-                program.load(spec.target, btf).context(loading)?;
+                program.load(spec.target, btf).context("loading")?;
             }
-            program.attach().context(attaching)?;
+            program.attach().context("attaching")?;
         }
         ProgramKind::Fexit => {
             let program: &mut FExit = program_mut(ebpf, spec.name)?;
             if load {
-                program.load(spec.target, btf).context(loading)?;
+                program.load(spec.target, btf).context("loading")?;
             }
-            program.attach().context(attaching)?;
+            program.attach().context("attaching")?;
         }
         ProgramKind::Kprobe | ProgramKind::Kretprobe => {
             let program: &mut KProbe = program_mut(ebpf, spec.name)?;
             if load {
-                program.load().context(loading)?;
+                program.load().context("loading")?;
             }
-            program.attach(spec.target, 0).context(attaching)?;
+            program.attach(spec.target, 0).context("attaching")?;
         }
     }
     Ok(())

@@ -366,6 +366,22 @@ ffffffff82031600 D tcp_hashinfo
     }
 
     #[test]
+    fn hook_choices_parse_from_and_print_as_their_names() {
+        for choice in [
+            HookChoice::Auto,
+            HookChoice::Set(HookSet::Fentry),
+            HookChoice::Set(HookSet::Kprobe),
+            HookChoice::Set(HookSet::Tracepoint),
+        ] {
+            assert_eq!(choice.to_string().parse::<HookChoice>(), Ok(choice));
+        }
+        assert_eq!(
+            "uprobe".parse::<HookChoice>(),
+            Err("unknown hook set \"uprobe\"; use auto, fentry, kprobe, tracepoint".to_owned())
+        );
+    }
+
+    #[test]
     fn auto_takes_the_best_set_that_works() {
         let mut caps = caps();
         assert_eq!(caps.choose(HookChoice::Auto).unwrap(), HookSet::Tracepoint);
