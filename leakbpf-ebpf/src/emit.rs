@@ -16,6 +16,7 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf, StackTrace},
     programs::tracing::StackIdContext,
 };
+use aya_log_ebpf::warn;
 use leakbpf_common::{
     CloseEvent, Endpoints, EventHeader, MAX_STACK_DEPTH, OpenEvent, STACK_INLINE, STACK_NOT_TAKEN,
     StackEvent, StackId, Task, USER_STACK_TOP_WORDS, kind, lost,
@@ -66,10 +67,11 @@ pub fn current_task() -> Task {
     }
 }
 
-/// (user stack id, kernel stack id); a failure is kept as `-errno` and
-/// counted. A user stack the map cannot take (a hash collision: EEXIST, or
-/// a full map: ENOMEM) is copied whole into the ring just before the open
-/// event, so no stack is lost to the map. Without `kernel`, the kernel stack
+/// (user stack id, kernel stack id); a failure is kept as `-errno`,
+/// counted and logged (`--log-kernel`). A user stack the map cannot take (a
+/// hash collision: EEXIST, or a full map: ENOMEM) is copied whole into the
+/// ring just before the open event, so no stack is lost to the map.
+/// Without `kernel`, the kernel stack
 /// is [`STACK_NOT_TAKEN`].
 #[inline(always)]
 pub fn stack_ids<C: StackIdContext>(ctx: &C, kernel: bool, cookie: u64) -> (StackId, StackId) {
@@ -78,6 +80,12 @@ pub fn stack_ids<C: StackIdContext>(ctx: &C, kernel: bool, cookie: u64) -> (Stac
         Err(err) if (err == -17 || err == -12) && inline_user_stack(ctx, cookie) => STACK_INLINE,
         Err(err) => {
             count_lost(lost::USER_STACK);
+            warn!(
+                ctx,
+                "user stack of pid {} not recorded: error {}",
+                (bpf_get_current_pid_tgid() >> 32) as u32,
+                err
+            );
             err
         }
     };
@@ -88,6 +96,12 @@ pub fn stack_ids<C: StackIdContext>(ctx: &C, kernel: bool, cookie: u64) -> (Stac
         Ok(id) => id as StackId,
         Err(err) => {
             count_lost(lost::KERNEL_STACK);
+            warn!(
+                ctx,
+                "kernel stack of pid {} not recorded: error {}",
+                (bpf_get_current_pid_tgid() >> 32) as u32,
+                err
+            );
             err
         }
     };

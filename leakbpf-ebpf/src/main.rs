@@ -2,13 +2,17 @@
 //! when, which socket, which stack) into the `EVENTS` ring buffer; deciding
 //! what is a leak is user space's job.
 //!
-//! Hook sets (user space picks one per kernel, see `leakbpf::hooks`), each
+//! Hook sets (user space picks one per kernel; which program attaches where,
+//! and since which kernel, is declared in `leakbpf/src/hooks/sets.rs`), each
 //! with [`shared`] for state changes, destruction and exits:
 //! - [`trampoline_set`]: fentry/fexit on tcp_connect, inet_csk_accept,
 //!   tcp_close;
 //! - [`kprobe_set`]: kprobes on the same functions;
 //! - [`tracepoint_set`]: stable tracepoints + a cgroup socket hook; needs
 //!   neither kprobes nor BPF trampolines.
+//!
+//! Rare failure paths log through aya-log (user space shows them with
+//! `--log-kernel` and otherwise sets the level to off before load).
 #![no_std]
 #![no_main]
 

@@ -3,10 +3,14 @@
 //! accept syscalls' exits, closes from the cgroup release hook.
 use aya_ebpf::{
     bindings::bpf_sock,
-    helpers::generated::{bpf_get_current_task, bpf_get_socket_cookie},
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_get_current_task, bpf_get_socket_cookie},
+    },
     macros::{cgroup_sock, tracepoint},
     programs::{SockContext, TracePointContext},
 };
+use aya_log_ebpf::warn;
 use leakbpf_common::{direction, lost};
 
 use crate::{
@@ -20,8 +24,14 @@ use crate::{
 /// private_data (struct socket)->sk.
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    if try_sys_exit_accept(&ctx).is_err() {
+    if let Err(err) = try_sys_exit_accept(&ctx) {
         count_lost(lost::ACCEPT_READ);
+        warn!(
+            &ctx,
+            "accept by pid {}: the accepted socket could not be read (error {})",
+            (bpf_get_current_pid_tgid() >> 32) as u32,
+            err
+        );
     }
     0
 }

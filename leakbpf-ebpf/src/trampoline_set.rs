@@ -1,5 +1,5 @@
 //! The hook set on the design card's functions through BPF trampolines
-//! (fentry/fexit, Linux 5.5+ with BTF): each fires in the process doing the
+//! (fentry/fexit, with BTF): each fires in the process doing the
 //! work, with a typed `struct sock *`, so the cookie comes straight from the
 //! helper. State changes, destruction and exits come from [`crate::shared`].
 use core::ffi::c_void;

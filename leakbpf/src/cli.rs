@@ -2,9 +2,12 @@
 //! in `commands/`.
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{
+    Args, Parser, Subcommand, ValueEnum,
+    builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _},
+};
 
-use crate::hooks::HookChoice;
+use crate::hooks::{HookChoice, sets::SETS};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -142,12 +145,17 @@ pub struct FilterArgs {
 #[derive(Clone, Copy, Debug, Default, Args)]
 pub struct TracerArgs {
     /// Hook set: `auto` picks the best one this kernel allows (see `leakbpf check`).
-    #[arg(long, value_enum, default_value_t = HookChoice::Auto)]
+    #[arg(long, value_name = "SET", default_value = "auto", value_parser = hook_choice_parser())]
     pub hooks: HookChoice,
     /// Size of the kernel-to-user ring buffer in bytes (power of two). Events that do not fit
     /// are lost and counted; raise it if leakbpf reports losses.
     #[arg(long, value_name = "BYTES")]
     pub ring_bytes: Option<u32>,
+    /// Print the kernel side's rare failures (a stack that could not be recorded, an accepted
+    /// socket that could not be read) on stderr, one `leakbpf: kernel: ` line each. They are
+    /// counted either way.
+    #[arg(long)]
+    pub log_kernel: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -156,6 +164,23 @@ pub enum EventFormat {
     Text,
     /// One JSON object per line, then a `summary` object.
     Json,
+}
+
+/// `--hooks` values and their help, from the hook set table (best first).
+fn hook_choice_parser() -> impl clap::builder::TypedValueParser<Value = HookChoice> {
+    let names: Vec<&str> = SETS.iter().map(|spec| spec.name).collect();
+    let auto = PossibleValue::new("auto").help(format!(
+        "the best set this kernel allows: {}",
+        names.join(", else ")
+    ));
+    let sets = SETS.iter().map(|spec| {
+        let (major, minor) = spec.min_kernel();
+        PossibleValue::new(spec.name).help(format!("{} (Linux {major}.{minor}+)", spec.description))
+    });
+    PossibleValuesParser::new(std::iter::once(auto).chain(sets)).map(|name| {
+        name.parse::<HookChoice>()
+            .expect("every possible value names a hook set")
+    })
 }
 
 fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {

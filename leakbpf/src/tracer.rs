@@ -21,6 +21,8 @@ pub struct TracerOptions {
     pub hooks: HookChoice,
     /// Ring buffer size in bytes (a power of two, at least one page).
     pub ring_bytes: Option<u32>,
+    /// Print the kernel side's log records (rare failure paths) on stderr.
+    pub log_kernel: bool,
 }
 
 pub struct Tracer {
@@ -31,6 +33,8 @@ pub struct Tracer {
     stacks: StackTraceMap<MapData>,
     lost: PerCpuArray<MapData, u64>,
     undecodable: u64,
+    /// With `--log-kernel`: the reader of the kernel side's aya-log records.
+    kernel_log: Option<aya_log::EbpfLogger<KernelLog>>,
 }
 
 /// Size of `EVENTS` in leakbpf-ebpf/src/emit.rs.
@@ -57,7 +61,10 @@ impl Tracer {
         // Parsed once, for the trampoline probe and every program load; a
         // missing BTF is reported by `choose` among what the sets need.
         let btf = Btf::from_sys_fs().ok();
-        let probe_trampolines = matches!(options.hooks, HookChoice::Auto | HookChoice::Fentry);
+        let probe_trampolines = matches!(
+            options.hooks,
+            HookChoice::Auto | HookChoice::Set(HookSet::Fentry)
+        );
         let caps = Capabilities::probe(
             btf.as_ref()
                 .filter(|_| probe_trampolines)
@@ -77,6 +84,11 @@ impl Tracer {
         let mut loader = EbpfLoader::new();
         loader.override_global("OFFSETS", &offsets, true);
         loader.override_global("HOOKS", &config, true);
+        if !options.log_kernel {
+            // Level 0 enables nothing: the kernel side skips every log
+            // statement instead of filling a ring nobody reads.
+            loader.override_global(aya_log::LEVEL, &0u8, true);
+        }
         if let Some(bytes) = options.ring_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
@@ -86,6 +98,15 @@ impl Tracer {
         hooks
             .attach(&mut ebpf, &caps, &btf, offsets.accept_arity)
             .with_context(|| format!("attaching the {hooks} hook set"))?;
+
+        let kernel_log = if options.log_kernel {
+            Some(
+                aya_log::EbpfLogger::init_with_logger(&mut ebpf, KernelLog)
+                    .context("starting the kernel log reader (--log-kernel)")?,
+            )
+        } else {
+            None
+        };
 
         // Parsing kernel BTF (offsets, program loads) peaks at tens of MiB
         // that are garbage now: give them back before tracing for hours.
@@ -106,6 +127,7 @@ impl Tracer {
             stacks,
             lost,
             undecodable: 0,
+            kernel_log,
         })
     }
 
@@ -123,12 +145,22 @@ impl Tracer {
         let inner = guard.get_inner_mut();
         self.undecodable += drain_into(inner, out);
         guard.clear_ready();
+        self.flush_kernel_log();
         Ok(())
     }
 
-    /// Appends whatever is in the ring now, without waiting (at shutdown).
+    /// Appends whatever is in the ring now, without waiting (on the drain
+    /// timer and at shutdown).
     pub fn drain(&mut self, out: &mut Vec<Event>) {
         self.undecodable += drain_into(self.ring.get_mut(), out);
+        self.flush_kernel_log();
+    }
+
+    /// Prints the kernel log records that arrived (`--log-kernel`).
+    fn flush_kernel_log(&mut self) {
+        if let Some(logger) = &mut self.kernel_log {
+            logger.flush();
+        }
     }
 
     /// Instruction pointers of a recorded stack, innermost first.
@@ -154,6 +186,27 @@ impl Tracer {
     }
 }
 
+/// Writes each kernel log record (aya-log) to stderr as one line.
+pub struct KernelLog;
+
+impl log::Log for KernelLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        eprintln!("{}", kernel_log_line(record));
+    }
+
+    fn flush(&self) {}
+}
+
+/// `leakbpf: kernel: MESSAGE`, the message on one line.
+fn kernel_log_line(record: &log::Record<'_>) -> String {
+    let message = record.args().to_string().replace('\n', " ");
+    format!("leakbpf: kernel: {message}")
+}
+
 /// Decodes every record in the ring into `out`; returns how many failed.
 fn drain_into(ring: &mut RingBuf<MapData>, out: &mut Vec<Event>) -> u64 {
     let mut undecodable = 0;
@@ -176,4 +229,27 @@ pub fn require_root() -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kernel_log_record_is_one_prefixed_line() {
+        let line = kernel_log_line(
+            &log::Record::builder()
+                .level(log::Level::Warn)
+                .target("leakbpf")
+                .args(format_args!(
+                    "user stack of pid {} not recorded:\nerror {}",
+                    4242, -14
+                ))
+                .build(),
+        );
+        assert_eq!(
+            line,
+            "leakbpf: kernel: user stack of pid 4242 not recorded: error -14"
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! Bad input gets one clear line and a non-zero exit.
 use std::process::Command;
 
-use leakbpf_tests::leakbpf_bin;
+use leakbpf_tests::{Leakbpf, leakbpf_bin, of, opens};
 
 fn run(args: &[&str]) -> (i32, String) {
     let output = Command::new(leakbpf_bin())
@@ -66,4 +66,34 @@ fn check_names_the_hook_set() {
     assert!(output.status.success());
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("hook set          tracepoint:"), "{stdout}");
+}
+
+/// `--log-kernel` starts the reader of the kernel side's aya-log records on
+/// the loaded object (the verifier accepts the programs that hold log
+/// statements) and tracing works as without it. The logged failure paths
+/// (an unrecordable stack, an unreadable accepted socket) cannot be caused
+/// on purpose; the line format has a unit test (tracer.rs).
+#[test]
+fn log_kernel_attaches_the_kernel_log_reader() {
+    let leakbpf = Leakbpf::events(&["--log-kernel"]);
+    let pid = std::process::id();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a listener");
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).expect("connecting");
+    let (server, _) = listener.accept().expect("accepting");
+    drop((client, server));
+    leakbpf.wait_for("1 connect, 1 accept and 2 closes from the test", |e| {
+        opens(e, pid, "connect").len() == 1
+            && opens(e, pid, "accept").len() == 1
+            && of(e, "close", pid).len() == 2
+    });
+    let stopped = leakbpf.stop();
+    assert!(!stopped.stderr.contains("error"), "{}", stopped.stderr);
+    for line in stopped.stderr.lines() {
+        assert!(line.starts_with("leakbpf: "), "{line:?}");
+    }
+    assert_eq!(
+        stopped.summary["lost"]["accept_reads"], 0,
+        "{}",
+        stopped.summary
+    );
 }

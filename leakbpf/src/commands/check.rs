@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use crate::{
     cli::CheckArgs,
-    hooks::{Capabilities, HookSet, Trampolines},
+    hooks::{Capabilities, Trampolines, sets::SETS},
     kernel::offsets,
 };
 
@@ -55,11 +55,13 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
         Err(err) => println!("kernel offsets    unavailable: {err:#}"),
     }
-    for set in [HookSet::Fentry, HookSet::Kprobe, HookSet::Tracepoint] {
-        let missing = caps.missing_for(set);
+    for spec in &SETS {
+        let missing = caps.missing_for(spec.set);
+        let (major, minor) = spec.min_kernel();
         println!(
-            "set {:<13} {}",
-            set.name(),
+            "set {:<13} Linux {major}.{minor}+, {}: {}",
+            spec.name,
+            spec.description,
             if missing.is_empty() {
                 "usable".to_owned()
             } else {

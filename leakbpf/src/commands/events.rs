@@ -93,6 +93,7 @@ async fn stream(args: EventsArgs, filter: Filter) -> Result<ExitCode> {
     let mut tracer = Tracer::start(TracerOptions {
         hooks: args.tracer.hooks,
         ring_bytes: args.tracer.ring_bytes,
+        log_kernel: args.tracer.log_kernel,
     })?;
     let clock = Clock::now();
     let started = Instant::now();

@@ -80,6 +80,7 @@ async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
     let mut tracer = Tracer::start(TracerOptions {
         hooks: args.tracer.hooks,
         ring_bytes: args.tracer.ring_bytes,
+        log_kernel: args.tracer.log_kernel,
     })?;
     let started = Instant::now();
     let mut collector = Collector {

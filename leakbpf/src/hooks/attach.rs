@@ -1,5 +1,6 @@
-//! Loading and attaching each hook set's programs (see
-//! `leakbpf-ebpf/src/*_set.rs` and `shared.rs`).
+//! Loading and attaching a hook set's programs, as its table in `sets.rs`
+//! declares them (the programs live in `leakbpf-ebpf/src/*_set.rs` and
+//! `shared.rs`).
 use std::fs;
 
 use anyhow::{Context as _, Result, bail};
@@ -11,109 +12,106 @@ use aya::{
     },
 };
 
-use super::Capabilities;
+use super::{
+    Capabilities,
+    sets::{Program as Spec, ProgramKind, SetSpec},
+};
 
-/// State changes, destruction, process ends: every set.
-pub(super) fn shared(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
-    let program: &mut BtfTracePoint = program_mut(ebpf, "inet_sock_set_state")?;
-    program
-        .load("inet_sock_set_state", btf)
-        .context("loading tp_btf/inet_sock_set_state")?;
-    program
-        .attach()
-        .context("attaching tp_btf/inet_sock_set_state")?;
-    let program: &mut BtfTracePoint = program_mut(ebpf, "sched_process_free")?;
-    program
-        .load("sched_process_free", btf)
-        .context("loading tp_btf/sched_process_free")?;
-    program
-        .attach()
-        .context("attaching tp_btf/sched_process_free")?;
-    attach_tracepoint(ebpf, "tcp_destroy_sock", "tcp", &["tcp_destroy_sock"])
-}
-
-pub(super) fn tracepoint_set(ebpf: &mut Ebpf, caps: &Capabilities) -> Result<()> {
-    tracepoint_set_accept(ebpf)?;
-    let path = caps
-        .cgroup2
-        .as_ref()
-        .context("no cgroup v2 mount found in /proc/self/mountinfo")?;
-    let cgroup =
-        fs::File::open(path).with_context(|| format!("opening cgroup {}", path.display()))?;
-    let program: &mut CgroupSock = program_mut(ebpf, "sock_release")?;
-    program.load().context("loading cgroup/sock_release")?;
-    program
-        // A link (kernel >= 5.7) never excludes other programs, whatever the mode.
-        .attach(&cgroup, CgroupAttachMode::Single)
-        .context("attaching cgroup/sock_release to the cgroup v2 root")?;
+/// Loads and attaches every program of `set` that this kernel needs: the
+/// shared ones, then the set's own; of the fexit programs, only the one for
+/// this kernel's `inet_csk_accept` signature.
+pub(super) fn attach_set(
+    set: &SetSpec,
+    ebpf: &mut Ebpf,
+    caps: &Capabilities,
+    btf: &Btf,
+    accept_arity: u32,
+) -> Result<()> {
+    let arities: Vec<u32> = set.programs.iter().filter_map(|p| p.accept_arity).collect();
+    if !arities.is_empty() && !arities.contains(&accept_arity) {
+        bail!(
+            "inet_csk_accept takes {accept_arity} parameters on this kernel; leakbpf knows {arities:?}"
+        );
+    }
+    // A program attached to several targets is loaded once.
+    let mut loaded: Vec<&str> = Vec::new();
+    for spec in set
+        .all_programs()
+        .filter(|p| p.accept_arity.is_none_or(|arity| arity == accept_arity))
+    {
+        let first = !loaded.contains(&spec.name);
+        attach_one(ebpf, spec, first, caps, btf)
+            .with_context(|| format!("{} (program {})", spec.hook(), spec.name))?;
+        loaded.push(spec.name);
+    }
     Ok(())
 }
 
-fn tracepoint_set_accept(ebpf: &mut Ebpf) -> Result<()> {
-    attach_tracepoint(
-        ebpf,
-        "sys_exit_accept",
-        "syscalls",
-        &["sys_exit_accept", "sys_exit_accept4"],
-    )
-}
-
-pub(super) fn fentry_set(ebpf: &mut Ebpf, btf: &Btf, accept_arity: u32) -> Result<()> {
-    for (name, function) in [
-        ("fentry_tcp_connect", "tcp_connect"),
-        ("fentry_tcp_close", "tcp_close"),
-    ] {
-        let program: &mut FEntry = program_mut(ebpf, name)?;
-        program
-            .load(function, btf)
-            .with_context(|| format!("loading fentry/{function}"))?;
-        program
-            .attach()
-            .with_context(|| format!("attaching fentry/{function}"))?;
-    }
-    // One program per inet_csk_accept signature (see trampoline_set.rs).
-    let name = match accept_arity {
-        2 => "fexit_inet_csk_accept",
-        4 => "fexit_inet_csk_accept_4args",
-        other => {
-            bail!("inet_csk_accept takes {other} parameters on this kernel; leakbpf knows 2 and 4")
+/// Loads `spec`'s program unless it is already, then attaches it. aya keeps
+/// the links in the program: dropping `ebpf` detaches everything.
+fn attach_one(
+    ebpf: &mut Ebpf,
+    spec: &Spec,
+    load: bool,
+    caps: &Capabilities,
+    btf: &Btf,
+) -> Result<()> {
+    match spec.kind {
+        ProgramKind::TpBtf => {
+            let (_, event) = spec.tracepoint().context("tp_btf target is system:event")?;
+            let program: &mut BtfTracePoint = program_mut(ebpf, spec.name)?;
+            if load {
+                program.load(event, btf).context("loading")?;
+            }
+            program.attach().context("attaching")?;
         }
-    };
-    let program: &mut FExit = program_mut(ebpf, name)?;
-    program
-        .load("inet_csk_accept", btf)
-        .context("loading fexit/inet_csk_accept")?;
-    program
-        .attach()
-        .context("attaching fexit/inet_csk_accept")?;
-    Ok(())
-}
-
-pub(super) fn kprobe_set(ebpf: &mut Ebpf) -> Result<()> {
-    for (name, function) in [
-        ("kprobe_tcp_connect", "tcp_connect"),
-        ("kretprobe_inet_csk_accept", "inet_csk_accept"),
-        ("kprobe_tcp_close", "tcp_close"),
-    ] {
-        let program: &mut KProbe = program_mut(ebpf, name)?;
-        program.load().with_context(|| format!("loading {name}"))?;
-        program
-            .attach(function, 0)
-            .with_context(|| format!("attaching {name} to {function}"))?;
-    }
-    Ok(())
-}
-
-/// Loads program `name` and attaches it to each `system:event`.
-fn attach_tracepoint(ebpf: &mut Ebpf, name: &str, system: &str, events: &[&str]) -> Result<()> {
-    let program: &mut TracePoint = program_mut(ebpf, name)?;
-    program
-        .load()
-        .with_context(|| format!("loading the {name} program"))?;
-    for event in events {
-        program
-            .attach(system, event)
-            .with_context(|| format!("attaching tracepoint {system}:{event}"))?;
+        ProgramKind::Tracepoint => {
+            let (system, event) = spec
+                .tracepoint()
+                .context("tracepoint target is system:event")?;
+            let program: &mut TracePoint = program_mut(ebpf, spec.name)?;
+            if load {
+                program.load().context("loading")?;
+            }
+            program.attach(system, event).context("attaching")?;
+        }
+        ProgramKind::Cgroup => {
+            let path = caps
+                .cgroup2
+                .as_ref()
+                .context("no cgroup v2 mount found in /proc/self/mountinfo")?;
+            let cgroup = fs::File::open(path)
+                .with_context(|| format!("opening cgroup {}", path.display()))?;
+            let program: &mut CgroupSock = program_mut(ebpf, spec.name)?;
+            if load {
+                program.load().context("loading")?;
+            }
+            program
+                // A link (kernel >= 5.7) never excludes other programs, whatever the mode.
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .context("attaching to the cgroup v2 root")?;
+        }
+        ProgramKind::Fentry => {
+            let program: &mut FEntry = program_mut(ebpf, spec.name)?;
+            if load {
+                program.load(spec.target, btf).context("loading")?;
+            }
+            program.attach().context("attaching")?;
+        }
+        ProgramKind::Fexit => {
+            let program: &mut FExit = program_mut(ebpf, spec.name)?;
+            if load {
+                program.load(spec.target, btf).context("loading")?;
+            }
+            program.attach().context("attaching")?;
+        }
+        ProgramKind::Kprobe | ProgramKind::Kretprobe => {
+            let program: &mut KProbe = program_mut(ebpf, spec.name)?;
+            if load {
+                program.load().context("loading")?;
+            }
+            program.attach(spec.target, 0).context("attaching")?;
+        }
     }
     Ok(())
 }

@@ -1,36 +1,56 @@
 //! The one seam for hook sets: probe what this kernel allows, choose the best
 //! set that works, and say which. Every set feeds the same events into the
-//! same ring buffer, so nothing past this module knows which one ran.
-//!
-//! | set | connect / accept / close | needs |
-//! |---|---|---|
-//! | `fentry` | fentry tcp_connect, fexit inet_csk_accept, fentry tcp_close | BPF trampolines (5.5+, x86_64; 5.17+ elsewhere), BTF |
-//! | `kprobe` | kprobe tcp_connect, kretprobe inet_csk_accept, kprobe tcp_close | CONFIG_KPROBES, BTF |
-//! | `tracepoint` | tp_btf inet_sock_set_state, syscalls:sys_exit_accept{,4}, cgroup/sock_release | BTF (5.5+), cgroup v2 |
-//!
-//! All three share tp_btf/inet_sock_set_state (state changes),
-//! tcp:tcp_destroy_sock and tp_btf/sched_process_free.
+//! same ring buffer, so nothing past this module knows which one ran. What
+//! each set attaches, needs and since which kernel is declared once, in
+//! [`sets`].
 mod attach;
+pub mod sets;
 
-use std::{fmt, fs, path::PathBuf};
+use std::{fmt, fs, path::PathBuf, str::FromStr};
 
 use anyhow::{Context as _, Result, bail};
 use aya::{Btf, Ebpf, EbpfLoader, programs::FEntry};
 
 use crate::kernel::tracefs;
+use sets::{ProgramKind, SETS, SetSpec, spec};
 
-/// What the user asked for (`--hooks`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+/// What the user asked for (`--hooks`): a set, or the best one that works.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum HookChoice {
-    /// The best set this kernel allows: fentry, else kprobe, else tracepoint.
     #[default]
     Auto,
-    /// BPF trampolines on tcp_connect, inet_csk_accept and tcp_close.
-    Fentry,
-    /// Kprobes on tcp_connect, inet_csk_accept and tcp_close.
-    Kprobe,
-    /// Stable tracepoints + a cgroup socket hook (no kprobes, no trampolines).
-    Tracepoint,
+    Set(HookSet),
+}
+
+impl HookChoice {
+    pub const AUTO_DESCRIPTION: &str =
+        "the best set this kernel allows: fentry, else kprobe, else tracepoint";
+}
+
+impl FromStr for HookChoice {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "auto" {
+            return Ok(HookChoice::Auto);
+        }
+        SETS.iter()
+            .find(|spec| spec.name == text)
+            .map(|spec| HookChoice::Set(spec.set))
+            .ok_or_else(|| {
+                let names: Vec<&str> = SETS.iter().map(|spec| spec.name).collect();
+                format!("unknown hook set {text:?}; use auto, {}", names.join(", "))
+            })
+    }
+}
+
+impl fmt::Display for HookChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HookChoice::Auto => f.write_str("auto"),
+            HookChoice::Set(set) => set.fmt(f),
+        }
+    }
 }
 
 /// A set of programs that together produce every lifecycle event.
@@ -41,39 +61,26 @@ pub enum HookSet {
     Tracepoint,
 }
 
-/// The kernel functions the fentry and kprobe sets hook.
-pub const FUNCTIONS: [&str; 3] = ["tcp_connect", "inet_csk_accept", "tcp_close"];
-
 impl HookSet {
-    /// Best first: precise and cheap, then cheap, then portable.
-    const PREFERENCE: [HookSet; 3] = [HookSet::Fentry, HookSet::Kprobe, HookSet::Tracepoint];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            HookSet::Fentry => "fentry",
-            HookSet::Kprobe => "kprobe",
-            HookSet::Tracepoint => "tracepoint",
-        }
+    pub fn spec(self) -> &'static SetSpec {
+        spec(self)
     }
 
-    /// The hooks, as a user would look them up.
-    pub fn describe(self) -> &'static str {
-        match self {
-            HookSet::Fentry => {
-                "fentry/tcp_connect (connect), fexit/inet_csk_accept (accept), \
-                 fentry/tcp_close (close), plus the shared state, destroy and process-end tracepoints"
-            }
-            HookSet::Kprobe => {
-                "kprobe/tcp_connect (connect), kretprobe/inet_csk_accept (accept), \
-                 kprobe/tcp_close (close), plus the shared state, destroy and process-end tracepoints"
-            }
-            HookSet::Tracepoint => {
-                "tp_btf/inet_sock_set_state (connect, state), \
-                 tracepoint/syscalls/sys_exit_accept{,4} (accept), \
-                 cgroup/sock_release (close), tracepoint/tcp/tcp_destroy_sock (destroy), \
-                 tp_btf/sched_process_free (process end)"
+    pub fn name(self) -> &'static str {
+        self.spec().name
+    }
+
+    /// The hooks, as a user would look them up, and what each reports.
+    pub fn describe(self) -> String {
+        let spec = self.spec();
+        let mut parts: Vec<String> = Vec::new();
+        for program in spec.all_programs() {
+            let part = format!("{} ({})", program.hook(), program.reports);
+            if !parts.contains(&part) {
+                parts.push(part);
             }
         }
+        parts.join(", ")
     }
 
     /// Whether the state tracepoint reports connects (see `HookConfig`).
@@ -89,12 +96,7 @@ impl HookSet {
         btf: &Btf,
         accept_arity: u32,
     ) -> Result<()> {
-        attach::shared(ebpf, btf)?;
-        match self {
-            HookSet::Fentry => attach::fentry_set(ebpf, btf, accept_arity),
-            HookSet::Kprobe => attach::kprobe_set(ebpf),
-            HookSet::Tracepoint => attach::tracepoint_set(ebpf, caps),
-        }
+        attach::attach_set(self.spec(), ebpf, caps, btf, accept_arity)
     }
 }
 
@@ -104,15 +106,31 @@ impl fmt::Display for HookSet {
     }
 }
 
-/// Tracepoints the sets attach to, as (system, event): the first three are
-/// shared, the accept exits are the tracepoint set's own.
-pub const TRACEPOINTS: [(&str, &str); 5] = [
-    ("sock", "inet_sock_set_state"),
-    ("tcp", "tcp_destroy_sock"),
-    ("sched", "sched_process_free"),
-    ("syscalls", "sys_exit_accept"),
-    ("syscalls", "sys_exit_accept4"),
-];
+/// Every tracepoint some set attaches, as (system, event).
+pub fn tracepoints() -> Vec<(&'static str, &'static str)> {
+    let mut tracepoints = Vec::new();
+    for spec in &SETS {
+        for tracepoint in spec.all_programs().filter_map(|p| p.tracepoint()) {
+            if !tracepoints.contains(&tracepoint) {
+                tracepoints.push(tracepoint);
+            }
+        }
+    }
+    tracepoints
+}
+
+/// Every kernel function some set hooks.
+pub fn functions() -> Vec<&'static str> {
+    let mut functions = Vec::new();
+    for spec in &SETS {
+        for program in spec.all_programs().filter(|p| p.kind.hooks_function()) {
+            if !functions.contains(&program.target) {
+                functions.push(program.target);
+            }
+        }
+    }
+    functions
+}
 
 /// Whether this kernel runs BPF trampolines, found by loading one.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,13 +146,13 @@ pub struct Capabilities {
     /// /sys/kernel/btf/vmlinux: needed for tp_btf and for every offset.
     pub btf: bool,
     pub tracefs: Option<PathBuf>,
-    /// Each of [`TRACEPOINTS`], present or not.
+    /// Each of [`tracepoints()`], present or not.
     pub tracepoints: Vec<((&'static str, &'static str), bool)>,
     /// Mount point of the cgroup v2 hierarchy (sock_release attaches there).
     pub cgroup2: Option<PathBuf>,
     /// A kprobe PMU exists (CONFIG_KPROBES).
     pub kprobes: bool,
-    /// Each of [`FUNCTIONS`], present in /proc/kallsyms or not (inlined or
+    /// Each of [`functions()`], present in /proc/kallsyms or not (inlined or
     /// renamed functions cannot be hooked).
     pub functions: Vec<(&'static str, bool)>,
     pub trampolines: Trampolines,
@@ -148,14 +166,14 @@ impl Capabilities {
         let tracefs = tracefs::Tracefs::find()
             .ok()
             .map(|t| t.root().to_path_buf());
-        let tracepoints = TRACEPOINTS
-            .iter()
-            .map(|&(system, event)| ((system, event), tracefs::tracepoint_exists(system, event)))
+        let tracepoints = tracepoints()
+            .into_iter()
+            .map(|(system, event)| ((system, event), tracefs::tracepoint_exists(system, event)))
             .collect();
         let kallsyms = fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-        let functions = FUNCTIONS
-            .iter()
-            .map(|&name| (name, kallsyms_has(&kallsyms, name)))
+        let functions = functions()
+            .into_iter()
+            .map(|name| (name, kallsyms_has(&kallsyms, name)))
             .collect();
         Capabilities {
             kernel_release: fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -176,7 +194,9 @@ impl Capabilities {
         }
     }
 
-    /// What `set` needs that this kernel lacks, one phrase each.
+    /// What `set` needs that this kernel lacks, one phrase each: the needs
+    /// of every set (BTF for offsets, tracefs for tracepoint formats), then
+    /// what each of its programs' kinds and targets need.
     pub fn missing_for(&self, set: HookSet) -> Vec<String> {
         let mut missing = Vec::new();
         if !self.btf {
@@ -185,40 +205,53 @@ impl Capabilities {
         if self.tracefs.is_none() {
             missing.push("tracefs (mount it on /sys/kernel/tracing)".to_owned());
         }
-        let shared = if set == HookSet::Tracepoint { 5 } else { 3 };
-        for ((system, event), present) in &self.tracepoints[..shared] {
-            if !present && self.tracefs.is_some() {
-                missing.push(format!("tracepoint {system}:{event}"));
+        let mut add = |phrase: String| {
+            if !missing.contains(&phrase) {
+                missing.push(phrase);
             }
-        }
-        let functions = || {
-            self.functions
-                .iter()
-                .filter(|(_, present)| !present)
-                .map(|(name, _)| format!("kernel function {name} (not in /proc/kallsyms)"))
         };
-        match set {
-            HookSet::Fentry => {
-                if let Trampolines::Refused(why) = &self.trampolines {
-                    missing.push(format!(
-                        "BPF trampolines (fentry/fexit), which this kernel refuses: {why}"
-                    ));
+        for program in set.spec().all_programs() {
+            match program.kind {
+                ProgramKind::TpBtf | ProgramKind::Tracepoint => {
+                    let present = self
+                        .tracepoints
+                        .iter()
+                        .any(|(tp, present)| Some(*tp) == program.tracepoint() && *present);
+                    if !present && self.tracefs.is_some() {
+                        add(format!("tracepoint {}", program.target));
+                    }
                 }
-                missing.extend(functions());
+                ProgramKind::Cgroup => {
+                    if self.cgroup2.is_none() {
+                        add(format!("a cgroup v2 mount (for cgroup/{})", program.target));
+                    }
+                }
+                ProgramKind::Fentry | ProgramKind::Fexit => {
+                    if let Trampolines::Refused(why) = &self.trampolines {
+                        add(format!(
+                            "BPF trampolines (fentry/fexit), which this kernel refuses: {why}"
+                        ));
+                    }
+                }
+                ProgramKind::Kprobe | ProgramKind::Kretprobe => {
+                    if !self.kprobes {
+                        add(
+                            "kprobes (CONFIG_KPROBES): /sys/bus/event_source/devices/kprobe is missing"
+                                .to_owned(),
+                        );
+                    }
+                }
             }
-            HookSet::Kprobe => {
-                if !self.kprobes {
-                    missing.push(
-                        "kprobes (CONFIG_KPROBES): /sys/bus/event_source/devices/kprobe is missing"
-                            .to_owned(),
-                    );
-                }
-                missing.extend(functions());
-            }
-            HookSet::Tracepoint => {
-                if self.cgroup2.is_none() {
-                    missing.push("a cgroup v2 mount (for cgroup/sock_release)".to_owned());
-                }
+            if program.kind.hooks_function()
+                && !self
+                    .functions
+                    .iter()
+                    .any(|(name, present)| *name == program.target && *present)
+            {
+                add(format!(
+                    "kernel function {} (not in /proc/kallsyms)",
+                    program.target
+                ));
             }
         }
         missing
@@ -226,13 +259,11 @@ impl Capabilities {
 
     /// The set to use: the one asked for, or the best that this kernel has.
     pub fn choose(&self, choice: HookChoice) -> Result<HookSet> {
-        let wanted: &[HookSet] = match choice {
-            HookChoice::Auto => &HookSet::PREFERENCE,
-            HookChoice::Fentry => &[HookSet::Fentry],
-            HookChoice::Kprobe => &[HookSet::Kprobe],
-            HookChoice::Tracepoint => &[HookSet::Tracepoint],
+        let wanted: Vec<HookSet> = match choice {
+            HookChoice::Auto => SETS.iter().map(|spec| spec.set).collect(),
+            HookChoice::Set(set) => vec![set],
         };
-        for &set in wanted {
+        for &set in &wanted {
             if self.missing_for(set).is_empty() {
                 return Ok(set);
             }
@@ -250,8 +281,9 @@ impl Capabilities {
     }
 }
 
-/// Loads (then drops) fentry/tcp_close: BPF_PROG_LOAD is where a kernel
-/// without trampolines says no. The maps are made tiny: nothing runs.
+/// Loads (then drops) the fentry set's first fentry program: BPF_PROG_LOAD
+/// is where a kernel without trampolines says no. The maps are made tiny:
+/// nothing runs.
 fn probe_trampolines(object: &[u8], btf: &Btf) -> Trampolines {
     let refused = |err: &dyn fmt::Display| Trampolines::Refused(err.to_string());
     let mut ebpf = match EbpfLoader::new()
@@ -262,8 +294,18 @@ fn probe_trampolines(object: &[u8], btf: &Btf) -> Trampolines {
         Ok(ebpf) => ebpf,
         Err(err) => return refused(&err),
     };
-    let program: Result<&mut FEntry> = attach::program_mut(&mut ebpf, "fentry_tcp_close");
-    match program.and_then(|p| p.load("tcp_close", btf).context("loading fentry/tcp_close")) {
+    let Some(probe) = spec(HookSet::Fentry)
+        .programs
+        .iter()
+        .find(|p| p.kind == ProgramKind::Fentry)
+    else {
+        return refused(&"the fentry set has no fentry program");
+    };
+    let program: Result<&mut FEntry> = attach::program_mut(&mut ebpf, probe.name);
+    match program.and_then(|p| {
+        p.load(probe.target, btf)
+            .with_context(|| format!("loading {}", probe.hook()))
+    }) {
         Ok(()) => Trampolines::Work,
         Err(err) => refused(&format_args!("{err:#}")),
     }
@@ -315,12 +357,28 @@ ffffffff82031600 D tcp_hashinfo
             kernel_release: "6.18".to_owned(),
             btf: true,
             tracefs: Some("/sys/kernel/tracing".into()),
-            tracepoints: TRACEPOINTS.iter().map(|&tp| (tp, true)).collect(),
+            tracepoints: tracepoints().into_iter().map(|tp| (tp, true)).collect(),
             cgroup2: Some("/sys/fs/cgroup".into()),
             kprobes: false,
-            functions: FUNCTIONS.iter().map(|&f| (f, true)).collect(),
+            functions: functions().into_iter().map(|f| (f, true)).collect(),
             trampolines: Trampolines::Refused("EPERM".to_owned()),
         }
+    }
+
+    #[test]
+    fn hook_choices_parse_from_and_print_as_their_names() {
+        for choice in [
+            HookChoice::Auto,
+            HookChoice::Set(HookSet::Fentry),
+            HookChoice::Set(HookSet::Kprobe),
+            HookChoice::Set(HookSet::Tracepoint),
+        ] {
+            assert_eq!(choice.to_string().parse::<HookChoice>(), Ok(choice));
+        }
+        assert_eq!(
+            "uprobe".parse::<HookChoice>(),
+            Err("unknown hook set \"uprobe\"; use auto, fentry, kprobe, tracepoint".to_owned())
+        );
     }
 
     #[test]
@@ -336,13 +394,19 @@ ffffffff82031600 D tcp_hashinfo
     #[test]
     fn a_forced_set_the_kernel_lacks_names_what_is_missing() {
         let caps = caps();
-        let err = caps.choose(HookChoice::Kprobe).unwrap_err().to_string();
+        let err = caps
+            .choose(HookChoice::Set(HookSet::Kprobe))
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "kernel 6.18: the kprobe hook set needs kprobes (CONFIG_KPROBES): \
              /sys/bus/event_source/devices/kprobe is missing"
         );
-        let err = caps.choose(HookChoice::Fentry).unwrap_err().to_string();
+        let err = caps
+            .choose(HookChoice::Set(HookSet::Fentry))
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "kernel 6.18: the fentry hook set needs BPF trampolines (fentry/fexit), \
@@ -352,7 +416,7 @@ ffffffff82031600 D tcp_hashinfo
         no_cgroup.cgroup2 = None;
         no_cgroup.tracepoints[3].1 = false;
         let err = no_cgroup
-            .choose(HookChoice::Tracepoint)
+            .choose(HookChoice::Set(HookSet::Tracepoint))
             .unwrap_err()
             .to_string();
         assert_eq!(
