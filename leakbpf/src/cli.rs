@@ -142,7 +142,7 @@ pub struct FilterArgs {
 }
 
 /// How the kernel side is set up.
-#[derive(Clone, Copy, Debug, Default, Args)]
+#[derive(Clone, Debug, Default, Args)]
 pub struct TracerArgs {
     /// Hook set: `auto` picks the best one this kernel allows (see `leakbpf check`).
     #[arg(long, value_name = "SET", default_value = "auto", value_parser = hook_choice_parser())]
@@ -156,6 +156,24 @@ pub struct TracerArgs {
     /// counted either way.
     #[arg(long)]
     pub log_kernel: bool,
+    /// The root of the host's cgroup v2 hierarchy, for the cgroup socket hook. Needed only
+    /// inside a container with its own cgroup namespace and without the host's pid namespace:
+    /// mount the host's cgroup2 (e.g. `-v /sys/fs/cgroup:/host/cgroup:ro`) and name it here.
+    /// By default leakbpf finds the root in its own mounts or in pid 1's (/proc/1/root).
+    #[arg(long, value_name = "DIR")]
+    pub cgroup_root: Option<std::path::PathBuf>,
+}
+
+impl TracerArgs {
+    /// The library's options: the one place the flags become them.
+    pub fn options(&self) -> crate::tracer::TracerOptions {
+        crate::tracer::TracerOptions {
+            hooks: self.hooks,
+            ring_bytes: self.ring_bytes,
+            log_kernel: self.log_kernel,
+            cgroup_root: self.cgroup_root.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

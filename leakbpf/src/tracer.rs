@@ -16,13 +16,16 @@ use crate::{
 };
 
 /// Knobs shared by every command that traces.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct TracerOptions {
     pub hooks: HookChoice,
     /// Ring buffer size in bytes (a power of two, at least one page).
     pub ring_bytes: Option<u32>,
     /// Print the kernel side's log records (rare failure paths) on stderr.
     pub log_kernel: bool,
+    /// The cgroup v2 root to attach cgroup hooks to (`--cgroup-root`);
+    /// found in the mounts when `None`.
+    pub cgroup_root: Option<std::path::PathBuf>,
 }
 
 pub struct Tracer {
@@ -69,6 +72,7 @@ impl Tracer {
             btf.as_ref()
                 .filter(|_| probe_trampolines)
                 .map(|btf| (EBPF_OBJECT, btf)),
+            options.cgroup_root.as_deref(),
         );
         let hooks = caps.choose(options.hooks)?;
         let btf = btf.context("reading kernel BTF (/sys/kernel/btf/vmlinux)")?;

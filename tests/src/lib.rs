@@ -583,9 +583,16 @@ impl TraceRun {
     /// Starts `leakbpf trace ARGS` and waits for its "tracing TCP sockets"
     /// line: the programs are attached and the pre-existing scan is done.
     pub fn start(args: &[&str]) -> TraceRun {
-        let mut child = Command::new(leakbpf_bin())
-            .arg("trace")
-            .args(args)
+        let mut command = Command::new(leakbpf_bin());
+        command.arg("trace").args(args);
+        TraceRun::start_command(command)
+    }
+
+    /// Starts `command`, which must end up running `leakbpf trace` (a
+    /// wrapper that sets up namespaces first, for example), and waits for
+    /// its "tracing TCP sockets" line.
+    pub fn start_command(mut command: Command) -> TraceRun {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -13,7 +13,10 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         crate::kernel::tracefs::ensure_mounted()?;
     }
     let btf = aya::Btf::from_sys_fs().ok();
-    let caps = Capabilities::probe(btf.as_ref().map(|btf| (crate::tracer::EBPF_OBJECT, btf)));
+    let caps = Capabilities::probe(
+        btf.as_ref().map(|btf| (crate::tracer::EBPF_OBJECT, btf)),
+        args.tracer.cgroup_root.as_deref(),
+    );
     let yes_no = |present: bool| if present { "yes" } else { "no" };
     println!("kernel            {}", caps.kernel_release);
     println!("BTF               {}", yes_no(caps.btf));
@@ -26,12 +29,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     for ((system, event), present) in &caps.tracepoints {
         println!("  {system}:{event:<22} {}", yes_no(*present));
     }
-    println!(
-        "cgroup v2         {}",
-        caps.cgroup2
-            .as_ref()
-            .map_or("not mounted".to_owned(), |p| p.display().to_string())
-    );
+    println!("cgroup v2         {}", caps.cgroup2.describe());
     println!("kprobe PMU        {}", yes_no(caps.kprobes));
     for (function, present) in &caps.functions {
         println!(

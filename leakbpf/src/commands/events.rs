@@ -22,7 +22,7 @@ use crate::{
     socket_table::{Applied, Socket, SocketTable},
     stacks::StackResolver,
     symbolize::Frame,
-    tracer::{LostCounts, Tracer, TracerOptions},
+    tracer::{LostCounts, Tracer},
 };
 
 /// One output line.
@@ -90,11 +90,7 @@ pub fn run(args: EventsArgs) -> Result<ExitCode> {
 }
 
 async fn stream(args: EventsArgs, filter: Filter) -> Result<ExitCode> {
-    let mut tracer = Tracer::start(TracerOptions {
-        hooks: args.tracer.hooks,
-        ring_bytes: args.tracer.ring_bytes,
-        log_kernel: args.tracer.log_kernel,
-    })?;
+    let mut tracer = Tracer::start(args.tracer.options())?;
     let clock = Clock::now();
     let started = Instant::now();
     session::announce(&tracer, args.duration, "stop");

@@ -27,7 +27,7 @@ use crate::{
     socket_table::{Socket, SocketTable},
     stacks::{StackResolver, UserStackKey},
     symbolize::Frame,
-    tracer::{Tracer, TracerOptions},
+    tracer::Tracer,
 };
 
 pub fn run(args: TraceArgs) -> Result<ExitCode> {
@@ -77,11 +77,7 @@ fn write_report(report: &Report, format: ReportFormat, output: Option<File>) -> 
 }
 
 async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
-    let mut tracer = Tracer::start(TracerOptions {
-        hooks: args.tracer.hooks,
-        ring_bytes: args.tracer.ring_bytes,
-        log_kernel: args.tracer.log_kernel,
-    })?;
+    let mut tracer = Tracer::start(args.tracer.options())?;
     let started = Instant::now();
     let mut collector = Collector {
         table: SocketTable::default(),

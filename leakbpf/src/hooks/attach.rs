@@ -12,6 +12,8 @@ use aya::{
     },
 };
 
+use crate::kernel::cgroup::CgroupRoot;
+
 use super::{
     Capabilities,
     sets::{Program as Spec, ProgramKind, SetSpec},
@@ -76,10 +78,9 @@ fn attach_one(
             program.attach(system, event).context("attaching")?;
         }
         ProgramKind::Cgroup => {
-            let path = caps
-                .cgroup2
-                .as_ref()
-                .context("no cgroup v2 mount found in /proc/self/mountinfo")?;
+            let CgroupRoot::Root(path) = &caps.cgroup2 else {
+                bail!("no cgroup v2 root: {}", caps.cgroup2.describe());
+            };
             let cgroup = fs::File::open(path)
                 .with_context(|| format!("opening cgroup {}", path.display()))?;
             let program: &mut CgroupSock = program_mut(ebpf, spec.name)?;

@@ -6,12 +6,19 @@
 mod attach;
 pub mod sets;
 
-use std::{fmt, fs, path::PathBuf, str::FromStr};
+use std::{
+    fmt, fs,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
 
 use anyhow::{Context as _, Result, bail};
 use aya::{Btf, Ebpf, EbpfLoader, programs::FEntry};
 
-use crate::kernel::tracefs;
+use crate::kernel::{
+    cgroup::{self, CgroupRoot},
+    tracefs,
+};
 use sets::{ProgramKind, SETS, SetSpec, spec};
 
 /// What the user asked for (`--hooks`): a set, or the best one that works.
@@ -148,8 +155,8 @@ pub struct Capabilities {
     pub tracefs: Option<PathBuf>,
     /// Each of [`tracepoints()`], present or not.
     pub tracepoints: Vec<((&'static str, &'static str), bool)>,
-    /// Mount point of the cgroup v2 hierarchy (sock_release attaches there).
-    pub cgroup2: Option<PathBuf>,
+    /// The root of the cgroup v2 hierarchy (sock_release attaches there).
+    pub cgroup2: CgroupRoot,
     /// A kprobe PMU exists (CONFIG_KPROBES).
     pub kprobes: bool,
     /// Each of [`functions()`], present in /proc/kallsyms or not (inlined or
@@ -162,7 +169,8 @@ impl Capabilities {
     /// Probes the running kernel. With `trampoline_probe` (the eBPF object
     /// and the kernel's BTF), one fentry program is loaded to see whether
     /// trampolines work; without it they count as refused (not asked for).
-    pub fn probe(trampoline_probe: Option<(&[u8], &Btf)>) -> Self {
+    /// `cgroup_root` is `--cgroup-root`, if given.
+    pub fn probe(trampoline_probe: Option<(&[u8], &Btf)>, cgroup_root: Option<&Path>) -> Self {
         let tracefs = tracefs::Tracefs::find()
             .ok()
             .map(|t| t.root().to_path_buf());
@@ -182,7 +190,7 @@ impl Capabilities {
             btf: fs::metadata("/sys/kernel/btf/vmlinux").is_ok(),
             tracefs,
             tracepoints,
-            cgroup2: cgroup2_mount(),
+            cgroup2: cgroup::find(cgroup_root),
             kprobes: fs::metadata("/sys/bus/event_source/devices/kprobe").is_ok(),
             functions,
             trampolines: match trampoline_probe {
@@ -222,8 +230,10 @@ impl Capabilities {
                     }
                 }
                 ProgramKind::Cgroup => {
-                    if self.cgroup2.is_none() {
-                        add(format!("a cgroup v2 mount (for cgroup/{})", program.target));
+                    if let Some(missing) =
+                        self.cgroup2.missing(&format!("cgroup/{}", program.target))
+                    {
+                        add(missing);
                     }
                 }
                 ProgramKind::Fentry | ProgramKind::Fexit => {
@@ -319,18 +329,6 @@ fn kallsyms_has(kallsyms: &str, name: &str) -> bool {
     })
 }
 
-/// First cgroup2 mount in /proc/self/mountinfo.
-fn cgroup2_mount() -> Option<PathBuf> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo.lines().find_map(|line| {
-        // "... mount_point ... - fstype source options"
-        let (left, right) = line.split_once(" - ")?;
-        let fstype = right.split_whitespace().next()?;
-        let mount_point = left.split_whitespace().nth(4)?;
-        (fstype == "cgroup2").then(|| PathBuf::from(mount_point))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,7 +356,7 @@ ffffffff82031600 D tcp_hashinfo
             btf: true,
             tracefs: Some("/sys/kernel/tracing".into()),
             tracepoints: tracepoints().into_iter().map(|tp| (tp, true)).collect(),
-            cgroup2: Some("/sys/fs/cgroup".into()),
+            cgroup2: CgroupRoot::Root("/sys/fs/cgroup".into()),
             kprobes: false,
             functions: functions().into_iter().map(|f| (f, true)).collect(),
             trampolines: Trampolines::Refused("EPERM".to_owned()),
@@ -413,7 +411,7 @@ ffffffff82031600 D tcp_hashinfo
              which this kernel refuses: EPERM"
         );
         let mut no_cgroup = caps.clone();
-        no_cgroup.cgroup2 = None;
+        no_cgroup.cgroup2 = CgroupRoot::Missing;
         no_cgroup.tracepoints[3].1 = false;
         let err = no_cgroup
             .choose(HookChoice::Set(HookSet::Tracepoint))

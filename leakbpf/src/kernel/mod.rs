@@ -9,6 +9,7 @@
 //! compile-time constant, so one binary works across kernel builds.
 
 pub mod btf;
+pub mod cgroup;
 pub mod offsets;
 pub mod tracefs;
 
