@@ -73,6 +73,9 @@ pub struct Task {
     pub tid: u32,
     pub cgroup_id: u64,
     pub comm: [u8; COMM_LEN],
+    /// The process's start (its thread-group leader's `start_boottime`,
+    /// ns since boot): with the pid, an identity no pid reuse can fake.
+    pub start_ns: u64,
 }
 
 /// A socket's addresses and state as read from its `struct sock_common`.
@@ -209,6 +212,8 @@ pub struct KernelOffsets {
     pub task_pid: u32,
     pub task_tgid: u32,
     pub task_comm: u32,
+    pub task_group_leader: u32,
+    pub task_start_boottime: u32,
     // tracepoint records
     /// `ret` in `syscalls:sys_exit_accept{,4}`.
     pub accept_exit_ret: u32,

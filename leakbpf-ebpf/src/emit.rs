@@ -64,7 +64,20 @@ pub fn current_task() -> Task {
         tid: pid_tgid as u32,
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         comm: bpf_get_current_comm().unwrap_or_default(),
+        start_ns: process_start_ns(),
     }
+}
+
+/// The current process's start time (its leader's `start_boottime`); 0 if
+/// unreadable (user space then falls back to the pid alone).
+#[inline(always)]
+fn process_start_ns() -> u64 {
+    let off = crate::sock::offsets();
+    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    let Ok(leader) = (unsafe { crate::sock::read::<u64>(task, off.task_group_leader) }) else {
+        return 0;
+    };
+    unsafe { crate::sock::read::<u64>(leader, off.task_start_boottime) }.unwrap_or(0)
 }
 
 /// (user stack id, kernel stack id); a failure is kept as `-errno`,

@@ -97,10 +97,11 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
     let task: *mut c_void = ctx.arg(0);
     let off = offsets();
     let task = task as u64;
-    let (Ok(pid), Ok(tgid), Ok(comm)) = (
+    let (Ok(pid), Ok(tgid), Ok(comm), Ok(start_ns)) = (
         unsafe { read::<u32>(task, off.task_pid) },
         unsafe { read::<u32>(task, off.task_tgid) },
         unsafe { read::<[u8; 16]>(task, off.task_comm) },
+        unsafe { read::<u64>(task, off.task_start_boottime) },
     ) else {
         return 0;
     };
@@ -112,6 +113,7 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
                 tid: pid,
                 cgroup_id: 0,
                 comm,
+                start_ns,
             },
         });
     }

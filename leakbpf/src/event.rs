@@ -119,6 +119,10 @@ pub struct Task {
     pub tid: u32,
     pub cgroup_id: u64,
     pub comm: Comm,
+    /// When the process started (ns since boot; 0 when unknown): with the
+    /// pid, its identity across pid reuse.
+    #[serde(skip)]
+    pub start_ns: u64,
 }
 
 /// A task's command name, inline like the kernel's (`TASK_COMM_LEN`): every
@@ -431,6 +435,7 @@ fn task(raw: &common::Task) -> Task {
         tid: raw.tid,
         cgroup_id: raw.cgroup_id,
         comm: Comm::from_kernel(&raw.comm),
+        start_ns: raw.start_ns,
     }
 }
 
@@ -486,6 +491,7 @@ mod tests {
             tid: 4243,
             cgroup_id: 7,
             comm,
+            start_ns: 123_456,
         }
     }
 
@@ -509,13 +515,13 @@ mod tests {
     #[test]
     fn record_sizes_are_pinned() {
         assert_eq!(size_of::<common::EventHeader>(), 24);
-        assert_eq!(size_of::<common::Task>(), 32);
+        assert_eq!(size_of::<common::Task>(), 40);
         assert_eq!(size_of::<common::Endpoints>(), 40);
-        assert_eq!(size_of::<common::OpenEvent>(), 248);
+        assert_eq!(size_of::<common::OpenEvent>(), 256);
         assert_eq!(size_of::<common::StateEvent>(), 72);
-        assert_eq!(size_of::<common::CloseEvent>(), 64);
+        assert_eq!(size_of::<common::CloseEvent>(), 72);
         assert_eq!(size_of::<common::DestroyEvent>(), 24);
-        assert_eq!(size_of::<common::ExitEvent>(), 56);
+        assert_eq!(size_of::<common::ExitEvent>(), 64);
         assert_eq!(size_of::<common::StackEvent>(), 1048, "the largest record");
     }
 
@@ -547,6 +553,7 @@ mod tests {
         assert_eq!(open.task.pid, 4242);
         assert_eq!(open.task.tid, 4243);
         assert_eq!(open.task.comm, "client");
+        assert_eq!(open.task.start_ns, 123_456);
         assert_eq!(open.direction, Direction::Connect);
         assert_eq!(open.fd, None);
         assert_eq!(open.endpoints.local, "127.0.0.1:50000".parse().unwrap());
@@ -709,7 +716,7 @@ mod tests {
             decode(&bytes_of(&header)),
             Err(DecodeError::Short {
                 what: "open record",
-                need: 248,
+                need: 256,
                 got: 24
             })
         );

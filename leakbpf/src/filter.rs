@@ -60,6 +60,7 @@ mod tests {
             tid: pid,
             cgroup_id: 0,
             comm: comm.into(),
+            start_ns: 0,
         }
     }
 

@@ -7,7 +7,7 @@
 //! ownership: a socket inherited across fork, duplicated with dup or passed
 //! over SCM_RIGHTS is held by every process that has an fd for it, whoever
 //! opened it. `trace` and the agent both build their reports from one.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use anyhow::{Context as _, Result};
 
@@ -23,9 +23,10 @@ use crate::{
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     sockets: HashMap<u64, OwnedSocket>,
-    /// Processes that existed when it was taken (all of /proc, or the
-    /// `--pid` list): tells an exited opener from a living one.
-    alive: HashSet<u32>,
+    /// Processes that existed when it was taken, with their start times
+    /// (clock ticks since boot, `/proc/PID/stat`): tells an exited opener
+    /// from a living one, and a reused pid from the process that had it.
+    alive: HashMap<u32, u64>,
     pub stats: ScanStats,
     /// CLOCK_MONOTONIC time it was taken: sockets opened later are not in it.
     pub taken_ns: u64,
@@ -54,17 +55,9 @@ impl Snapshot {
         };
         let (found, stats) = sockets::scan_with_stats(&options)
             .context("listing the open sockets (sock_diag, /proc)")?;
-        let alive = match pids {
-            Some(pids) => pids
-                .iter()
-                .copied()
-                .filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
-                .collect(),
-            None => living_pids(),
-        };
         Ok(Snapshot::from_parts(
             found,
-            alive,
+            living_processes(),
             stats,
             taken_ns,
             pids.is_none(),
@@ -74,7 +67,7 @@ impl Snapshot {
     /// A snapshot of given facts (for tests and for the pure report code).
     pub fn from_parts(
         found: Vec<OwnedSocket>,
-        alive: HashSet<u32>,
+        alive: HashMap<u32, u64>,
         stats: ScanStats,
         taken_ns: u64,
         all_processes: bool,
@@ -102,8 +95,14 @@ impl Snapshot {
             .map_or(&[], |owned| owned.owners.as_slice())
     }
 
-    pub fn is_alive(&self, pid: u32) -> bool {
-        self.alive.contains(&pid)
+    /// Whether the process `pid` that started at `start_ns` (ns since boot,
+    /// 0 if unknown) still runs: the pid alone may belong to another by now.
+    pub fn is_alive(&self, pid: u32, start_ns: u64) -> bool {
+        match self.alive.get(&pid) {
+            None => false,
+            Some(_) if start_ns == 0 => true,
+            Some(&ticks) => ticks == start_ns / ns_per_tick(),
+        }
     }
 
     /// Whether `pid`'s fd table was refused to us (this sandbox's pid 1,
@@ -181,6 +180,7 @@ pub fn holder_task(owner: &Owner) -> Task {
         tid: 0,
         cgroup_id: 0,
         comm: owner.comm.as_str().into(),
+        start_ns: 0,
     }
 }
 
@@ -197,13 +197,66 @@ fn live_facts(diag: &DiagSocket) -> LiveFacts {
     }
 }
 
-/// Every pid in /proc now.
-fn living_pids() -> HashSet<u32> {
+/// Every process in /proc now, with its start time in clock ticks.
+fn living_processes() -> HashMap<u32, u64> {
     std::fs::read_dir("/proc")
         .map(|entries| {
             entries
-                .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+                .filter_map(|entry| {
+                    let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+                    Some((pid, start_ticks(pid)?))
+                })
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks
+/// since boot (the kernel's `start_boottime`, rounded down).
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_ticks(&stat)
+}
+
+fn parse_start_ticks(stat: &str) -> Option<u64> {
+    // The comm (field 2) may hold spaces and parentheses: count from the
+    // last ')'. Field 3 is the first after it, so field 22 is the 20th.
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Nanoseconds per clock tick (`USER_HZ`, 100 on Linux).
+fn ns_per_tick() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    1_000_000_000 / u64::try_from(hz).ok().filter(|&hz| hz > 0).unwrap_or(100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_start_time_past_an_awkward_comm() {
+        let stat = "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 \
+                    1000 100 18446744073709551615";
+        assert_eq!(parse_start_ticks(stat), Some(987_654));
+        assert_eq!(parse_start_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_reused_pid_is_not() {
+        let pid = std::process::id();
+        let ticks = start_ticks(pid).expect("our own start time");
+        let alive = HashMap::from([(pid, ticks)]);
+        let snapshot = Snapshot::from_parts(Vec::new(), alive, ScanStats::default(), 0, true);
+        let start_ns = ticks * ns_per_tick() + 3;
+        assert!(snapshot.is_alive(pid, start_ns));
+        assert!(snapshot.is_alive(pid, 0), "unknown start: the pid decides");
+        assert!(
+            !snapshot.is_alive(pid, start_ns + 5 * ns_per_tick()),
+            "same pid, another process"
+        );
+        assert!(!snapshot.is_alive(pid + 1, 0));
+    }
 }

@@ -56,8 +56,9 @@ pub struct Closed {
 /// of the per-stack open/close counts (`growing`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GroupKey {
-    /// The opener.
+    /// The opener: its pid and start time (a reused pid is another process).
     pub pid: u32,
+    pub start_ns: u64,
     pub direction: Direction,
     pub user_stack: Option<u32>,
     pub leaf_caller: Option<u64>,
@@ -67,6 +68,7 @@ impl Socket {
     pub fn group_key(&self) -> GroupKey {
         GroupKey {
             pid: self.opener.pid,
+            start_ns: self.opener.start_ns,
             direction: self.direction,
             user_stack: self.user_stack.id(),
             leaf_caller: self.leaf_caller,
@@ -145,7 +147,7 @@ pub struct SocketTable {
     groups: HashMap<GroupKey, GroupCounts>,
     /// Openers that exited since the last sweep: their group counts go once
     /// none of their sockets is open any more.
-    exited: Vec<u32>,
+    exited: Vec<(u32, u64)>,
     limits: Limits,
     stats: TableStats,
 }
@@ -247,7 +249,7 @@ impl SocketTable {
 
     fn exit(&mut self, exit: &Exit) -> Applied {
         self.stats.exits += 1;
-        self.exited.push(exit.task.pid);
+        self.exited.push((exit.task.pid, exit.task.start_ns));
         Applied::Exited
     }
 
@@ -305,7 +307,7 @@ impl SocketTable {
             let live: std::collections::HashSet<GroupKey> =
                 self.open_sockets().map(Socket::group_key).collect();
             self.groups
-                .retain(|key, _| !exited.contains(&key.pid) || live.contains(key));
+                .retain(|key, _| !exited.contains(&(key.pid, key.start_ns)) || live.contains(key));
         }
     }
 
@@ -347,6 +349,7 @@ mod tests {
             tid: pid,
             cgroup_id: 1,
             comm: format!("p{pid}").as_str().into(),
+            start_ns: u64::from(pid) * 1000,
         }
     }
 
@@ -527,6 +530,37 @@ mod tests {
         assert_eq!(open, [2]);
     }
 
+    /// The exit of a pid's previous process (another start time) never
+    /// drops the counts of the process that has the pid now.
+    #[test]
+    fn counts_follow_the_process_not_the_pid() {
+        let mut table = SocketTable::default();
+        table.apply(&open(1, 100, 0));
+        table.apply(&close(1, 100, 1));
+        let old = table.get(1).unwrap().group_key();
+        let mut reopened = open(2, 100, 2);
+        if let Event::Open(open) = &mut reopened {
+            open.task.start_ns += 1; // a new process with the same pid
+        }
+        table.apply(&reopened);
+        table.apply(&close(2, 100, 3));
+        let new = table.get(2).unwrap().group_key();
+        assert_ne!(old, new);
+        table.apply(&Event::Exit(Exit {
+            time_ns: 4,
+            task: task(100), // the old process's late exit
+        }));
+        table.sweep(5);
+        assert_eq!(table.group_counts(&old), GroupCounts::default());
+        assert_eq!(
+            table.group_counts(&new),
+            GroupCounts {
+                opened: 1,
+                closed: 1
+            }
+        );
+    }
+
     #[test]
     fn counts_of_exited_openers_go_once_nothing_of_theirs_is_open() {
         let mut table = SocketTable::default();
@@ -565,6 +599,7 @@ mod tests {
             key,
             GroupKey {
                 pid: 100,
+                start_ns: 100_000,
                 direction: Direction::Connect,
                 user_stack: Some(1),
                 leaf_caller: None

@@ -3,14 +3,15 @@
 use std::{cell::RefCell, collections::HashMap, rc::Rc};
 
 use crate::{
-    event::{Event, Open, Stack},
+    event::{Event, Open, Stack, Task},
     symbolize::{Frame, Symbolizer},
     tracer::Tracer,
     unwind::{LeafUnwinder, insert_caller},
 };
 
-/// (pid, user stack id, recovered leaf caller).
-pub type UserStackKey = (u32, u32, Option<u64>);
+/// (pid, process start time, user stack id, recovered leaf caller): the
+/// same stack id in a later process with the same pid is another stack.
+pub type UserStackKey = (u32, u64, u32, Option<u64>);
 
 /// Ids the resolver gives stacks that came through the ring: above any
 /// stack map index, so both kinds share every cache.
@@ -98,7 +99,7 @@ impl StackResolver {
         };
         open.leaf_caller = caller;
         if self.eager {
-            self.user_frames(tracer, pid, open.user_stack, caller);
+            self.user_frames(tracer, &open.task, open.user_stack, caller);
             self.kernel_frames(tracer, open.kernel_stack);
         }
     }
@@ -109,7 +110,9 @@ impl StackResolver {
         self.unwinder.forget(pid);
         self.callers.retain(|(p, _), _| *p != pid);
         if !self.eager {
-            self.user_frames.get_mut().retain(|(p, _, _), _| *p != pid);
+            self.user_frames
+                .get_mut()
+                .retain(|(p, _, _, _), _| *p != pid);
         }
     }
 
@@ -119,7 +122,7 @@ impl StackResolver {
         self.user_frames.get_mut().retain(|key, _| keep(key));
         let frames = self.user_frames.get_mut();
         let needed: std::collections::HashSet<u32> =
-            frames.keys().map(|(_, stack, _)| *stack).collect();
+            frames.keys().map(|(_, _, stack, _)| *stack).collect();
         self.inline.retain(|id, _| needed.contains(id));
         self.inline_ids.retain(|_, id| needed.contains(id));
     }
@@ -160,15 +163,18 @@ impl StackResolver {
         Some(ips)
     }
 
+    /// The frames of a user stack `task` took (symbolized against that
+    /// process, which must still run the first time).
     pub fn user_frames(
         &self,
         tracer: &Tracer,
-        pid: u32,
+        task: &Task,
         stack: Stack,
         leaf_caller: Option<u64>,
     ) -> Option<Rc<[Frame]>> {
         let Stack::Id(id) = stack else { return None };
-        let key = (pid, id, leaf_caller);
+        let pid = task.pid;
+        let key = (pid, task.start_ns, id, leaf_caller);
         if let Some(frames) = self.user_frames.borrow().get(&key) {
             return Some(Rc::clone(frames));
         }

@@ -278,7 +278,7 @@ impl<W: std::io::Write> Printer<W> {
                 if self.show_stacks {
                     record.user_stack = self.stacks.user_frames(
                         tracer,
-                        open.task.pid,
+                        &open.task,
                         open.user_stack,
                         open.leaf_caller,
                     );

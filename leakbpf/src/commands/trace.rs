@@ -209,7 +209,7 @@ impl session::Consumer for Collector {
             .filter_map(|s| {
                 s.user_stack
                     .id()
-                    .map(|id| (s.opener.pid, id, s.leaf_caller))
+                    .map(|id| (s.opener.pid, s.opener.start_ns, id, s.leaf_caller))
             })
             .collect();
         self.stacks.retain_user(|key| needed.contains(key));
@@ -237,7 +237,7 @@ impl FrameSource for Frames<'_> {
         self.stacks
             .user_frames(
                 self.tracer,
-                socket.opener.pid,
+                &socket.opener,
                 socket.user_stack,
                 socket.leaf_caller,
             )

@@ -71,6 +71,8 @@ const STRUCT_MEMBERS: &[StructMember] = &[
     member!(task_pid: "task_struct"."pid", 4),
     member!(task_tgid: "task_struct"."tgid", 4),
     member!(task_comm: "task_struct"."comm", 16),
+    member!(task_group_leader: "task_struct"."group_leader", POINTER),
+    member!(task_start_boottime: "task_struct"."start_boottime", 8),
 ];
 
 /// Reads every offset from the running kernel: BTF from

@@ -100,7 +100,7 @@ pub fn assemble(
         // could not be read). Anything else without a holder is a gap.
         let explained = !found
             && snapshot.has(socket.cookie)
-            && snapshot.is_alive(socket.opener.pid)
+            && snapshot.is_alive(socket.opener.pid, socket.opener.start_ns)
             && snapshot.unreadable(socket.opener.pid);
         holder_missing += usize::from(!found && !explained);
         for held in shown {
@@ -223,7 +223,7 @@ fn group(
         opener: (direction != Direction::Preexisting).then(|| Opener {
             pid: first.opener.pid,
             comm: first.opener.comm.to_string(),
-            exited: !snapshot.is_alive(first.opener.pid),
+            exited: !snapshot.is_alive(first.opener.pid, first.opener.start_ns),
         }),
         holder_found: key.holder_found,
         shared: held.iter().filter(|h| !h.shared_with.is_empty()).count(),
@@ -274,7 +274,7 @@ fn frame_names(frames: &[Frame]) -> Vec<Option<&str>> {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::HashSet, path::PathBuf};
+    use std::path::PathBuf;
 
     use super::*;
     use crate::{
@@ -317,6 +317,7 @@ mod tests {
                 tid: pid + 1,
                 cgroup_id: 0,
                 comm: format!("p{pid}").as_str().into(),
+                start_ns: 0,
             },
             endpoints: Endpoints {
                 family: Family::Ipv4,
@@ -428,7 +429,7 @@ mod tests {
             stats.walk.denied_pids = self.denied;
             Snapshot::from_parts(
                 found,
-                self.alive.into_iter().collect::<HashSet<u32>>(),
+                self.alive.into_iter().map(|pid| (pid, 0)).collect(),
                 stats,
                 20 * SEC,
                 true,
