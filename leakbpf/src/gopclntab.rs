@@ -697,6 +697,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "host: builds Go binaries (golang-go); `./x test` runs it"]
     fn stripped_binary_resolves_to_symtab_addresses() {
         let b = builds();
         let names = section_names(&b.stripped);
@@ -724,6 +725,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "host: builds Go binaries (golang-go); `./x test` runs it"]
     fn lines_inside_functions() {
         let b = builds();
         let symbols = go_symbols(&b.stripped);
@@ -761,6 +763,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "host: builds Go binaries (golang-go); `./x test` runs it"]
     fn runtime_main_and_text_bounds() {
         let b = builds();
         let symbols = go_symbols(&b.stripped);
@@ -786,6 +789,7 @@ mod tests {
     /// Every function symbol of the unstripped binaries resolves to itself,
     /// through both the stripped and the unstripped binary's table.
     #[test]
+    #[ignore = "host: builds Go binaries (golang-go); `./x test` runs it"]
     fn agrees_with_symtab() {
         for (plain, stripped) in [
             (&builds().plain, &builds().stripped),
@@ -848,6 +852,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "host: builds Go binaries (golang-go); `./x test` runs it"]
     fn finds_pclntab_in_pie_and_external_links() {
         let b = builds();
         assert!(
@@ -878,6 +883,7 @@ mod tests {
     /// File and line for addresses across the text, against Go's own
     /// `go tool addr2line` (which reads the same table with `debug/gosym`).
     #[test]
+    #[ignore = "host: builds Go binaries (golang-go); `./x test` runs it"]
     fn matches_go_tool_addr2line() {
         let b = builds();
         let symbols = go_symbols(&b.stripped);
@@ -942,6 +948,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "host: builds Go binaries (golang-go); `./x test` runs it"]
     fn from_elf_path_reads_go_binaries() {
         let b = builds();
         let scratch = scratch_dir("path");
@@ -959,6 +966,7 @@ mod tests {
     /// relocation to fill in (ours write it, so zero it by hand): the
     /// relocation's addend, or for a non-PIE `.text`, must stand in.
     #[test]
+    #[ignore = "host: builds Go binaries (golang-go); `./x test` runs it"]
     fn zero_text_start_falls_back() {
         let b = builds();
         for elf in [&b.stripped, &b.pie_stripped, &b.ext_pie_stripped] {
@@ -1198,6 +1206,7 @@ mod tests {
     /// Truncated and corrupted tables and ELF files: errors or `None`, never
     /// a panic.
     #[test]
+    #[ignore = "host: builds Go binaries (golang-go); `./x test` runs it"]
     fn malformed_input_does_not_panic() {
         let (data, text) = real_pclntab();
         let end = GoSymbols::from_pclntab(&data, None)

@@ -65,7 +65,26 @@ fn check_names_the_hook_set() {
         .expect("running leakbpf check");
     assert!(output.status.success());
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("hook set          tracepoint:"), "{stdout}");
+    // The sets are listed best first, each usable or not on this kernel:
+    // `auto` must name the first usable one, whichever kernel this is.
+    let sets: Vec<(&str, bool)> = stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("set "))
+        .map(|rest| {
+            let name = rest.split_whitespace().next().unwrap_or_default();
+            (name, rest.ends_with(": usable"))
+        })
+        .collect();
+    assert_eq!(sets.len(), 3, "one line per hook set: {stdout}");
+    let best = sets
+        .iter()
+        .find(|(_, usable)| *usable)
+        .map(|(name, _)| *name)
+        .unwrap_or_else(|| panic!("no usable hook set on this kernel: {stdout}"));
+    assert!(
+        stdout.contains(&format!("hook set          {best}:")),
+        "auto should pick {best}: {stdout}"
+    );
 }
 
 /// `--log-kernel` starts the reader of the kernel side's aya-log records on

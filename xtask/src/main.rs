@@ -93,7 +93,8 @@ fn run(task: Task) -> Result<()> {
             lint(&root)?;
             let binary = build(&root)?;
             require_root("the end-to-end tests")?;
-            // Pure logic first: fast, no root.
+            // Pure logic first: fast, any user (`cargo test -p leakbpf --lib`
+            // passes without root, Go or kernel BTF).
             cargo(&root)
                 .args([
                     "test",
@@ -104,6 +105,19 @@ fn run(task: Task) -> Result<()> {
                     "leakbpf-common",
                     "-p",
                     "xtask",
+                ])
+                .run()?;
+            // Unit tests that need this host: root, Go, kernel BTF, real
+            // sockets (marked `#[ignore = "host: ..."]`).
+            cargo(&root)
+                .args([
+                    "test",
+                    "--release",
+                    "-p",
+                    "leakbpf",
+                    "--lib",
+                    "--",
+                    "--ignored",
                 ])
                 .run()?;
             // They share kernel state and load programs: one at a time.

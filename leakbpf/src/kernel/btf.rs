@@ -537,6 +537,7 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[ignore = "host: reads this kernel's BTF (/sys/kernel/btf/vmlinux); `./x test` runs it"]
     fn sock_common_anonymous_members() {
         // Layout facts that follow from the C declarations on every kernel
         // leakbpf supports: skc_daddr/skc_rcv_saddr share a union with the
@@ -581,6 +582,7 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[ignore = "host: reads this kernel's BTF (/sys/kernel/btf/vmlinux); `./x test` runs it"]
     fn dotted_paths_add_up() {
         let common = member("sock", "__sk_common");
         for name in [
@@ -614,6 +616,7 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[ignore = "host: reads this kernel's BTF (/sys/kernel/btf/vmlinux); `./x test` runs it"]
     fn sizes_follow_typedefs_and_qualifiers() {
         // atomic64_t: typedef to a struct of one s64.
         assert_eq!(member("sock_common", "skc_cookie").size, 8);
@@ -633,6 +636,7 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[ignore = "host: reads this kernel's BTF (/sys/kernel/btf/vmlinux); `./x test` runs it"]
     fn bitfields_are_rejected() {
         // `unsigned char skc_reuse:4` starts on a byte boundary: only
         // kind_flag tells; `skc_reuseport:1` follows it mid-byte.
@@ -656,6 +660,7 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[ignore = "host: reads this kernel's BTF (/sys/kernel/btf/vmlinux); `./x test` runs it"]
     fn missing_things_are_named() {
         let btf = vmlinux();
         assert_eq!(
@@ -815,6 +820,7 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[ignore = "host: reads this kernel's BTF (/sys/kernel/btf/vmlinux); `./x test` runs it"]
     fn knows_the_arity_of_kernel_functions() {
         let btf = Btf::vmlinux().expect("kernel BTF");
         assert_eq!(btf.function_arity("tcp_connect"), Some(1));

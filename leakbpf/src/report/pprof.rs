@@ -728,6 +728,7 @@ pub(crate) mod tests {
     /// pprof itself must accept the profile. Needs Go (Debian's golang-go);
     /// fails rather than skips without it, so a missing tool is noticed.
     #[test]
+    #[ignore = "host: runs `go tool pprof` (golang-go); `./x test` runs it"]
     fn go_tool_pprof_reads_it() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("sockets.pb.gz");

@@ -277,6 +277,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "host: a real socket in /proc on this kernel; `./x test` runs it"]
     fn finds_own_socket_fd() {
         use std::os::fd::AsRawFd;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
