@@ -107,8 +107,22 @@ async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
     }
     // Who holds what now: every fd table, whatever the filter, since a
     // socket may have moved to a process the filter names (or away from
-    // it). Releases that came in while it was taken still count.
-    let now = Snapshot::take(None)?;
+    // it). Releases that came in while it was taken still count. Without
+    // it the traced sockets are still reported, under their openers, and
+    // the report says why it is incomplete.
+    let (now, snapshot_failure) = match Snapshot::take(None) {
+        Ok(now) => (now, None),
+        Err(err) => (
+            Snapshot::from_parts(
+                Vec::new(),
+                std::collections::HashMap::new(),
+                crate::sockets::ScanStats::default(),
+                monotonic_ns(),
+                false,
+            ),
+            Some(format!("who holds the sockets now is unknown: {err:#}")),
+        ),
+    };
     let mut late = Vec::new();
     tracer.drain(&mut late);
     session::Consumer::batch(&mut collector, &tracer, &mut late)?;
@@ -117,7 +131,11 @@ async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
             warnings.push(warning);
         }
     }
-    let report = build_report(args, filter, &tracer, &collector, &now, warnings, started);
+    let mut report = build_report(args, filter, &tracer, &collector, &now, warnings, started);
+    if let Some(reason) = snapshot_failure {
+        report.complete = false;
+        report.incomplete.insert(0, reason);
+    }
     let open = report.open_sockets;
     eprintln!(
         "leakbpf: {} events in {:.1} s, lost events: {}, {open} open sockets reported{}",
