@@ -113,20 +113,31 @@ fn run_build(mut command: Command, what: &str) {
 /// The C server, built with frame pointers so its stacks are whole.
 pub fn c_server() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| build_c("server", &[])).clone()
+}
+
+/// The C server that accepts through io_uring (liburing, Debian's
+/// `liburing-dev`).
+pub fn uring_server() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            let out = build_dir().join("server");
-            if prebuilt(&out) {
-                return out;
-            }
-            let mut gcc = Command::new("gcc");
-            gcc.args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
-                .arg(&out)
-                .arg(fixture_source("server.c"));
-            run_build(gcc, "C server (gcc)");
-            out
-        })
+        .get_or_init(|| build_c("uring_server", &["-luring"]))
         .clone()
+}
+
+/// `gcc fixtures/NAME.c LIBS` with frame pointers into `target/fixtures/NAME`.
+fn build_c(name: &str, libs: &[&str]) -> PathBuf {
+    let out = build_dir().join(name);
+    if prebuilt(&out) {
+        return out;
+    }
+    let mut gcc = Command::new("gcc");
+    gcc.args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&out)
+        .arg(fixture_source(&format!("{name}.c")))
+        .args(libs);
+    run_build(gcc, &format!("C fixture {name} (gcc)"));
+    out
 }
 
 /// The Go dialer, built with Debian's Go (frame pointers, full symbols).
@@ -519,6 +530,7 @@ impl TraceRun {
     pub fn start(args: &[&str]) -> TraceRun {
         let mut child = Command::new(leakbpf_bin())
             .arg("trace")
+            .args(hooks_args())
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -9,8 +9,9 @@ use std::{
 };
 
 use leakbpf_tests::{
-    Fixture, TIMEOUT, TraceRun, c_server, go_binary, go_binary_stripped, go_tool_pprof, groups,
-    groups_in, leakbpf_bin, process, python, symbols, trace_json,
+    Fixture, TIMEOUT, TraceRun, c_server, expected_hooks, go_binary, go_binary_stripped, go_dialer,
+    go_tool_pprof, groups, groups_in, leakbpf_bin, process, python, symbols, trace_json,
+    uring_server,
 };
 use serde_json::{Value, json};
 
@@ -338,6 +339,63 @@ fn ipv6_report() {
         json!([{"addr": format!("[::1]:{port}"), "count": 2}]),
         "{group:#}"
     );
+}
+
+/// Accepts made through io_uring never pass through accept(2). The fentry
+/// and kprobe sets see them in inet_csk_accept and attribute them to the
+/// server; the tracepoint set cannot, and its report says so by name
+/// instead of leaving them out silently.
+#[test]
+fn io_uring_accepts() {
+    let trace = trace_json(&[]);
+    let mut server = Fixture::spawn(command(uring_server(), &["3"]));
+    let port = server.port();
+    let mut client = client_py(&["127.0.0.1", &port.to_string(), "3", "0"]);
+    client.ready();
+    server.ready();
+    let report = trace.stop();
+    let spid = server.pid();
+    let warnings = strs(&report["warnings"]);
+    let about_server: Vec<&&str> = warnings
+        .iter()
+        .filter(|w| w.starts_with(&format!("pid {spid} (uring_server) holds an io_uring")))
+        .collect();
+    let hooks = expected_hooks();
+    if hooks == "tracepoint" {
+        assert!(
+            groups_in(&report, spid, "accept").is_empty(),
+            "the tracepoint set cannot see io_uring accepts: {report:#}"
+        );
+        assert_eq!(about_server.len(), 1, "{warnings:#?}");
+        assert!(
+            about_server[0]
+                .contains("3 TCP sockets leakbpf never saw opened: the tracepoint hook set"),
+            "{}",
+            about_server[0]
+        );
+    } else {
+        let group = only_group(&report, spid, "accept");
+        assert_eq!(group["count"], 3, "{group:#}");
+        assert_eq!(sockets(group).len(), 3, "{group:#}");
+        assert!(about_server.is_empty(), "{hooks}: {warnings:#?}");
+    }
+    // The client's connects are seen by every set.
+    assert_eq!(only_group(&report, client.pid(), "connect")["count"], 3);
+}
+
+/// Builds every fixture the tests use, so the kernel matrix's read-only
+/// guests find them (`./x matrix` runs this first, on the host).
+#[test]
+fn fixtures_are_built() {
+    for fixture in [
+        c_server(),
+        uring_server(),
+        go_dialer(),
+        go_binary("httpleak"),
+        go_binary_stripped("dialer"),
+    ] {
+        assert!(fixture.is_file(), "{}", fixture.display());
+    }
 }
 
 /// Runs a 2 s trace in FORMAT around a C server keeping 2 of 3 accepts;

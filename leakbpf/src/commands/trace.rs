@@ -120,6 +120,11 @@ async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
             "{dropped} sockets not tracked: the socket table was full"
         ));
     }
+    warnings.extend(sockets::io_uring::warnings(
+        |cookie| table.get(cookie).is_some(),
+        filter.pids(),
+        tracer.hooks().name(),
+    ));
     let header = Report {
         version: REPORT_VERSION,
         hooks: tracer.hooks().name().to_owned(),
