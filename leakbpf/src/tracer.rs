@@ -1,6 +1,6 @@
 //! Loads the eBPF object, attaches the chosen hook set and reads events: the
 //! only module that touches aya's maps. Every command starts one `Tracer`.
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
@@ -12,7 +12,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 use crate::{
     event::{self, Event},
     hooks::{Capabilities, HookChoice, HookSet},
-    kernel::{offsets, tracefs},
+    kernel::{offsets, tracefs, verifier::MissingHelper},
 };
 
 /// Knobs shared by every command that traces.
@@ -112,7 +112,14 @@ impl Tracer {
             .context("loading the eBPF object")?;
         hooks
             .attach(&mut ebpf, &caps, &btf, offsets.accept_arity)
-            .with_context(|| format!("attaching the {hooks} hook set"))?;
+            .map_err(|err| match MissingHelper::in_error(&err) {
+                // One line instead of the verifier's log.
+                Some(missing) => anyhow!(
+                    "kernel {}: the {hooks} hook set needs {missing}",
+                    caps.kernel_release
+                ),
+                None => err.context(format!("attaching the {hooks} hook set")),
+            })?;
 
         // Parsing kernel BTF (offsets, program loads) peaks at tens of MiB
         // that are garbage now: give them back before tracing for hours.

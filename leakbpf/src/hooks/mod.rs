@@ -265,6 +265,11 @@ fn probe_trampolines(object: &[u8], btf: &Btf) -> Trampolines {
     let program: Result<&mut FEntry> = attach::program_mut(&mut ebpf, "fentry_tcp_close");
     match program.and_then(|p| p.load("tcp_close", btf).context("loading fentry/tcp_close")) {
         Ok(()) => Trampolines::Work,
+        // The verifier got as far as the helpers: trampolines load, and the
+        // missing helper is named when the set is attached.
+        Err(err) if crate::kernel::verifier::MissingHelper::in_error(&err).is_some() => {
+            Trampolines::Work
+        }
         Err(err) => refused(&format_args!("{err:#}")),
     }
 }

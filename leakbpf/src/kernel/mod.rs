@@ -11,5 +11,6 @@
 pub mod btf;
 pub mod offsets;
 pub mod tracefs;
+pub mod verifier;
 
 pub use offsets::{describe, read_offsets, read_offsets_from};
