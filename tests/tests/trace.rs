@@ -302,8 +302,10 @@ fn preexisting_sockets_have_owners() {
 /// its connections are now CLOSE_WAIT.
 #[test]
 fn exited_process_drops_out() {
-    let (mut server, port) = c_server_on(&["0", "4", "0"]);
+    // Tracing first: an accept() already blocked when the fentry or kprobe
+    // set attaches returns past their hooks.
     let trace = trace_json(&[]);
+    let (mut server, port) = c_server_on(&["0", "4", "0"]);
     let mut client = client_py(&["127.0.0.1", &port.to_string(), "4", "0"]);
     client.ready();
     server.ready();
@@ -374,9 +376,15 @@ fn io_uring_accepts() {
             about_server[0]
         );
     } else {
-        let group = only_group(&report, spid, "accept");
-        assert_eq!(group["count"], 3, "{group:#}");
-        assert_eq!(sockets(group).len(), 3, "{group:#}");
+        // Accepted inline at submit or later from task work: one group per
+        // kernel path, all the server's.
+        let accepts = groups_in(&report, spid, "accept");
+        let count: u64 = accepts.iter().map(|g| g["count"].as_u64().unwrap()).sum();
+        assert_eq!(count, 3, "{accepts:#?}");
+        for group in &accepts {
+            let stack = symbols(&group["stack"]);
+            assert!(stack.iter().any(|s| s == "main"), "{stack:?}");
+        }
         assert!(about_server.is_empty(), "{hooks}: {warnings:#?}");
     }
     // The client's connects are seen by every set.
