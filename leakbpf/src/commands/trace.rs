@@ -120,11 +120,14 @@ async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
             "{dropped} sockets not tracked: the socket table was full"
         ));
     }
-    warnings.extend(sockets::io_uring::warnings(
-        |cookie| table.get(cookie).is_some(),
-        filter.pids(),
-        tracer.hooks().name(),
-    ));
+    if !args.no_preexisting {
+        warnings.extend(sockets::unseen::warnings(
+            |cookie| table.get(cookie).is_some(),
+            |owned| preexisting_wanted(owned, filter),
+            filter.pids(),
+            tracer.hooks().name(),
+        ));
+    }
     let header = Report {
         version: REPORT_VERSION,
         hooks: tracer.hooks().name().to_owned(),
@@ -226,20 +229,15 @@ fn preexisting(table: &mut SocketTable, filter: &Filter, warnings: &mut Vec<Stri
     }
     let now_ns = monotonic_ns();
     for owned in found {
+        if !preexisting_wanted(&owned, filter) {
+            continue;
+        }
         // A socket shared by fork/dup is reported once, under its first owner.
         let Some(owner) = owned.owners.first() else {
             continue;
         };
-        let task = Task {
-            pid: owner.pid,
-            tid: 0,
-            cgroup_id: 0,
-            comm: owner.comm.as_str().into(),
-        };
+        let task = owner_task(owner);
         let family = owned.socket.family;
-        if !filter.matches(&task, family) {
-            continue;
-        }
         let endpoints = Endpoints {
             family,
             local: owned.socket.local,
@@ -249,6 +247,23 @@ fn preexisting(table: &mut SocketTable, filter: &Filter, warnings: &mut Vec<Stri
         table.insert_preexisting(owned.socket.cookie, task, endpoints, Some(owner.fd), now_ns);
     }
     Ok(())
+}
+
+/// Whether the filter keeps a socket found by a scan (by its first owner).
+fn preexisting_wanted(owned: &sockets::OwnedSocket, filter: &Filter) -> bool {
+    owned
+        .owners
+        .first()
+        .is_some_and(|owner| filter.matches(&owner_task(owner), owned.socket.family))
+}
+
+fn owner_task(owner: &sockets::Owner) -> Task {
+    Task {
+        pid: owner.pid,
+        tid: 0,
+        cgroup_id: 0,
+        comm: owner.comm.as_str().into(),
+    }
 }
 
 /// The kernel's view of the open sockets now, and their owners' executables.

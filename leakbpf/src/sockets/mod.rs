@@ -15,8 +15,8 @@
 //! processes in other network namespaces (containers) are not listed by
 //! the kernel dump, so they are not found.
 pub mod diag;
-pub mod io_uring;
 pub mod procfs;
+pub mod unseen;
 
 use std::collections::HashMap;
 

@@ -1,13 +1,19 @@
-//! Sockets a process got through io_uring, which the tracepoint hook set
-//! cannot see being accepted.
+//! Open sockets leakbpf never saw opening, found at report time.
 //!
-//! Why: an io_uring accept (IORING_OP_ACCEPT) never passes through the
-//! accept/accept4 system calls, whose exits are where the tracepoint set
-//! learns who accepted a socket (the fentry and kprobe sets hook
-//! inet_csk_accept and see it). Such sockets would silently be missing from
-//! the report. At report time, a process that holds an io_uring instance
-//! (an fd linked to `anon_inode:[io_uring]`) and TCP sockets leakbpf never
-//! saw opened is named in a warning instead.
+//! Why: two kinds of open pass every hook of some set, and such sockets
+//! would silently be missing from the report.
+//! * An io_uring accept (IORING_OP_ACCEPT) never passes through the
+//!   accept/accept4 system calls, whose exits are where the tracepoint set
+//!   learns who accepted a socket (the fentry and kprobe sets hook
+//!   inet_csk_accept and see it).
+//! * An accept() already blocked when the fentry or kprobe set attaches
+//!   returns past fexit/kretprobe, which only see calls that entered after
+//!   them: an idle server's next connection.
+//!
+//! Every socket open at start-up is in the table (the pre-existing scan),
+//! and every one opened later is, if its open was seen. So at report time a
+//! socket some process holds whose cookie the table does not know was
+//! opened unseen; the report names its holder in a warning.
 use std::{
     collections::{BTreeMap, HashSet},
     fs,
@@ -18,60 +24,90 @@ use super::{OwnedSocket, ScanOptions};
 /// What `/proc/PID/fd/N` links to for an io_uring instance.
 const IO_URING_LINK: &str = "anon_inode:[io_uring]";
 
-/// A process holding an io_uring and sockets leakbpf never saw opened.
+/// A process holding sockets leakbpf never saw opened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unseen {
     pub pid: u32,
     pub comm: String,
     pub sockets: usize,
+    /// It holds an io_uring instance.
+    pub io_uring: bool,
 }
 
 impl Unseen {
     /// The report's warning about it.
     pub fn warning(&self, hooks: &str) -> String {
-        format!(
-            "pid {} ({}) holds an io_uring instance and {} TCP socket{} leakbpf never saw \
-             opened: the {hooks} hook set does not see accepts made through io_uring, so \
-             they are missing from this report (the fentry and kprobe hook sets see them)",
-            self.pid,
-            self.comm,
+        let sockets = format!(
+            "{} TCP socket{}",
             self.sockets,
             if self.sockets == 1 { "" } else { "s" }
-        )
+        );
+        if self.io_uring {
+            format!(
+                "pid {} ({}) holds an io_uring instance and {sockets} leakbpf never saw \
+                 opened: the {hooks} hook set does not see accepts made through io_uring, so \
+                 they are missing from this report (the fentry and kprobe hook sets see them)",
+                self.pid, self.comm
+            )
+        } else {
+            format!(
+                "pid {} ({}) holds {sockets} opened while tracing that leakbpf never saw \
+                 opened (an accept() already waiting when tracing started returns past the \
+                 {hooks} hook set's hooks); they are missing from this report",
+                self.pid, self.comm
+            )
+        }
     }
 }
 
-/// Warnings for every process holding an io_uring and sockets for which
-/// `known(cookie)` is false. Best effort: a failed scan gives none.
-pub fn warnings(known: impl Fn(u64) -> bool, pids: Option<Vec<u32>>, hooks: &str) -> Vec<String> {
-    let holders = holders(pids.as_deref());
-    if holders.is_empty() {
-        return Vec::new();
-    }
+/// Warnings for every process (all, or `pids`) holding sockets that are
+/// `wanted` and for which `known(cookie)` is false. Call it only when the
+/// table holds every socket open at start-up. Best effort: a failed scan
+/// gives none.
+pub fn warnings(
+    known: impl Fn(u64) -> bool,
+    wanted: impl Fn(&OwnedSocket) -> bool,
+    pids: Option<Vec<u32>>,
+    hooks: &str,
+) -> Vec<String> {
     let options = ScanOptions {
-        pids: Some(holders.iter().copied().collect()),
+        pids: pids.clone(),
         ..ScanOptions::default()
     };
     let Ok(found) = super::scan(&options) else {
         return Vec::new();
     };
-    unseen(&found, known, &holders)
+    let found: Vec<OwnedSocket> = found
+        .into_iter()
+        .filter(|o| wanted(o) && !known(o.socket.cookie))
+        .collect();
+    if found.is_empty() {
+        return Vec::new();
+    }
+    let holders = io_uring_holders(pids.as_deref());
+    unseen(&found, |_| false, &holders)
         .iter()
         .map(|u| u.warning(hooks))
         .collect()
 }
 
-/// Processes in `holders` that own sockets of `found` that are not
-/// `known`, with how many, by pid.
+/// The owners of sockets of `found` that are not `known`, with how many,
+/// by pid; `io_uring` holders are marked.
 pub fn unseen(
     found: &[OwnedSocket],
     known: impl Fn(u64) -> bool,
-    holders: &HashSet<u32>,
+    io_uring: &HashSet<u32>,
 ) -> Vec<Unseen> {
     let mut by_pid: BTreeMap<u32, Unseen> = BTreeMap::new();
     for owned in found.iter().filter(|o| !known(o.socket.cookie)) {
-        // A socket shared by fork/dup counts once, for its first holder.
-        let Some(owner) = owned.owners.iter().find(|o| holders.contains(&o.pid)) else {
+        // A socket shared by fork/dup counts once: for an io_uring holder
+        // (the likely opener), else for its first holder.
+        let Some(owner) = owned
+            .owners
+            .iter()
+            .find(|o| io_uring.contains(&o.pid))
+            .or_else(|| owned.owners.first())
+        else {
             continue;
         };
         by_pid
@@ -80,6 +116,7 @@ pub fn unseen(
                 pid: owner.pid,
                 comm: owner.comm.clone(),
                 sockets: 0,
+                io_uring: io_uring.contains(&owner.pid),
             })
             .sockets += 1;
     }
@@ -87,7 +124,7 @@ pub fn unseen(
 }
 
 /// Processes (all, or `pids`) with an io_uring fd.
-pub fn holders(pids: Option<&[u32]>) -> HashSet<u32> {
+pub fn io_uring_holders(pids: Option<&[u32]>) -> HashSet<u32> {
     let pids: Vec<u32> = match pids {
         Some(pids) => pids.to_vec(),
         None => fs::read_dir("/proc")
@@ -150,7 +187,7 @@ mod tests {
     }
 
     #[test]
-    fn names_io_uring_holders_with_sockets_never_seen() {
+    fn names_holders_of_sockets_never_seen() {
         let found = [
             owned(1, &[10]), // seen opened
             owned(2, &[10]),
@@ -162,17 +199,32 @@ mod tests {
         let unseen = unseen(&found, |cookie| cookie == 1, &holders);
         assert_eq!(
             unseen,
-            vec![Unseen {
-                pid: 10,
-                comm: "p10".to_owned(),
-                sockets: 3
-            }]
+            vec![
+                Unseen {
+                    pid: 10,
+                    comm: "p10".to_owned(),
+                    sockets: 3,
+                    io_uring: true,
+                },
+                Unseen {
+                    pid: 20,
+                    comm: "p20".to_owned(),
+                    sockets: 1,
+                    io_uring: false,
+                },
+            ]
         );
         assert_eq!(
             unseen[0].warning("tracepoint"),
             "pid 10 (p10) holds an io_uring instance and 3 TCP sockets leakbpf never saw \
              opened: the tracepoint hook set does not see accepts made through io_uring, so \
              they are missing from this report (the fentry and kprobe hook sets see them)"
+        );
+        assert_eq!(
+            unseen[1].warning("kprobe"),
+            "pid 20 (p20) holds 1 TCP socket opened while tracing that leakbpf never saw \
+             opened (an accept() already waiting when tracing started returns past the \
+             kprobe hook set's hooks); they are missing from this report"
         );
     }
 
@@ -181,11 +233,11 @@ mod tests {
         let found = [owned(1, &[10]), owned(2, &[10])];
         let holders: HashSet<u32> = [10].into();
         assert!(unseen(&found, |_| true, &holders).is_empty());
-        assert!(unseen(&found, |_| false, &HashSet::new()).is_empty());
+        assert!(unseen(&[], |_| false, &holders).is_empty());
     }
 
     #[test]
     fn this_process_holds_no_io_uring() {
-        assert!(holders(Some(&[std::process::id()])).is_empty());
+        assert!(io_uring_holders(Some(&[std::process::id()])).is_empty());
     }
 }
