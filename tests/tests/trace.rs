@@ -391,6 +391,43 @@ fn io_uring_accepts() {
     assert_eq!(only_group(&report, client.pid(), "connect")["count"], 3);
 }
 
+/// A server already blocked in accept() when tracing starts: the
+/// tracepoint set sees that accept at the syscall's exit; fexit and
+/// kretprobe only see calls that entered after them, so the fentry and
+/// kprobe sets miss it, and the report says so instead of silently
+/// counting one socket too few.
+#[test]
+fn accept_waiting_before_tracing() {
+    let (mut server, port) = c_server_on(&["0", "2", "0"]);
+    // Give the server time to block in accept() before tracing starts.
+    thread::sleep(Duration::from_millis(500));
+    let trace = trace_json(&[]);
+    let mut client = client_py(&["127.0.0.1", &port.to_string(), "2", "0"]);
+    client.ready();
+    server.ready();
+    let report = trace.stop();
+    let spid = server.pid();
+    let warnings = strs(&report["warnings"]);
+    let about_server: Vec<&&str> = warnings
+        .iter()
+        .filter(|w| w.starts_with(&format!("pid {spid} (server) holds")))
+        .collect();
+    let group = only_group(&report, spid, "accept");
+    if expected_hooks() == "tracepoint" {
+        assert_eq!(group["count"], 2, "{group:#}");
+        assert!(about_server.is_empty(), "{warnings:#?}");
+    } else {
+        assert_eq!(group["count"], 1, "{group:#}");
+        assert_eq!(about_server.len(), 1, "{warnings:#?}");
+        assert!(
+            about_server[0]
+                .contains("holds 1 TCP socket opened while tracing that leakbpf never saw opened"),
+            "{}",
+            about_server[0]
+        );
+    }
+}
+
 /// Builds every fixture the tests use, so the kernel matrix's read-only
 /// guests find them (`./x matrix` runs this first, on the host).
 #[test]
