@@ -5,10 +5,14 @@
 //! booting a distribution kernel with [virtme-ng] (`vng`) over the host's own
 //! root filesystem:
 //!
-//! * [`ensure_kernel`] fetches the kernel's `.deb` with `apt-get download`,
+//! * [`ensure_kernel`] fetches the kernel's `.deb` with `apt-get download`
+//!   through a private apt configuration in the cache ([`APT_SOURCES`]:
+//!   bullseye to trixie-backports; the system's sources are left alone),
 //!   unpacks it with `dpkg-deb -x` into the cache
-//!   (`${LEAKBPF_CACHE:-${XDG_CACHE_HOME:-~/.cache}/leakbpf}/kernels/RELEASE/`)
-//!   and runs `depmod -b` on the unpacked tree. vng takes the modules (9p,
+//!   (`${LEAKBPF_CACHE:-${XDG_CACHE_HOME:-~/.cache}/leakbpf}/kernels/RELEASE/`),
+//!   moves the split layout of newer kernels (`linux-binary-*` and
+//!   `linux-modules-*` under usr/lib/modules) to the classic one, and runs
+//!   `depmod -b` on the unpacked tree. vng takes the modules (9p,
 //!   virtio, ...) from that tree (`lib/modules/RELEASE` next to `boot/`), so
 //!   nothing is written to the host's `/lib/modules` and no root is needed.
 //! * [`ensure_vng`] pip-installs virtme-ng [`VNG_VERSION`] when `vng` is
