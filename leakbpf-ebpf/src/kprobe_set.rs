@@ -1,7 +1,8 @@
 //! The hook set on the design card's functions through kprobes, for kernels
 //! with CONFIG_KPROBES but no BPF trampolines. Arguments are plain pointers
 //! here, so the cookie is read from `sk_cookie`, which the state tracepoint
-//! ([`crate::shared`]) generated when the socket first changed state.
+//! ([`crate::shared`]) generated when the socket first changed state (or,
+//! when that run was skipped, user space resolves through sock_diag).
 use aya_ebpf::{
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},
@@ -41,8 +42,9 @@ fn open<C: aya_ebpf::programs::tracing::StackIdContext>(ctx: &C, sk: u64, direct
         && let (Ok(endpoints), Ok(cookie)) = (unsafe { endpoints(sk, &off) }, unsafe {
             read::<u64>(sk, off.sk_cookie)
         })
-        && cookie != 0
     {
+        // 0 when the state tracepoint's run for this socket was skipped
+        // (nested on one CPU): user space asks sock_diag for it.
         submit_open(ctx, cookie, endpoints, direction, -1, off.pt_regs_sp, true);
     }
 }

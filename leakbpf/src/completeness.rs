@@ -19,12 +19,15 @@ pub struct LostCounts {
     pub accept_reads: u64,
     /// Records user space could not decode.
     pub undecodable: u64,
+    /// Opens whose socket had no cookie yet and was gone before sock_diag
+    /// could name it (see `tracer::resolve_cookies`); not reported.
+    pub unresolved_cookies: u64,
 }
 
 impl LostCounts {
     /// Lost lifecycle events: what makes a socket count wrong.
     pub fn events(&self) -> u64 {
-        self.ringbuf_full + self.accept_reads + self.undecodable
+        self.ringbuf_full + self.accept_reads + self.undecodable + self.unresolved_cookies
     }
 
     /// Lost stacks: what makes an attribution to code incomplete.

@@ -75,7 +75,14 @@ impl StackResolver {
     /// Gives an inline user stack its id; fills `open.leaf_caller`.
     fn on_open(&mut self, tracer: &Tracer, open: &mut Open) {
         if open.user_stack == Stack::Inline {
-            open.user_stack = match self.pending_inline.remove(&open.cookie) {
+            // An open whose cookie user space resolved later (the kprobe
+            // set can see a socket before its cookie exists) had its stack
+            // record sent under cookie 0.
+            let ips = self
+                .pending_inline
+                .remove(&open.cookie)
+                .or_else(|| self.pending_inline.remove(&0));
+            open.user_stack = match ips {
                 Some(ips) => Stack::Id(self.intern_inline(ips)),
                 // Its record was lost with a full ring (counted there).
                 None => Stack::Missing(libc::ENODATA),

@@ -1,6 +1,6 @@
 //! Loads the eBPF object, attaches the chosen hook set and reads events: the
 //! only module that touches aya's maps. Every command starts one `Tracer`.
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
@@ -12,7 +12,7 @@ pub use crate::completeness::LostCounts;
 use crate::{
     event::{self, Event},
     hooks::{Capabilities, HookChoice, HookSet},
-    kernel::{offsets, tracefs},
+    kernel::{offsets, tracefs, verifier::MissingHelper},
 };
 
 /// Knobs shared by every command that traces.
@@ -38,6 +38,7 @@ pub struct Tracer {
     undecodable: u64,
     /// With `--log-kernel`: the reader of the kernel side's aya-log records.
     kernel_log: Option<aya_log::EbpfLogger<KernelLog>>,
+    unresolved_cookies: u64,
 }
 
 /// Size of `EVENTS` in leakbpf-ebpf/src/emit.rs.
@@ -101,7 +102,14 @@ impl Tracer {
             .context("loading the eBPF object")?;
         hooks
             .attach(&mut ebpf, &caps, &btf, offsets.accept_arity)
-            .with_context(|| format!("attaching the {hooks} hook set"))?;
+            .map_err(|err| match MissingHelper::in_error(&err) {
+                // One line instead of the verifier's log.
+                Some(missing) => anyhow!(
+                    "kernel {}: the {hooks} hook set needs {missing}",
+                    caps.kernel_release
+                ),
+                None => err.context(format!("attaching the {hooks} hook set")),
+            })?;
 
         let kernel_log = if options.log_kernel {
             Some(
@@ -132,6 +140,7 @@ impl Tracer {
             lost,
             undecodable: 0,
             kernel_log,
+            unresolved_cookies: 0,
         })
     }
 
@@ -147,17 +156,21 @@ impl Tracer {
             .await
             .context("waiting on the ring buffer")?;
         let inner = guard.get_inner_mut();
+        let from = out.len();
         self.undecodable += drain_into(inner, out);
         guard.clear_ready();
         self.flush_kernel_log();
+        self.unresolved_cookies += resolve_cookies(out, from);
         Ok(())
     }
 
     /// Appends whatever is in the ring now, without waiting (on the drain
     /// timer and at shutdown).
     pub fn drain(&mut self, out: &mut Vec<Event>) {
+        let from = out.len();
         self.undecodable += drain_into(self.ring.get_mut(), out);
         self.flush_kernel_log();
+        self.unresolved_cookies += resolve_cookies(out, from);
     }
 
     /// Prints the kernel log records that arrived (`--log-kernel`).
@@ -186,6 +199,7 @@ impl Tracer {
             kernel_stacks: sum(lost::KERNEL_STACK),
             accept_reads: sum(lost::ACCEPT_READ),
             undecodable: self.undecodable,
+            unresolved_cookies: self.unresolved_cookies,
         }
     }
 }
@@ -223,6 +237,36 @@ fn drain_into(ring: &mut RingBuf<MapData>, out: &mut Vec<Event>) -> u64 {
     undecodable
 }
 
+/// Gives opens from `out[from..]` that came without a cookie their real
+/// one, and drops (and counts) those it cannot name.
+///
+/// Why: the kprobe and tracepoint sets read `sk_cookie`, which only the
+/// state tracepoint's `bpf_get_socket_cookie` sets. The kernel skips a BPF
+/// program that would run nested in itself on one CPU (a softirq handling
+/// a handshake while the program runs in process context), so now and then
+/// an accepted socket reaches its open with no cookie. sock_diag generates
+/// the cookie when it reports the socket, and every later event reads it.
+fn resolve_cookies(out: &mut Vec<Event>, from: usize) -> u64 {
+    let mut unresolved = 0;
+    let mut index = from;
+    while index < out.len() {
+        if let Event::Open(open) = &mut out[index]
+            && open.cookie == 0
+        {
+            match crate::sockets::diag::cookie_of(open.endpoints.local, open.endpoints.remote) {
+                Some(cookie) => open.cookie = cookie,
+                None => {
+                    out.remove(index);
+                    unresolved += 1;
+                    continue;
+                }
+            }
+        }
+        index += 1;
+    }
+    unresolved
+}
+
 /// Loading eBPF needs CAP_BPF + CAP_PERFMON (+ CAP_NET_ADMIN for cgroup
 /// hooks); in practice, root. Say so in one line instead of an EPERM later.
 pub fn require_root() -> Result<()> {
@@ -255,5 +299,61 @@ mod tests {
             line,
             "leakbpf: kernel: user stack of pid 4242 not recorded: error -14"
         );
+    }
+
+    use std::net::{TcpListener, TcpStream};
+
+    use crate::event::{Direction, Endpoints, Family, Open, Stack, Task, TcpState};
+
+    fn open(cookie: u64, local: std::net::SocketAddr, remote: std::net::SocketAddr) -> Event {
+        Event::Open(Open {
+            time_ns: 1,
+            cookie,
+            task: Task {
+                pid: 1,
+                tid: 1,
+                cgroup_id: 0,
+                comm: "p".into(),
+                start_ns: 0,
+            },
+            endpoints: Endpoints {
+                family: Family::Ipv4,
+                local,
+                remote,
+                state: TcpState::Established,
+            },
+            direction: Direction::Accept,
+            fd: None,
+            user_stack: Stack::Id(1),
+            kernel_stack: Stack::Id(2),
+            user_sp: 0,
+            user_stack_top: [0; leakbpf_common::USER_STACK_TOP_WORDS],
+            leaf_caller: None,
+        })
+    }
+
+    #[test]
+    #[ignore = "host: real sockets and sock_diag on this kernel; `./x test` runs it"]
+    fn opens_without_a_cookie_get_theirs_or_are_counted() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let (local, remote) = (
+            accepted.local_addr().unwrap(),
+            accepted.peer_addr().unwrap(),
+        );
+        let gone = "127.0.0.1:1".parse().unwrap();
+        let mut events = vec![
+            open(7, gone, remote), // before `from`: untouched
+            open(0, local, remote),
+            open(0, gone, remote),
+            open(9, gone, remote),
+        ];
+        assert_eq!(resolve_cookies(&mut events, 1), 1);
+        let cookies: Vec<u64> = events.iter().map(Event::cookie).collect();
+        assert_eq!(cookies.len(), 3);
+        assert_eq!(cookies[0], 7);
+        assert_ne!(cookies[1], 0);
+        assert_eq!(cookies[2], 9);
     }
 }

@@ -116,25 +116,41 @@ pub fn c_server() -> PathBuf {
 }
 
 /// The C fixture `fixtures/NAME.c`, built with frame pointers (whole
-/// stacks) into `target/fixtures/NAME`.
+/// stacks) into `target/fixtures/NAME`, once per test binary.
 pub fn c_fixture(name: &str) -> PathBuf {
+    c_fixture_with(name, &[])
+}
+
+/// The C server that accepts through io_uring (liburing, Debian's
+/// `liburing-dev`).
+pub fn uring_server() -> PathBuf {
+    c_fixture_with("uring_server", &["-luring"])
+}
+
+fn c_fixture_with(name: &str, libs: &[&str]) -> PathBuf {
     static BUILT: OnceLock<Mutex<std::collections::HashMap<String, PathBuf>>> = OnceLock::new();
     let mut built = BUILT
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(path) = built.get(name) {
-        return path.clone();
-    }
+    built
+        .entry(name.to_owned())
+        .or_insert_with(|| build_c(name, libs))
+        .clone()
+}
+
+/// `gcc fixtures/NAME.c LIBS` with frame pointers into `target/fixtures/NAME`.
+fn build_c(name: &str, libs: &[&str]) -> PathBuf {
     let out = build_dir().join(name);
-    if !prebuilt(&out) {
-        let mut gcc = Command::new("gcc");
-        gcc.args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
-            .arg(&out)
-            .arg(fixture_source(&format!("{name}.c")));
-        run_build(gcc, &format!("C fixture {name} (gcc)"));
+    if prebuilt(&out) {
+        return out;
     }
-    built.insert(name.to_owned(), out.clone());
+    let mut gcc = Command::new("gcc");
+    gcc.args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&out)
+        .arg(fixture_source(&format!("{name}.c")))
+        .args(libs);
+    run_build(gcc, &format!("C fixture {name} (gcc)"));
     out
 }
 
@@ -584,7 +600,7 @@ impl TraceRun {
     /// line: the programs are attached and the pre-existing scan is done.
     pub fn start(args: &[&str]) -> TraceRun {
         let mut command = Command::new(leakbpf_bin());
-        command.arg("trace").args(args);
+        command.arg("trace").args(hooks_args()).args(args);
         TraceRun::start_command(command)
     }
 

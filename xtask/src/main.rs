@@ -35,13 +35,17 @@ enum Task {
     Test,
     /// Measure leakbpf's cost on loopback connections and its memory per socket. Needs root.
     Bench,
-    /// The lifecycle tests on the host kernel and, under qemu, on Debian's stock kernels, once
-    /// per hook set; prints a (kernel, hook set) table. Needs root.
+    /// The end-to-end tests (lifecycle, trace, io_uring) on the host kernel and, under qemu,
+    /// on Debian's stock kernels, once per hook set; prints a (kernel, hook set) table. Needs
+    /// root.
     Matrix {
-        /// Debian kernel image packages to boot (default: Debian 12's stock 6.1 and its 6.12,
-        /// which cover both signatures of inet_csk_accept).
+        /// `host`, or a Debian kernel image package to boot (default: the host, then
+        /// 5.10, 6.1, 6.12 and the newest Debian kernel; see xtask/src/vm.rs).
         #[arg(long = "kernel", value_name = "PACKAGE")]
         kernels: Vec<String>,
+        /// Hook sets to run (default: fentry, kprobe and tracepoint).
+        #[arg(long = "set", value_name = "SET")]
+        sets: Vec<String>,
     },
 }
 
@@ -74,15 +78,10 @@ fn run(task: Task) -> Result<()> {
             cmd(&binary, &root).args(args).run()
         }
         Task::Lint => lint(&root),
-        Task::Matrix { kernels } => {
+        Task::Matrix { kernels, sets } => {
             let binary = build(&root)?;
             require_root("the kernel matrix")?;
-            let kernels = if kernels.is_empty() {
-                vm::KERNEL_MATRIX.iter().map(|k| (*k).to_owned()).collect()
-            } else {
-                kernels
-            };
-            matrix::matrix(&root, &binary, &kernels)
+            run_matrix(&root, &binary, kernels, sets)
         }
         Task::Bench => {
             let binary = build(&root)?;
@@ -132,11 +131,28 @@ fn run(task: Task) -> Result<()> {
                 ])
                 .env("LEAKBPF_BIN", &binary)
                 .run()?;
-            // The same lifecycle tests on other kernels and hook sets.
-            let kernels: Vec<String> = vm::KERNEL_MATRIX.iter().map(|k| (*k).to_owned()).collect();
-            matrix::matrix(&root, &binary, &kernels)
+            // The same tests on other kernels and every hook set.
+            run_matrix(&root, &binary, Vec::new(), Vec::new())
         }
     }
+}
+
+/// The matrix, with empty lists meaning every kernel and every set.
+fn run_matrix(root: &Path, binary: &Path, kernels: Vec<String>, sets: Vec<String>) -> Result<()> {
+    let kernels = if kernels.is_empty() {
+        std::iter::once(matrix::HOST)
+            .chain(vm::KERNEL_MATRIX.iter().copied())
+            .map(str::to_owned)
+            .collect()
+    } else {
+        kernels
+    };
+    let sets = if sets.is_empty() {
+        matrix::SETS.iter().map(|s| (*s).to_owned()).collect()
+    } else {
+        sets
+    };
+    matrix::matrix(root, binary, &kernels, &sets)
 }
 
 fn build(root: &Path) -> Result<PathBuf> {

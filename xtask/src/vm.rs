@@ -5,10 +5,14 @@
 //! booting a distribution kernel with [virtme-ng] (`vng`) over the host's own
 //! root filesystem:
 //!
-//! * [`ensure_kernel`] fetches the kernel's `.deb` with `apt-get download`,
+//! * [`ensure_kernel`] fetches the kernel's `.deb` with `apt-get download`
+//!   through a private apt configuration in the cache ([`APT_SOURCES`]:
+//!   bullseye to trixie-backports; the system's sources are left alone),
 //!   unpacks it with `dpkg-deb -x` into the cache
-//!   (`${LEAKBPF_CACHE:-${XDG_CACHE_HOME:-~/.cache}/leakbpf}/kernels/RELEASE/`)
-//!   and runs `depmod -b` on the unpacked tree. vng takes the modules (9p,
+//!   (`${LEAKBPF_CACHE:-${XDG_CACHE_HOME:-~/.cache}/leakbpf}/kernels/RELEASE/`),
+//!   moves the split layout of newer kernels (`linux-binary-*` and
+//!   `linux-modules-*` under usr/lib/modules) to the classic one, and runs
+//!   `depmod -b` on the unpacked tree. vng takes the modules (9p,
 //!   virtio, ...) from that tree (`lib/modules/RELEASE` next to `boot/`), so
 //!   nothing is written to the host's `/lib/modules` and no root is needed.
 //! * [`ensure_vng`] pip-installs virtme-ng [`VNG_VERSION`] when `vng` is
@@ -52,10 +56,30 @@ pub const VNG_VERSION: &str = "1.42";
 /// root needs).
 pub const DEFAULT_KERNEL: &str = "linux-image-6.1.0-56-amd64";
 
-/// Kernels known to boot with this runner and to have kprobes, BPF
-/// trampolines (fentry/fexit), BTF, tracefs and cgroup2: Debian 12's 6.1 and
-/// its 6.12 backport (bookworm-security).
-pub const KERNEL_MATRIX: &[&str] = &[DEFAULT_KERNEL, "linux-image-6.12.117+deb12-amd64"];
+/// The kernels `./x matrix` boots, oldest first: Debian 11's 5.10 LTS
+/// (bullseye-security), Debian 12's 6.1 and its 6.12 backport
+/// (bookworm-security; the two signatures of inet_csk_accept), and the
+/// newest kernel the archive offers (trixie-backports). The archive drops
+/// superseded ABIs: when a download fails, `apt-cache search` with
+/// [`APT_SOURCES`] names the current ones.
+pub const KERNEL_MATRIX: &[&str] = &[
+    "linux-image-5.10.0-46-amd64",
+    DEFAULT_KERNEL,
+    "linux-image-6.12.117+deb12-amd64",
+    "linux-image-7.3.4+deb13-amd64",
+];
+
+/// The suites the matrix kernels come from. Used only through a private apt
+/// configuration in the cache ([`apt_get`]): the system's sources are
+/// neither read nor changed.
+pub const APT_SOURCES: &str = "\
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bullseye main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bullseye-security main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bookworm-security main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie-backports main
+";
 
 /// The guest-side wrapper; see the file for what it sets up.
 const GUEST_RUN_SH: &str = include_str!("../vm/guest-run.sh");
@@ -441,35 +465,111 @@ impl Drop for ScratchDir {
     }
 }
 
-/// `apt-get download PACKAGE` and `dpkg-deb -x` into `scratch/tree`, which
-/// it returns. Needs no root: nothing is installed.
-fn download_and_unpack(package: &str, scratch: &ScratchDir) -> Result<PathBuf> {
-    let apt_get = find_tool("apt-get", "apt")?;
+/// Where a download's packages come from.
+#[derive(Clone, Copy)]
+enum AptSources {
+    /// The system's own configuration.
+    System,
+    /// [`APT_SOURCES`], through a configuration of its own in the cache.
+    Private,
+}
+
+impl AptSources {
+    fn apt_get(self) -> Result<Command> {
+        let apt_get = find_tool("apt-get", "apt")?;
+        let mut command = Command::new(apt_get);
+        if let AptSources::Private = self {
+            let dir = cache_root()?.join("apt");
+            for sub in ["lists/partial", "cache/archives/partial"] {
+                fs::create_dir_all(dir.join(sub))
+                    .with_context(|| format!("cannot create {}", dir.join(sub).display()))?;
+            }
+            let sources = dir.join("sources.list");
+            if fs::read_to_string(&sources).ok().as_deref() != Some(APT_SOURCES) {
+                fs::write(&sources, APT_SOURCES)
+                    .with_context(|| format!("cannot write {}", sources.display()))?;
+            }
+            for option in [
+                format!("Dir::Etc::SourceList={}", sources.display()),
+                "Dir::Etc::SourceParts=/dev/null".to_owned(),
+                format!("Dir::State::Lists={}", dir.join("lists").display()),
+                format!("Dir::Cache={}", dir.join("cache").display()),
+                // Downloads land in a root-owned cache dir.
+                "APT::Sandbox::User=root".to_owned(),
+            ] {
+                command.arg("-o").arg(option);
+            }
+        }
+        Ok(command)
+    }
+}
+
+/// `apt-get download PACKAGES` and `dpkg-deb -x` each into `tree`. Needs
+/// no root: nothing is installed.
+fn download_and_unpack(
+    packages: &[&str],
+    sources: AptSources,
+    scratch: &ScratchDir,
+    tree: &Path,
+) -> Result<()> {
     let dpkg_deb = find_tool("dpkg-deb", "dpkg")?;
     let download = scratch.path.join("download");
     fs::create_dir_all(&download)
         .with_context(|| format!("cannot create {}", download.display()))?;
-    let fetch = || {
+    let fetch = || -> Result<()> {
         run_quiet(
-            Command::new(&apt_get)
-                .args(["download", package])
+            sources
+                .apt_get()?
+                .arg("download")
+                .args(packages)
                 .current_dir(&download),
         )
     };
-    // A fresh machine may have no package lists yet: refresh once and retry.
+    // A fresh machine (or cache) may have no package lists yet: refresh
+    // once and retry.
     if fetch().is_err() {
-        run_quiet(Command::new(&apt_get).args(["update", "-qq"]))
+        run_quiet(sources.apt_get()?.args(["update", "-qq"]))
             .context("apt-get update failed (needed to download a kernel for the matrix)")?;
         fetch().with_context(|| {
-            format!("apt-get download {package} failed even after apt-get update")
+            format!(
+                "apt-get download {} failed even after apt-get update",
+                packages.join(" ")
+            )
         })?;
     }
-    let deb = only_deb_in(&download)?;
-    let tree = scratch.path.join("tree");
-    run_quiet(Command::new(dpkg_deb).arg("-x").arg(&deb).arg(&tree))
-        .with_context(|| format!("dpkg-deb -x {} failed", deb.display()))?;
-    let _ = fs::remove_file(&deb);
-    Ok(tree)
+    for deb in debs_in(&download)? {
+        run_quiet(Command::new(&dpkg_deb).arg("-x").arg(&deb).arg(tree))
+            .with_context(|| format!("dpkg-deb -x {} failed", deb.display()))?;
+        let _ = fs::remove_file(&deb);
+    }
+    Ok(())
+}
+
+/// Debian's kernels since 6.17 split the image: `linux-image-R` only
+/// depends on `linux-binary-R` (usr/lib/modules/R/vmlinuz) and
+/// `linux-modules-R`. Moves that layout to the classic one vng reads
+/// (boot/vmlinuz-R, lib/modules/R).
+fn normalize_kernel_tree(tree: &Path, release: &str) -> Result<()> {
+    let usr_modules = tree.join("usr/lib/modules").join(release);
+    let modules = tree.join("lib/modules").join(release);
+    if usr_modules.is_dir() && !modules.is_dir() {
+        fs::create_dir_all(tree.join("lib/modules"))?;
+        fs::rename(&usr_modules, &modules).with_context(|| {
+            format!(
+                "cannot move {} to {}",
+                usr_modules.display(),
+                modules.display()
+            )
+        })?;
+    }
+    let vmlinuz = tree.join("boot").join(format!("vmlinuz-{release}"));
+    let split = modules.join("vmlinuz");
+    if !vmlinuz.is_file() && split.is_file() {
+        fs::create_dir_all(tree.join("boot"))?;
+        fs::rename(&split, &vmlinuz)
+            .with_context(|| format!("cannot move {} to {}", split.display(), vmlinuz.display()))?;
+    }
+    Ok(())
 }
 
 /// Moves a finished `tree` to `dir`, replacing whatever was there.
@@ -508,7 +608,23 @@ pub fn ensure_kernel(kernel: &KernelSpec) -> Result<PathBuf> {
         dir.display()
     );
     let scratch = ScratchDir::new(&kernels, ".partial")?;
-    let tree = download_and_unpack(kernel.package_name(), &scratch)?;
+    let tree = scratch.path.join("tree");
+    download_and_unpack(
+        &[kernel.package_name()],
+        AptSources::Private,
+        &scratch,
+        &tree,
+    )?;
+    if !tree
+        .join("boot")
+        .join(format!("vmlinuz-{release}"))
+        .is_file()
+    {
+        let binary = format!("linux-binary-{release}");
+        let modules = format!("linux-modules-{release}");
+        download_and_unpack(&[&binary, &modules], AptSources::Private, &scratch, &tree)?;
+    }
+    normalize_kernel_tree(&tree, release)?;
     ensure!(
         tree.join("boot")
             .join(format!("vmlinuz-{release}"))
@@ -605,7 +721,8 @@ pub fn ensure_busybox() -> Result<PathBuf> {
     eprintln!("xtask: fetching busybox-static into {}", dir.display());
     let tools = dir.parent().expect("dir has a parent");
     let scratch = ScratchDir::new(tools, ".partial")?;
-    let tree = download_and_unpack("busybox-static", &scratch)
+    let tree = scratch.path.join("tree");
+    download_and_unpack(&["busybox-static"], AptSources::System, &scratch, &tree)
         .context("vng needs busybox to build its initramfs")?;
     ensure!(
         tree.join("bin/busybox").is_file(),
@@ -706,20 +823,18 @@ fn display_cmd(cmd: &Command) -> String {
         .join(" ")
 }
 
-fn only_deb_in(dir: &Path) -> Result<PathBuf> {
+fn debs_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let debs: Vec<PathBuf> = fs::read_dir(dir)
         .with_context(|| format!("cannot list {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension() == Some(OsStr::new("deb")))
         .collect();
-    match debs.as_slice() {
-        [deb] => Ok(deb.clone()),
-        _ => bail!(
-            "expected one .deb in {}, found {}",
-            dir.display(),
-            debs.len()
-        ),
-    }
+    ensure!(
+        !debs.is_empty(),
+        "apt-get download left no .deb in {}",
+        dir.display()
+    );
+    Ok(debs)
 }
 
 /// A generic amd64 kernel release: `6.1.0-56-amd64`, `6.12.117+deb12-amd64`;

@@ -23,8 +23,9 @@ use crate::{
         classify::Thresholds,
         model::{REPORT_VERSION, Report},
     },
-    snapshot::Snapshot,
+    snapshot::{Snapshot, holder_task},
     socket_table::{Socket, SocketTable},
+    sockets,
     stacks::{StackResolver, UserStackKey},
     symbolize::Frame,
     tracer::Tracer,
@@ -130,6 +131,22 @@ async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
         if !warnings.contains(&warning) {
             warnings.push(warning);
         }
+    }
+    // Sockets held now that no hook saw opening (io_uring accepts on the
+    // tracepoint set, an accept already waiting when fentry/kprobe
+    // attached): named, since the report cannot list them.
+    if !args.no_preexisting {
+        warnings.extend(sockets::unseen::warnings(
+            |cookie| collector.table.get(cookie).is_some(),
+            |owned| {
+                owned
+                    .owners
+                    .iter()
+                    .any(|owner| filter.matches(&holder_task(owner), owned.socket.family))
+            },
+            filter.pids(),
+            tracer.hooks().name(),
+        ));
     }
     let mut report = build_report(args, filter, &tracer, &collector, &now, warnings, started);
     if let Some(reason) = snapshot_failure {

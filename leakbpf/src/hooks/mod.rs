@@ -317,6 +317,11 @@ fn probe_trampolines(object: &[u8], btf: &Btf) -> Trampolines {
             .with_context(|| format!("loading {}", probe.hook()))
     }) {
         Ok(()) => Trampolines::Work,
+        // The verifier got as far as the helpers: trampolines load, and the
+        // missing helper is named when the set is attached.
+        Err(err) if crate::kernel::verifier::MissingHelper::in_error(&err).is_some() => {
+            Trampolines::Work
+        }
         Err(err) => refused(&format_args!("{err:#}")),
     }
 }

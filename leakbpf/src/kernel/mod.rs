@@ -12,5 +12,6 @@ pub mod btf;
 pub mod cgroup;
 pub mod offsets;
 pub mod tracefs;
+pub mod verifier;
 
 pub use offsets::{describe, read_offsets, read_offsets_from};

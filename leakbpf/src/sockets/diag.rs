@@ -160,6 +160,16 @@ pub fn dump(states: u32) -> Result<Dump> {
     Ok(out)
 }
 
+/// The cookie of the TCP socket connecting `local` and `remote`, if the
+/// kernel has one; asking generates it (`sock_gen_cookie`) when no one had.
+pub fn cookie_of(local: SocketAddr, remote: SocketAddr) -> Option<u64> {
+    let dump = dump(DEFAULT_STATES).ok()?;
+    dump.sockets
+        .iter()
+        .find(|s| s.local == local && s.remote == remote)
+        .map(|s| s.cookie)
+}
+
 /// The kernel caps one dump datagram at 32 KiB (`netlink_dump`); twice that
 /// leaves room, and `MSG_TRUNC` still detects a longer one.
 const RECV_BUF: usize = 64 * 1024;

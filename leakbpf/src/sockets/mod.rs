@@ -16,6 +16,7 @@
 //! the kernel dump, so they are not found.
 pub mod diag;
 pub mod procfs;
+pub mod unseen;
 
 use std::collections::HashMap;
 

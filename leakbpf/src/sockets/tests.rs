@@ -337,3 +337,23 @@ fn join_drops_fileless_and_unheld_sockets() {
     assert_eq!(joined[0].socket.cookie, 2);
     assert_eq!(joined[0].owners, vec![owner(2, 7), owner(9, 4)]);
 }
+
+/// A connection nobody asked the cookie of gets one from sock_diag, the
+/// same the socket itself reports afterwards.
+#[test]
+fn cookie_of_names_a_connection_by_its_addresses() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    let local = accepted.local_addr().unwrap();
+    let remote = accepted.peer_addr().unwrap();
+    let cookie = diag::cookie_of(local, remote).expect("the accepted socket");
+    assert_ne!(cookie, 0);
+    assert_eq!(cookie, so_cookie(&accepted));
+    assert_eq!(
+        diag::cookie_of(client.local_addr().unwrap(), client.peer_addr().unwrap()),
+        Some(so_cookie(&client))
+    );
+    let nowhere: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    assert_eq!(diag::cookie_of(nowhere, remote), None);
+}
