@@ -6,6 +6,10 @@
 //! decodes them and pins their sizes in tests.
 #![no_std]
 
+/// Size of the ring buffer of events unless `--ring-bytes` says otherwise:
+/// a churn of ~50k connections/s never fills it between two drains.
+pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+
 /// Length of a task's `comm`, as in the kernel's `TASK_COMM_LEN`.
 pub const COMM_LEN: usize = 16;
 

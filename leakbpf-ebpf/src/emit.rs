@@ -18,13 +18,13 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use leakbpf_common::{
-    CloseEvent, Endpoints, EventHeader, MAX_STACK_DEPTH, OpenEvent, STACK_INLINE, STACK_NOT_TAKEN,
-    StackEvent, StackId, Task, USER_STACK_TOP_WORDS, kind, lost,
+    CloseEvent, DEFAULT_RING_BYTES, Endpoints, EventHeader, MAX_STACK_DEPTH, OpenEvent,
+    STACK_INLINE, STACK_NOT_TAKEN, StackEvent, StackId, Task, USER_STACK_TOP_WORDS, kind, lost,
 };
 
 /// Default size; user space may resize it before load (`--ring-bytes`).
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
 /// User and kernel stacks of open events. Without BPF_F_REUSE_STACKID a hash
 /// collision fails instead of silently replacing an older stack that an

@@ -67,7 +67,7 @@ pub struct EventsArgs {
     pub filter: FilterArgs,
     #[command(flatten)]
     pub tracer: TracerArgs,
-    /// Stop after this long (e.g. 10s, 2m); default: until Ctrl-C.
+    /// Stop after this long (e.g. 10s, 2m; a bare number is seconds); default: until Ctrl-C.
     #[arg(short, long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
     #[arg(short, long, value_enum, default_value_t = EventFormat::Text)]
@@ -83,10 +83,10 @@ pub struct TraceArgs {
     pub filter: FilterArgs,
     #[command(flatten)]
     pub tracer: TracerArgs,
-    /// Trace this long (e.g. 30s, 5m); default: until Ctrl-C.
+    /// Trace this long (e.g. 30s, 5m; a bare number is seconds); default: until Ctrl-C.
     #[arg(short, long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Only report sockets open at least this long (e.g. 10s). Pre-existing sockets count as
+    /// Only report sockets open at least this long (e.g. 10s, or 10). Pre-existing sockets count as
     /// opened when tracing started.
     #[arg(long, value_parser = parse_duration_or_zero, default_value = "0s")]
     pub min_age: Duration,
@@ -201,9 +201,20 @@ fn hook_choice_parser() -> impl clap::builder::TypedValueParser<Value = HookChoi
     })
 }
 
+/// A duration as people type them: with a unit (`10s`, `500ms`, `2m`,
+/// `1h30m`), or a bare number of seconds (`10`, `2.5`), as `timeout`,
+/// `sleep` and bcc's tools read it.
 fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return text
+            .parse::<f64>()
+            .ok()
+            .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+            .ok_or_else(|| format!("{text} is not a number of seconds (or write 10s, 500ms, 2m)"));
+    }
     humantime::parse_duration(text)
-        .map_err(|err| format!("{err} (write durations like 10s, 500ms, 2m)"))
+        .map_err(|err| format!("{err} (write durations like 10, 10s, 500ms, 2m)"))
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -212,4 +223,29 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("must be longer than zero".to_owned());
     }
     Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_with_units_or_bare_seconds() {
+        let ok = |text: &str| parse_duration(text).unwrap();
+        assert_eq!(ok("10"), Duration::from_secs(10));
+        assert_eq!(ok("2.5"), Duration::from_millis(2500));
+        assert_eq!(ok("10s"), Duration::from_secs(10));
+        assert_eq!(ok("500ms"), Duration::from_millis(500));
+        assert_eq!(ok("2m"), Duration::from_secs(120));
+        assert_eq!(ok("1h30m"), Duration::from_secs(5400));
+        assert_eq!(parse_duration_or_zero("0").unwrap(), Duration::ZERO);
+        for bad in ["soon", "", "1.2.3", "-5", "10 parsecs"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(
+            parse_duration("0").unwrap_err(),
+            "must be longer than zero",
+            "a zero --duration"
+        );
+    }
 }

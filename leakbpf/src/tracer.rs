@@ -41,9 +41,6 @@ pub struct Tracer {
     unresolved_cookies: u64,
 }
 
-/// Size of `EVENTS` in leakbpf-ebpf/src/emit.rs.
-const DEFAULT_RING_BYTES: u32 = 4 << 20;
-
 /// How often the reader drains the ring without being woken: the latency
 /// of a lone event (the kernel wakes it early when the ring fills).
 pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
@@ -78,7 +75,9 @@ impl Tracer {
         let hooks = caps.choose(options.hooks)?;
         let btf = btf.context("reading kernel BTF (/sys/kernel/btf/vmlinux)")?;
         let offsets = offsets::read_offsets().context("reading kernel offsets")?;
-        let ring_bytes = options.ring_bytes.unwrap_or(DEFAULT_RING_BYTES);
+        let ring_bytes = options
+            .ring_bytes
+            .unwrap_or(leakbpf_common::DEFAULT_RING_BYTES);
         let config = HookConfig {
             connect_from_state: u32::from(hooks.connect_from_state()),
             // A quarter full: early enough that a burst never fills it
