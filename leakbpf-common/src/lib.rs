@@ -32,6 +32,28 @@ pub mod kind {
     pub const STACK: u32 = 6;
 }
 
+/// TCP states, numbered as in the kernel's `include/net/tcp_states.h`: the
+/// one list of them (user space names them in `leakbpf::event::TcpState`).
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    /// A request socket (half-open connection on a listener); never owned
+    /// by a process.
+    pub const NEW_SYN_RECV: u8 = 12;
+    /// Bound with `bind()` but neither listening nor connecting (Linux 6.8+
+    /// reports these only when asked for this state).
+    pub const BOUND_INACTIVE: u8 = 13;
+}
+
 /// Values of [`OpenEvent::direction`].
 pub mod direction {
     pub const CONNECT: u8 = 1;

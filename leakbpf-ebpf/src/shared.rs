@@ -9,15 +9,17 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use leakbpf_common::{DestroyEvent, ExitEvent, HookConfig, StateEvent, Task, direction, kind};
+use leakbpf_common::{
+    DestroyEvent, ExitEvent, HookConfig, StateEvent, Task, direction, kind, tcp_state,
+};
 
 use crate::{
     emit::{header, submit, submit_open},
     sock::{endpoints, is_tcp, offsets, read},
 };
 
-const TCP_SYN_SENT: i32 = 2;
-const TCP_CLOSE: i32 = 7;
+const TCP_SYN_SENT: i32 = tcp_state::SYN_SENT as i32;
+const TCP_CLOSE: i32 = tcp_state::CLOSE as i32;
 
 /// Set by user space before load, per hook set.
 #[unsafe(no_mangle)]

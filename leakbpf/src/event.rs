@@ -253,8 +253,10 @@ impl Stack {
     }
 }
 
-/// TCP states, numbered as in the kernel's `include/net/tcp_states.h`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A TCP state: the one type the decoder, sock_diag, the report model and
+/// classification share (the numbers are `leakbpf_common::tcp_state`).
+/// Ordered by name, as reports list them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TcpState {
     Established,
     SynSent,
@@ -273,23 +275,48 @@ pub enum TcpState {
 }
 
 impl TcpState {
+    const KNOWN: [TcpState; 13] = [
+        TcpState::Established,
+        TcpState::SynSent,
+        TcpState::SynRecv,
+        TcpState::FinWait1,
+        TcpState::FinWait2,
+        TcpState::TimeWait,
+        TcpState::Close,
+        TcpState::CloseWait,
+        TcpState::LastAck,
+        TcpState::Listen,
+        TcpState::Closing,
+        TcpState::NewSynRecv,
+        TcpState::BoundInactive,
+    ];
+
     pub fn from_kernel(value: u8) -> Self {
+        Self::KNOWN
+            .into_iter()
+            .find(|state| state.to_kernel() == value)
+            .unwrap_or(TcpState::Unknown(value))
+    }
+
+    /// The kernel's number for it.
+    pub fn to_kernel(self) -> u8 {
         use TcpState::*;
-        match value {
-            1 => Established,
-            2 => SynSent,
-            3 => SynRecv,
-            4 => FinWait1,
-            5 => FinWait2,
-            6 => TimeWait,
-            7 => Close,
-            8 => CloseWait,
-            9 => LastAck,
-            10 => Listen,
-            11 => Closing,
-            12 => NewSynRecv,
-            13 => BoundInactive,
-            other => Unknown(other),
+        use common::tcp_state as n;
+        match self {
+            Established => n::ESTABLISHED,
+            SynSent => n::SYN_SENT,
+            SynRecv => n::SYN_RECV,
+            FinWait1 => n::FIN_WAIT1,
+            FinWait2 => n::FIN_WAIT2,
+            TimeWait => n::TIME_WAIT,
+            Close => n::CLOSE,
+            CloseWait => n::CLOSE_WAIT,
+            LastAck => n::LAST_ACK,
+            Listen => n::LISTEN,
+            Closing => n::CLOSING,
+            NewSynRecv => n::NEW_SYN_RECV,
+            BoundInactive => n::BOUND_INACTIVE,
+            Unknown(value) => value,
         }
     }
 
@@ -312,6 +339,20 @@ impl TcpState {
             BoundInactive => "BOUND_INACTIVE",
             Unknown(_) => "UNKNOWN",
         }
+    }
+}
+
+impl Ord for TcpState {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.name()
+            .cmp(other.name())
+            .then(self.to_kernel().cmp(&other.to_kernel()))
+    }
+}
+
+impl PartialOrd for TcpState {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -644,6 +685,26 @@ mod tests {
         assert_eq!(Comm::from("sixteen-chars-xx").as_str(), "sixteen-chars-x");
         assert_eq!(Comm::from("ééééééééé").as_str(), "ééééééé");
         assert_eq!(size_of::<Comm>(), 17);
+    }
+
+    #[test]
+    fn tcp_states_round_trip_and_sort_by_name() {
+        for value in 0..=20u8 {
+            assert_eq!(TcpState::from_kernel(value).to_kernel(), value);
+        }
+        assert_eq!(TcpState::from_kernel(8), TcpState::CloseWait);
+        assert_eq!(TcpState::CloseWait.name(), "CLOSE_WAIT");
+        let mut states = [
+            TcpState::SynSent,
+            TcpState::Established,
+            TcpState::CloseWait,
+            TcpState::FinWait1,
+        ];
+        states.sort();
+        assert_eq!(
+            states.map(TcpState::name),
+            ["CLOSE_WAIT", "ESTABLISHED", "FIN_WAIT1", "SYN_SENT"]
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::{
     model::{Group, Opener, ProcessReport, RemoteCount, Report, SocketReport},
 };
 use crate::{
-    event::{Direction, Task},
+    event::{Direction, Task, TcpState},
     filter::Filter,
     snapshot::{LiveFacts, Snapshot, holder_task},
     socket_table::{GroupKey, Socket, SocketTable},
@@ -195,10 +195,10 @@ fn group(
         .iter()
         .map(|h| socket_report(h, snapshot.live_facts(h.socket.cookie), options.now_ns))
         .collect();
-    let mut states: BTreeMap<String, usize> = BTreeMap::new();
+    let mut states: BTreeMap<TcpState, usize> = BTreeMap::new();
     let mut remotes: HashMap<&str, usize> = HashMap::new();
     for report in &reports {
-        *states.entry(report.state.clone()).or_default() += 1;
+        *states.entry(report.state).or_default() += 1;
         *remotes.entry(&report.remote).or_default() += 1;
     }
     let mut remotes: Vec<RemoteCount> = remotes
@@ -256,11 +256,7 @@ fn socket_report(held: &Held<'_>, live: Option<LiveFacts>, now_ns: u64) -> Socke
         tid: socket.opener.tid,
         local: socket.endpoints.local.to_string(),
         remote: socket.endpoints.remote.to_string(),
-        state: live
-            .state
-            .unwrap_or(socket.endpoints.state)
-            .name()
-            .to_owned(),
+        state: live.state.unwrap_or(socket.endpoints.state),
         age_s: now_ns.saturating_sub(socket.opened_ns) as f64 / 1e9,
         idle_s: live.idle_ms.map(|ms| ms as f64 / 1e3),
         unread_bytes: live.unread_bytes,
@@ -483,8 +479,17 @@ mod tests {
         assert_eq!(big.count, 4);
         assert_eq!(big.stack[0].symbol.as_deref(), Some("main.leakOne"));
         assert_eq!(big.kernel_stack[0].symbol.as_deref(), Some("tcp_connect"));
-        assert_eq!(big.states["CLOSE_WAIT"], 1);
-        assert_eq!(big.states["ESTABLISHED"], 3);
+        assert_eq!(big.states[&TcpState::CloseWait], 1);
+        assert_eq!(big.states[&TcpState::Established], 3);
+        // The JSON contract: state names as keys, alphabetical.
+        assert_eq!(
+            serde_json::to_string(&big.states).unwrap(),
+            r#"{"CLOSE_WAIT":1,"ESTABLISHED":3}"#
+        );
+        assert_eq!(
+            serde_json::to_value(&big.sockets[0]).unwrap()["state"],
+            "CLOSE_WAIT"
+        );
         assert_eq!(
             big.remotes,
             [RemoteCount {

@@ -1,7 +1,11 @@
 //! Why a group of open sockets looks like a leak: small checks over the
 //! group's sockets, each giving a class and one sentence of evidence.
 use super::model::{Class, SocketReport};
-use crate::{event::Direction, socket_table::GroupCounts, symbolize::Frame};
+use crate::{
+    event::{Direction, TcpState},
+    socket_table::GroupCounts,
+    symbolize::Frame,
+};
 
 /// Thresholds for the checks.
 #[derive(Clone, Copy, Debug)]
@@ -20,7 +24,10 @@ pub fn classify(
     let mut found = Vec::new();
     let total = sockets.len();
 
-    let close_wait = sockets.iter().filter(|s| s.state == "CLOSE_WAIT").count();
+    let close_wait = sockets
+        .iter()
+        .filter(|s| s.state == TcpState::CloseWait)
+        .count();
     if close_wait > 0 {
         found.push((
             Class::CloseWait,
@@ -49,7 +56,7 @@ pub fn classify(
 
     let idle: Vec<f64> = sockets
         .iter()
-        .filter(|s| s.state == "ESTABLISHED")
+        .filter(|s| s.state == TcpState::Established)
         .filter_map(|s| s.idle_s)
         .filter(|&idle| idle >= thresholds.idle_s)
         .collect();
@@ -118,7 +125,7 @@ pub fn seconds(s: f64) -> String {
 mod tests {
     use super::*;
 
-    fn socket(state: &str, idle_s: Option<f64>, unread: Option<u32>) -> SocketReport {
+    fn socket(state: TcpState, idle_s: Option<f64>, unread: Option<u32>) -> SocketReport {
         SocketReport {
             cookie: 1,
             fd: None,
@@ -126,7 +133,7 @@ mod tests {
             tid: 1,
             local: "127.0.0.1:1".to_owned(),
             remote: "127.0.0.1:2".to_owned(),
-            state: state.to_owned(),
+            state,
             age_s: 10.0,
             idle_s,
             unread_bytes: unread,
@@ -143,9 +150,9 @@ mod tests {
     #[test]
     fn close_wait_with_unread_data() {
         let sockets = [
-            socket("CLOSE_WAIT", Some(1.0), Some(120)),
-            socket("CLOSE_WAIT", Some(1.0), Some(0)),
-            socket("ESTABLISHED", Some(1.0), None),
+            socket(TcpState::CloseWait, Some(1.0), Some(120)),
+            socket(TcpState::CloseWait, Some(1.0), Some(0)),
+            socket(TcpState::Established, Some(1.0), None),
         ];
         let found = classify(&sockets, Direction::Connect, GroupCounts::default(), T);
         assert_eq!(classes(&found), [Class::CloseWait, Class::Unread]);
@@ -162,10 +169,10 @@ mod tests {
     #[test]
     fn idle_needs_established_and_the_threshold() {
         let sockets = [
-            socket("ESTABLISHED", Some(14_400.0), None),
-            socket("ESTABLISHED", Some(29.0), None),
-            socket("CLOSE_WAIT", Some(99_999.0), None),
-            socket("ESTABLISHED", None, None),
+            socket(TcpState::Established, Some(14_400.0), None),
+            socket(TcpState::Established, Some(29.0), None),
+            socket(TcpState::CloseWait, Some(99_999.0), None),
+            socket(TcpState::Established, None, None),
         ];
         let found = classify(&sockets, Direction::Connect, GroupCounts::default(), T);
         assert_eq!(classes(&found), [Class::CloseWait, Class::Idle]);
@@ -178,7 +185,7 @@ mod tests {
 
     #[test]
     fn growing_needs_opens_and_no_close() {
-        let sockets = [socket("ESTABLISHED", None, None)];
+        let sockets = [socket(TcpState::Established, None, None)];
         let grew = GroupCounts {
             opened: 5,
             closed: 0,

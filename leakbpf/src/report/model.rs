@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::{event::Direction, symbolize::Frame};
+use crate::{
+    event::{Direction, TcpState},
+    symbolize::Frame,
+};
 
 pub const REPORT_VERSION: u32 = 1;
 
@@ -69,8 +72,8 @@ pub struct Group {
     pub shared: usize,
     pub oldest_age_s: f64,
     pub newest_age_s: f64,
-    /// TCP state name -> sockets in it.
-    pub states: BTreeMap<String, usize>,
+    /// TCP state -> sockets in it (by name in JSON, alphabetical).
+    pub states: BTreeMap<TcpState, usize>,
     /// What looks wrong, most telling first.
     pub classes: Vec<Class>,
     /// One sentence of evidence per class, same order.
@@ -140,7 +143,7 @@ pub struct SocketReport {
     pub tid: u32,
     pub local: String,
     pub remote: String,
-    pub state: String,
+    pub state: TcpState,
     pub age_s: f64,
     /// Time since data last moved (tcp_info), where known.
     pub idle_s: Option<f64>,

@@ -467,7 +467,7 @@ pub(crate) mod tests {
             shared: 0,
             oldest_age_s: 90.5,
             newest_age_s: 1.0,
-            states: BTreeMap::from([("ESTABLISHED".to_string(), count)]),
+            states: BTreeMap::from([(crate::event::TcpState::Established, count)]),
             classes: classes.to_vec(),
             evidence: vec![],
             hints: vec![],
