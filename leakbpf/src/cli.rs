@@ -141,6 +141,18 @@ pub struct FilterArgs {
     pub ipv6: bool,
 }
 
+impl FilterArgs {
+    /// The library's filter: the one place the flags become it.
+    pub fn filter(&self) -> crate::filter::Filter {
+        let family = match (self.ipv4, self.ipv6) {
+            (true, _) => Some(crate::event::Family::Ipv4),
+            (_, true) => Some(crate::event::Family::Ipv6),
+            _ => None,
+        };
+        crate::filter::Filter::new(self.pids.clone(), self.comm.clone(), family)
+    }
+}
+
 /// How the kernel side is set up.
 #[derive(Clone, Debug, Default, Args)]
 pub struct TracerArgs {

@@ -1,8 +1,5 @@
 //! Which sockets a command shows, decided on the socket's owner and family.
-use crate::{
-    cli::FilterArgs,
-    event::{Family, Task},
-};
+use crate::event::{Family, Task};
 
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
@@ -12,17 +9,15 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn new(args: &FilterArgs) -> Self {
-        let family = match (args.ipv4, args.ipv6) {
-            (true, _) => Some(Family::Ipv4),
-            (_, true) => Some(Family::Ipv6),
-            _ => None,
-        };
-        Filter {
-            pids: args.pids.clone(),
-            comm: args.comm.clone(),
-            family,
-        }
+    /// Sockets of these processes (any if empty), with this exact command
+    /// name, of this family.
+    pub fn new(pids: Vec<u32>, comm: Option<String>, family: Option<Family>) -> Self {
+        Filter { pids, comm, family }
+    }
+
+    /// Only these processes.
+    pub fn pids_only(pids: Vec<u32>) -> Self {
+        Filter::new(pids, None, None)
     }
 
     /// The `--pid` list, if any: scans of /proc need only walk these.
@@ -71,12 +66,7 @@ mod tests {
 
     #[test]
     fn all_conditions_must_hold() {
-        let filter = Filter::new(&FilterArgs {
-            pids: vec![7, 8],
-            comm: Some("curl".to_owned()),
-            ipv4: true,
-            ipv6: false,
-        });
+        let filter = Filter::new(vec![7, 8], Some("curl".to_owned()), Some(Family::Ipv4));
         assert!(filter.matches(&task(7, "curl"), Family::Ipv4));
         assert!(!filter.matches(&task(9, "curl"), Family::Ipv4));
         assert!(!filter.matches(&task(8, "wget"), Family::Ipv4));
@@ -85,10 +75,7 @@ mod tests {
 
     #[test]
     fn rejects_pids_that_do_not_exist() {
-        let filter = Filter::new(&FilterArgs {
-            pids: vec![std::process::id(), u32::MAX - 1],
-            ..FilterArgs::default()
-        });
+        let filter = Filter::pids_only(vec![std::process::id(), u32::MAX - 1]);
         let err = filter.check_pids_exist().unwrap_err().to_string();
         assert_eq!(err, format!("no process with pid {}", u32::MAX - 1));
     }

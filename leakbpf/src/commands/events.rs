@@ -84,7 +84,7 @@ struct Summary {
 }
 
 pub fn run(args: EventsArgs) -> Result<ExitCode> {
-    let filter = Filter::new(&args.filter);
+    let filter = args.filter.filter();
     filter.check_pids_exist()?;
     session::runtime()?.block_on(stream(args, filter))
 }

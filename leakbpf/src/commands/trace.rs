@@ -32,7 +32,7 @@ use crate::{
 };
 
 pub fn run(args: TraceArgs) -> Result<ExitCode> {
-    let filter = Filter::new(&args.filter);
+    let filter = args.filter.filter();
     filter.check_pids_exist()?;
     let output = open_output(&args)?;
     let report = session::runtime()?.block_on(trace(&args, &filter))?;

@@ -572,10 +572,7 @@ mod tests {
         );
 
         // --pid 102 shows only what 102 holds.
-        let only_102 = Filter::new(&crate::cli::FilterArgs {
-            pids: vec![102],
-            ..crate::cli::FilterArgs::default()
-        });
+        let only_102 = Filter::pids_only(vec![102]);
         let report = assemble(header(), &table, &snapshot, &Names, &options(&only_102));
         assert_eq!(report.open_sockets, 1);
         assert_eq!(report.processes.len(), 1);
@@ -621,10 +618,7 @@ mod tests {
             .holds(4, TcpState::Established, &[(200, 3)])
             .snapshot();
 
-        let only_200 = Filter::new(&crate::cli::FilterArgs {
-            pids: vec![200],
-            ..crate::cli::FilterArgs::default()
-        });
+        let only_200 = Filter::pids_only(vec![200]);
         let report = assemble(header(), &table, &snapshot, &Names, &options(&only_200));
         assert_eq!(report.processes.len(), 1);
         assert_eq!(report.processes[0].pid, 200);
