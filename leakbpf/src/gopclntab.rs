@@ -639,7 +639,7 @@ mod tests {
                 );
                 std::fs::read(dir.join(out)).unwrap()
             };
-            let builds = Builds {
+            Builds {
                 source: std::fs::read_to_string(FIXTURE).unwrap(),
                 plain: build("plain", false, &[]),
                 stripped: build("stripped", false, &["-ldflags=-s -w"]),
@@ -655,9 +655,7 @@ mod tests {
                     true,
                     &["-buildmode=pie", "-ldflags=-linkmode=external -s -w"],
                 ),
-            };
-            std::fs::remove_dir_all(&dir).unwrap();
-            builds
+            }
         })
     }
 
@@ -893,7 +891,7 @@ mod tests {
         std::fs::write(&binary, &b.stripped).unwrap();
         let text = symbols.text_range();
         let addresses: Vec<u64> = (text.start - 64..text.end + 64).step_by(37).collect();
-        let mut cmd = go(&dir, false);
+        let mut cmd = go(dir, false);
         cmd.args(["tool", "addr2line"])
             .arg(&binary)
             .stdin(Stdio::piped())
@@ -907,7 +905,6 @@ mod tests {
         let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
         let output = child.wait_with_output().unwrap();
         writer.join().unwrap().unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
         assert!(
             output.status.success(),
             "{}",

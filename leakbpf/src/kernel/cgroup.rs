@@ -16,7 +16,7 @@ use std::{
 };
 
 /// `CGROUP2_SUPER_MAGIC` from linux/magic.h.
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
 
 /// What was found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,7 +107,8 @@ fn is_cgroup2(path: &Path) -> bool {
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: a valid NUL-terminated path and a valid out pointer.
     let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut stat) };
-    rc == 0 && i64::from(stat.f_type) == CGROUP2_SUPER_MAGIC
+    // `f_type` is a signed word whose width varies by architecture.
+    rc == 0 && u64::try_from(stat.f_type).ok() == Some(CGROUP2_SUPER_MAGIC)
 }
 
 /// Mount points of the cgroup2 mounts in mountinfo text, in order; the

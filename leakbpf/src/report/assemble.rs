@@ -363,8 +363,11 @@ mod tests {
 
     /// What the kernel and the fd tables say: (cookie, state, holders as
     /// (pid, fd)).
+    /// (cookie, state, holders as (pid, fd)).
+    type HeldSocket = (u64, TcpState, Vec<(u32, i32)>);
+
     struct Kernel {
-        sockets: Vec<(u64, TcpState, Vec<(u32, i32)>)>,
+        sockets: Vec<HeldSocket>,
         alive: Vec<u32>,
         denied: Vec<u32>,
     }
