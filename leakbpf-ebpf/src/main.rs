@@ -15,6 +15,11 @@
 //! `--log-kernel` and otherwise sets the level to off before load).
 #![no_std]
 #![no_main]
+// Helpers are inlined into each program on purpose: BPF-to-BPF calls mix
+// badly with tail positions and older verifiers, and the programs are small.
+#![allow(clippy::inline_always)]
+// aya's program macros hand every program its context by value.
+#![allow(clippy::needless_pass_by_value)]
 
 mod emit;
 mod kprobe_set;

@@ -300,7 +300,10 @@ impl TcpState {
 
     /// The kernel's number for it.
     pub fn to_kernel(self) -> u8 {
-        use TcpState::*;
+        use TcpState::{
+            BoundInactive, Close, CloseWait, Closing, Established, FinWait1, FinWait2, LastAck,
+            Listen, NewSynRecv, SynRecv, SynSent, TimeWait, Unknown,
+        };
         use common::tcp_state as n;
         match self {
             Established => n::ESTABLISHED,
@@ -322,7 +325,10 @@ impl TcpState {
 
     /// The name `ss` and the kernel use, e.g. `CLOSE_WAIT`.
     pub fn name(self) -> &'static str {
-        use TcpState::*;
+        use TcpState::{
+            BoundInactive, Close, CloseWait, Closing, Established, FinWait1, FinWait2, LastAck,
+            Listen, NewSynRecv, SynRecv, SynSent, TimeWait, Unknown,
+        };
         match self {
             Established => "ESTABLISHED",
             SynSent => "SYN_SENT",
@@ -520,8 +526,10 @@ mod tests {
 
     fn bytes_of<T: Copy>(value: &T) -> Vec<u8> {
         // SAFETY: reading the bytes of a #[repr(C)] POD value.
-        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
-            .to_vec()
+        unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(value).cast::<u8>(), size_of::<T>())
+        }
+        .to_vec()
     }
 
     fn raw_task() -> common::Task {

@@ -898,7 +898,11 @@ mod tests {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("running go tool addr2line");
-        let input: String = addresses.iter().map(|a| format!("{a:#x}\n")).collect();
+        let input = addresses
+            .iter()
+            .map(|a| format!("{a:#x}\n"))
+            .collect::<Vec<_>>()
+            .concat();
         // Write from another thread: addr2line answers as it reads and would
         // block on a full stdout pipe while we block writing its stdin.
         let mut stdin = child.stdin.take().unwrap();
@@ -1097,9 +1101,9 @@ mod tests {
             let go116 = self.version == Version::Go116;
             let field = |s: &Self, out: &mut Vec<u8>, v: u64| {
                 if go116 {
-                    s.word(out, v)
+                    s.word(out, v);
                 } else {
-                    s.u32(out, v as u32)
+                    s.u32(out, v as u32);
                 }
             };
             let fsz = if go116 { self.ptr_size } else { 4 };
@@ -1235,7 +1239,7 @@ mod tests {
         let hot = 0x200.min(data.len());
         for round in 0..3000 {
             let mut bad = data.clone();
-            for _ in 0..1 + next() % 4 {
+            for _ in 0..=(next() % 4) {
                 let at = if round % 2 == 0 {
                     next() as usize % hot
                 } else {
@@ -1250,7 +1254,7 @@ mod tests {
         let elf = &builds().ext_pie_stripped;
         for _ in 0..300 {
             let mut bad = elf.clone();
-            for _ in 0..1 + next() % 8 {
+            for _ in 0..=(next() % 8) {
                 let at = next() as usize % 0x1000.min(bad.len());
                 bad[at] = next() as u8;
             }

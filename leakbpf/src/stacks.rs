@@ -92,17 +92,16 @@ impl StackResolver {
             return;
         };
         let pid = open.task.pid;
-        let caller = match self.callers.get(&(pid, id)) {
-            Some(caller) => *caller,
-            None => {
-                let ip = self.ips(tracer, id).and_then(|ips| ips.first().copied());
-                let caller = ip.and_then(|ip| {
-                    self.unwinder
-                        .caller(pid, ip, open.user_sp, &open.user_stack_top)
-                });
-                self.callers.insert((pid, id), caller);
-                caller
-            }
+        let caller = if let Some(caller) = self.callers.get(&(pid, id)) {
+            *caller
+        } else {
+            let ip = self.ips(tracer, id).and_then(|ips| ips.first().copied());
+            let caller = ip.and_then(|ip| {
+                self.unwinder
+                    .caller(pid, ip, open.user_sp, &open.user_stack_top)
+            });
+            self.callers.insert((pid, id), caller);
+            caller
         };
         open.leaf_caller = caller;
         if self.eager {

@@ -51,7 +51,7 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 impl Tracer {
     /// Probes the kernel, chooses a hook set, loads and attaches it. Must run
     /// inside a tokio runtime (the ring buffer registers with it).
-    pub fn start(options: TracerOptions) -> Result<Tracer> {
+    pub fn start(options: &TracerOptions) -> Result<Tracer> {
         if let Some(bytes) = options.ring_bytes
             && (!bytes.is_power_of_two() || bytes < 4096)
         {
@@ -189,8 +189,7 @@ impl Tracer {
         let sum = |index: u32| -> u64 {
             self.lost
                 .get(&index, 0)
-                .map(|values| values.iter().sum())
-                .unwrap_or(0)
+                .map_or(0, |values| values.iter().sum())
         };
         LostCounts {
             ringbuf_full: sum(lost::RINGBUF_FULL),
@@ -252,13 +251,14 @@ fn resolve_cookies(out: &mut Vec<Event>, from: usize) -> u64 {
         if let Event::Open(open) = &mut out[index]
             && open.cookie == 0
         {
-            match crate::sockets::diag::cookie_of(open.endpoints.local, open.endpoints.remote) {
-                Some(cookie) => open.cookie = cookie,
-                None => {
-                    out.remove(index);
-                    unresolved += 1;
-                    continue;
-                }
+            if let Some(cookie) =
+                crate::sockets::diag::cookie_of(open.endpoints.local, open.endpoints.remote)
+            {
+                open.cookie = cookie;
+            } else {
+                out.remove(index);
+                unresolved += 1;
+                continue;
             }
         }
         index += 1;

@@ -46,8 +46,10 @@ pub fn expected_hooks() -> String {
             .lines()
             .find_map(|line| line.strip_prefix("hook set"))
             .and_then(|rest| rest.trim_start().split(':').next())
-            .map(str::to_owned)
-            .unwrap_or_else(|| panic!("leakbpf check named no hook set:\n{stdout}"))
+            .map_or_else(
+                || panic!("leakbpf check named no hook set:\n{stdout}"),
+                str::to_owned,
+            )
     })
 }
 
@@ -59,11 +61,10 @@ fn hooks_args() -> Vec<String> {
 }
 
 pub fn leakbpf_bin() -> PathBuf {
-    let path = std::env::var_os("LEAKBPF_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            panic!("LEAKBPF_BIN is not set: run the end-to-end tests through `./x test`")
-        });
+    let path = std::env::var_os("LEAKBPF_BIN").map_or_else(
+        || panic!("LEAKBPF_BIN is not set: run the end-to-end tests through `./x test`"),
+        PathBuf::from,
+    );
     assert!(
         path.is_file(),
         "LEAKBPF_BIN={} does not exist",
@@ -132,7 +133,7 @@ fn c_fixture_with(name: &str, libs: &[&str]) -> PathBuf {
     let mut built = BUILT
         .get_or_init(Default::default)
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     built
         .entry(name.to_owned())
         .or_insert_with(|| build_c(name, libs))
@@ -328,7 +329,9 @@ fn watch_stderr(
             if line.contains("tracing TCP sockets") {
                 let _ = ready_tx.send(());
             }
-            let mut text = sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut text = sink
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             text.push_str(&line);
             text.push('\n');
         }
@@ -509,7 +512,7 @@ fn go_build(name: &str, stripped: bool) -> PathBuf {
     let mut built = BUILT
         .get_or_init(Default::default)
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let out_name = if stripped {
         format!("{name}-stripped")
     } else {

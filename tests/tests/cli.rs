@@ -76,11 +76,10 @@ fn check_names_the_hook_set() {
         })
         .collect();
     assert_eq!(sets.len(), 3, "one line per hook set: {stdout}");
-    let best = sets
-        .iter()
-        .find(|(_, usable)| *usable)
-        .map(|(name, _)| *name)
-        .unwrap_or_else(|| panic!("no usable hook set on this kernel: {stdout}"));
+    let best = sets.iter().find(|(_, usable)| *usable).map_or_else(
+        || panic!("no usable hook set on this kernel: {stdout}"),
+        |(name, _)| *name,
+    );
     assert!(
         stdout.contains(&format!("hook set          {best}:")),
         "auto should pick {best}: {stdout}"

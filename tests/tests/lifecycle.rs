@@ -11,6 +11,10 @@ use serde_json::Value;
 /// server in another process accepts 5 and closes 2. Then both are killed
 /// and the kernel releases the rest in their names.
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: two processes through their whole lives"
+)]
 fn counts_opens_and_closes_per_process() {
     let test_started = std::time::Instant::now();
     let leakbpf = Leakbpf::events(&["--stacks"]);

@@ -213,14 +213,16 @@ fn in_lanes(
                         break;
                     };
                     let result = run(kernel);
-                    results.lock().unwrap_or_else(|p| p.into_inner())[index] = Some(result);
+                    results
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)[index] = Some(result);
                 }
             });
         }
     });
     results
         .into_inner()
-        .unwrap_or_else(|p| p.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .into_iter()
         .map(|result| result.expect("every kernel ran"))
         .collect()
@@ -258,7 +260,7 @@ fn vm_cells(
 ) -> Result<Vec<Cell>> {
     let out_dir = fresh_dir(&root.join("target/matrix").join(kernel.release()))?;
     let script = cell_script(root, leakbpf, tests, &out_dir, sets, Place::Guest);
-    let output = vm::run_in_vm(kernel, &script, &out_dir, Duration::from_secs(30 * 60))?;
+    let output = vm::run_in_vm(kernel, &script, &out_dir, Duration::from_mins(30))?;
     let cells = read_cells(&format!("{} (qemu)", kernel.release()), sets, &out_dir);
     if !output.success() || cells.iter().any(|c| !c.ok()) {
         eprintln!("{}", output.stdout);
@@ -491,24 +493,25 @@ fn test_summary(output: &str) -> String {
         .lines()
         .rev()
         .find_map(|line| line.strip_prefix("test result: "))
-        .map(|rest| {
-            rest.split(';')
-                .take(2)
-                .map(|s| {
-                    s.trim()
-                        .trim_start_matches("ok. ")
-                        .trim_start_matches("FAILED. ")
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_else(|| "no test result".to_owned())
+        .map_or_else(
+            || "no test result".to_owned(),
+            |rest| {
+                rest.split(';')
+                    .take(2)
+                    .map(|s| {
+                        s.trim()
+                            .trim_start_matches("ok. ")
+                            .trim_start_matches("FAILED. ")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        )
 }
 
 fn os_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "host".to_owned())
+        .map_or_else(|_| "host".to_owned(), |s| s.trim().to_owned())
 }
 
 #[cfg(test)]

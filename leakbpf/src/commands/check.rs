@@ -7,7 +7,7 @@ use crate::{
     kernel::offsets,
 };
 
-pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     // As root, mount tracefs if needed, as `events` would; otherwise report.
     if crate::tracer::require_root().is_ok() {
         crate::kernel::tracefs::ensure_mounted()?;

@@ -3,6 +3,7 @@
 //! destroys (which happen in the kernel, not in a process) by the socket's
 //! opener, through the socket table.
 use std::{
+    fmt::Write as _,
     io::{BufWriter, Write as _},
     process::ExitCode,
     rc::Rc,
@@ -90,7 +91,7 @@ pub fn run(args: EventsArgs) -> Result<ExitCode> {
 }
 
 async fn stream(args: EventsArgs, filter: Filter) -> Result<ExitCode> {
-    let mut tracer = Tracer::start(args.tracer.options())?;
+    let mut tracer = Tracer::start(&args.tracer.options())?;
     let clock = Clock::now();
     let started = Instant::now();
     session::announce(&tracer, args.duration, "stop");
@@ -305,7 +306,7 @@ impl<W: std::io::Write> Printer<W> {
             detail = format!("after {ms:.3} ms {detail}");
         }
         if let Some(fd) = r.fd {
-            detail.push_str(&format!(" fd={fd}"));
+            let _ = write!(detail, " fd={fd}");
         }
         writeln!(
             self.out,

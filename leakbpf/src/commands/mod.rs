@@ -14,7 +14,7 @@ use crate::cli::{Cli, Command};
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Events(args) => events::run(args),
-        Command::Trace(args) => trace::run(args),
-        Command::Check(args) => check::run(args),
+        Command::Trace(args) => trace::run(&args),
+        Command::Check(args) => check::run(&args),
     }
 }

@@ -31,29 +31,26 @@ use crate::{
     tracer::Tracer,
 };
 
-pub fn run(args: TraceArgs) -> Result<ExitCode> {
+pub fn run(args: &TraceArgs) -> Result<ExitCode> {
     let filter = args.filter.filter();
     filter.check_pids_exist()?;
-    let output = open_output(&args)?;
-    let report = session::runtime()?.block_on(trace(&args, &filter))?;
+    let output = open_output(args)?;
+    let report = session::runtime()?.block_on(trace(args, &filter))?;
     write_report(&report, args.format, output)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Fails on an unwritable --output now, not after tracing for an hour.
 fn open_output(args: &TraceArgs) -> Result<Option<File>> {
-    match &args.output {
-        Some(path) => {
-            Ok(Some(File::create(path).with_context(|| {
-                format!("cannot write {}", path.display())
-            })?))
+    if let Some(path) = &args.output {
+        Ok(Some(File::create(path).with_context(|| {
+            format!("cannot write {}", path.display())
+        })?))
+    } else {
+        if args.format == ReportFormat::Pprof && std::io::stdout().is_terminal() {
+            bail!("pprof output is binary: write it to a file with --output FILE");
         }
-        None => {
-            if args.format == ReportFormat::Pprof && std::io::stdout().is_terminal() {
-                bail!("pprof output is binary: write it to a file with --output FILE");
-            }
-            Ok(None)
-        }
+        Ok(None)
     }
 }
 
@@ -78,7 +75,7 @@ fn write_report(report: &Report, format: ReportFormat, output: Option<File>) -> 
 }
 
 async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
-    let mut tracer = Tracer::start(args.tracer.options())?;
+    let mut tracer = Tracer::start(&args.tracer.options())?;
     let started = Instant::now();
     let mut collector = Collector {
         table: SocketTable::default(),
@@ -144,7 +141,7 @@ async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
                     .iter()
                     .any(|owner| filter.matches(&holder_task(owner), owned.socket.family))
             },
-            filter.pids(),
+            filter.pids().as_deref(),
             tracer.hooks().name(),
         ));
     }

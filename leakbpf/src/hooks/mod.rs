@@ -117,7 +117,7 @@ impl fmt::Display for HookSet {
 pub fn tracepoints() -> Vec<(&'static str, &'static str)> {
     let mut tracepoints = Vec::new();
     for spec in &SETS {
-        for tracepoint in spec.all_programs().filter_map(|p| p.tracepoint()) {
+        for tracepoint in spec.all_programs().filter_map(sets::Program::tracepoint) {
             if !tracepoints.contains(&tracepoint) {
                 tracepoints.push(tracepoint);
             }
@@ -185,8 +185,7 @@ impl Capabilities {
             .collect();
         Capabilities {
             kernel_release: fs::read_to_string("/proc/sys/kernel/osrelease")
-                .map(|s| s.trim().to_owned())
-                .unwrap_or_else(|_| "unknown".to_owned()),
+                .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned()),
             btf: fs::metadata("/sys/kernel/btf/vmlinux").is_ok(),
             tracefs,
             tracepoints,

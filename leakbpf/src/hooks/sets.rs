@@ -166,7 +166,7 @@ const fn accept_arity(program: Program, arity: u32) -> Program {
     }
 }
 
-use ProgramKind::*;
+use ProgramKind::{Cgroup, Fentry, Fexit, Kprobe, Kretprobe, TpBtf, Tracepoint};
 
 /// State changes, destruction, process ends: every set attaches these.
 pub const SHARED: &[Program] = &[

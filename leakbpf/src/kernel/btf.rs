@@ -193,13 +193,15 @@ impl Btf {
             }
             let found = self
                 .find_member(&aggregate, is_union, name, 0)
-                .map_err(|e| fail.malformed(e))?
+                .map_err(|e| fail.malformed(&e))?
                 .ok_or_else(|| fail.no_member())?;
             let ty = self
                 .raw
                 .resolve_chained_type(&found.member)
-                .map_err(|e| fail.malformed(e))?;
-            let size = self.size_of(ty.clone(), 0).map_err(|e| fail.malformed(e))?;
+                .map_err(|e| fail.malformed(&e))?;
+            let size = self
+                .size_of(ty.clone(), 0)
+                .map_err(|e| fail.malformed(&e))?;
             let bits = base_bits + found.bit_offset;
             let is_bitfield = !bits.is_multiple_of(8)
                 || match found.member.bitfield_size() {
@@ -224,18 +226,19 @@ impl Btf {
                     .map_err(|_| fail.malformed_msg("size does not fit in 32 bits"))?;
                 return Ok(Member { offset, size });
             }
-            (aggregate, is_union) = match self.strip_modifiers(ty).map_err(|e| fail.malformed(e))? {
-                Type::Struct(inner) => (inner, false),
-                Type::Union(inner) => (inner, true),
-                _ => {
-                    return Err(BtfError::NotAggregate {
-                        struct_name: struct_name.to_owned(),
-                        member: path.to_owned(),
-                        prefix: walked(),
-                        origin: self.origin.clone(),
-                    });
-                }
-            };
+            (aggregate, is_union) =
+                match self.strip_modifiers(ty).map_err(|e| fail.malformed(&e))? {
+                    Type::Struct(inner) => (inner, false),
+                    Type::Union(inner) => (inner, true),
+                    _ => {
+                        return Err(BtfError::NotAggregate {
+                            struct_name: struct_name.to_owned(),
+                            member: path.to_owned(),
+                            prefix: walked(),
+                            origin: self.origin.clone(),
+                        });
+                    }
+                };
             base_bits = bits;
         }
         // `split` always yields at least one segment; keep a sane answer anyway.
@@ -374,7 +377,7 @@ impl Failure<'_> {
         }
     }
 
-    fn malformed(&self, error: btf_rs::Error) -> BtfError {
+    fn malformed(&self, error: &btf_rs::Error) -> BtfError {
         self.malformed_msg(&error.to_string())
     }
 
@@ -696,9 +699,8 @@ pub(crate) mod tests {
 
     #[test]
     fn missing_file_is_named() {
-        let e = match Btf::from_path("/nonexistent/leakbpf/vmlinux") {
-            Ok(_) => panic!("loaded a file that does not exist"),
-            Err(e) => e,
+        let Err(e) = Btf::from_path("/nonexistent/leakbpf/vmlinux") else {
+            panic!("loaded a file that does not exist")
         };
         assert!(
             e.to_string()
@@ -708,6 +710,10 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one synthetic BTF with every layout the reader must handle"
+    )]
     fn synthetic_layouts() {
         let mut b = BtfBuilder::new();
         let u32_t = b.int("unsigned int", 4, 32);

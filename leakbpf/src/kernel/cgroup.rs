@@ -106,7 +106,7 @@ fn is_cgroup2(path: &Path) -> bool {
     // SAFETY: statfs writes only into `stat`, which is zeroed and ours.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: a valid NUL-terminated path and a valid out pointer.
-    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut stat) };
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &raw mut stat) };
     // `f_type` is a signed word whose width varies by architecture.
     rc == 0 && u64::try_from(stat.f_type).ok() == Some(CGROUP2_SUPER_MAGIC)
 }

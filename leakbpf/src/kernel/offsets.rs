@@ -275,7 +275,7 @@ mod tests {
             .map(|m| {
                 let mut probe = KernelOffsets::default();
                 let base = &raw const probe as usize;
-                (m.slot)(&mut probe) as *mut u32 as usize - base
+                std::ptr::from_mut::<u32>((m.slot)(&mut probe)) as usize - base
             })
             .collect();
         slots.sort_unstable();

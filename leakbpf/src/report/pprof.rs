@@ -282,22 +282,21 @@ impl Builder {
     /// in it. The frames are already symbolized, hence `has_functions`:
     /// it keeps pprof from re-symbolizing with that made-up range.
     fn mapping(&mut self, pid: u32, module: &str, frame: &Frame) -> u64 {
-        let index = match self.mappings.get(&(pid, module.to_string())) {
-            Some(&index) => index,
-            None => {
-                let index = self.profile.mapping.len();
-                let filename = self.string(module);
-                self.profile.mapping.push(Mapping {
-                    id: index as u64 + 1,
-                    memory_start: frame.address,
-                    memory_limit: frame.address.saturating_add(1),
-                    filename,
-                    has_functions: true,
-                    ..Mapping::default()
-                });
-                self.mappings.insert((pid, module.to_string()), index);
-                index
-            }
+        let index = if let Some(&index) = self.mappings.get(&(pid, module.to_string())) {
+            index
+        } else {
+            let index = self.profile.mapping.len();
+            let filename = self.string(module);
+            self.profile.mapping.push(Mapping {
+                id: index as u64 + 1,
+                memory_start: frame.address,
+                memory_limit: frame.address.saturating_add(1),
+                filename,
+                has_functions: true,
+                ..Mapping::default()
+            });
+            self.mappings.insert((pid, module.to_string()), index);
+            index
         };
         let mapping = &mut self.profile.mapping[index];
         mapping.memory_start = mapping.memory_start.min(frame.address);
@@ -375,6 +374,10 @@ struct Label {
 }
 
 #[derive(Clone, PartialEq, Message)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "profile.proto's Mapping, field for field"
+)]
 struct Mapping {
     #[prost(uint64, tag = "1")]
     id: u64,
@@ -589,6 +592,10 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one sample report checked field by field"
+    )]
     fn round_trip() {
         let profile = decode(&encode(&sample_report()).unwrap());
         let s = |i: i64| profile.string_table[i as usize].as_str();

@@ -210,7 +210,7 @@ mod tests {
             opened_during_trace: 2,
             closed_during_trace: 0,
             stack: vec![Frame {
-                address: 0x4f3a21,
+                address: 0x004f_3a21,
                 symbol: Some("main.httpSend".to_owned()),
                 offset: Some(0x1a),
                 module: None,

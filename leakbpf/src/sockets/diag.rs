@@ -193,7 +193,7 @@ fn receive(socket: &Socket, buf: &mut Vec<u8>, out: &mut Dump) -> Result<()> {
         let len = loop {
             match socket.recv(buf, libc::MSG_TRUNC) {
                 Ok(len) => break len,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
             }
         };

@@ -88,12 +88,9 @@ fn walk_in(proc: &Path, pids: Option<&[u32]>) -> io::Result<(OwnersByInode, Walk
         }
         None => {
             for entry in fs::read_dir(proc)? {
-                let entry = match entry {
-                    Ok(entry) => entry,
-                    Err(_) => {
-                        stats.other_errors += 1;
-                        continue;
-                    }
+                let Ok(entry) = entry else {
+                    stats.other_errors += 1;
+                    continue;
                 };
                 if let Some(pid) = parse_pid(&entry.file_name()) {
                     walk_process(proc, pid, &mut owners, &mut stats);

@@ -21,8 +21,8 @@ fn so_cookie(socket: &impl AsRawFd) -> u64 {
             socket.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
+            std::ptr::from_mut(&mut cookie).cast(),
+            &raw mut len,
         )
     };
     assert_eq!(rc, 0, "SO_COOKIE: {}", std::io::Error::last_os_error());
@@ -251,7 +251,7 @@ fn shared_sockets_list_every_owner_and_pid_filter_excludes_others() {
     assert_eq!(shared.socket.cookie, so_cookie(&server));
     let holders: Vec<(u32, i32)> = shared.owners.iter().map(|o| (o.pid, o.fd)).collect();
     let mut expected = vec![(pid, server.as_raw_fd()), (child_pid, target)];
-    expected.sort();
+    expected.sort_unstable();
     assert_eq!(holders, expected);
     let in_child = shared.owners.iter().find(|o| o.pid == child_pid).unwrap();
     assert_eq!(in_child.comm, "sleep");

@@ -67,11 +67,11 @@ impl Unseen {
 pub fn warnings(
     known: impl Fn(u64) -> bool,
     wanted: impl Fn(&OwnedSocket) -> bool,
-    pids: Option<Vec<u32>>,
+    pids: Option<&[u32]>,
     hooks: &str,
 ) -> Vec<String> {
     let options = ScanOptions {
-        pids: pids.clone(),
+        pids: pids.map(<[u32]>::to_vec),
         ..ScanOptions::default()
     };
     let Ok(found) = super::scan(&options) else {
@@ -84,7 +84,7 @@ pub fn warnings(
     if found.is_empty() {
         return Vec::new();
     }
-    let holders = io_uring_holders(pids.as_deref());
+    let holders = io_uring_holders(pids);
     unseen(&found, |_| false, &holders)
         .iter()
         .map(|u| u.warning(hooks))
@@ -93,6 +93,10 @@ pub fn warnings(
 
 /// The owners of sockets of `found` that are not `known`, with how many,
 /// by pid; `io_uring` holders are marked.
+#[expect(
+    clippy::implicit_hasher,
+    reason = "one caller, with the standard hasher"
+)]
 pub fn unseen(
     found: &[OwnedSocket],
     known: impl Fn(u64) -> bool,
