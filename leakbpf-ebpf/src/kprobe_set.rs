@@ -1,4 +1,4 @@
-//! The hook set on the design card's functions through kprobes, for kernels
+//! The hook set on tcp_connect, inet_csk_accept and tcp_close through kprobes, for kernels
 //! with CONFIG_KPROBES but no BPF trampolines. Arguments are plain pointers
 //! here, so the cookie is read from `sk_cookie`, which the state tracepoint
 //! ([`crate::shared`]) generated when the socket first changed state (or,

@@ -1,4 +1,4 @@
-//! The hook set on the design card's functions through BPF trampolines
+//! The hook set on tcp_connect, inet_csk_accept and tcp_close through BPF trampolines
 //! (fentry/fexit, with BTF): each fires in the process doing the
 //! work, with a typed `struct sock *`, so the cookie comes straight from the
 //! helper. State changes, destruction and exits come from [`crate::shared`].

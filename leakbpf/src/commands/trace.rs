@@ -74,6 +74,7 @@ fn write_report(report: &Report, format: ReportFormat, output: Option<File>) -> 
     }
 }
 
+/// Traces until the end, then reports what is held open.
 async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
     let mut tracer = Tracer::start(&args.tracer.options())?;
     let started = Instant::now();
@@ -103,12 +104,45 @@ async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
     if collector.progress {
         eprintln!();
     }
-    // Who holds what now: every fd table, whatever the filter, since a
-    // socket may have moved to a process the filter names (or away from
-    // it). Releases that came in while it was taken still count. Without
-    // it the traced sockets are still reported, under their openers, and
-    // the report says why it is incomplete.
-    let (now, snapshot_failure) = match Snapshot::take(None) {
+    let (now, snapshot_failure) = holders_now(&mut tracer, &mut collector)?;
+    for warning in now.warnings() {
+        if !warnings.contains(&warning) {
+            warnings.push(warning);
+        }
+    }
+    if !args.no_preexisting {
+        warnings.extend(unseen_warnings(&tracer, &collector, filter));
+    }
+    let mut report = build_report(args, filter, &tracer, &collector, &now, warnings, started);
+    if let Some(reason) = snapshot_failure {
+        report.complete = false;
+        report.incomplete.insert(0, reason);
+    }
+    eprintln!(
+        "leakbpf: {} events in {:.1} s, lost events: {}, {} open sockets reported{}",
+        report.events,
+        report.duration_s,
+        report.lost_events,
+        report.open_sockets,
+        if report.complete {
+            String::new()
+        } else {
+            format!("; warning: incomplete: {}", report.incomplete.join("; "))
+        }
+    );
+    Ok(report)
+}
+
+/// Who holds what now: every fd table, whatever the filter, since a socket
+/// may have moved to a process the filter names (or away from it).
+/// Releases that came in while it was taken still count. If it cannot be
+/// taken, the traced sockets are still reported, under their openers, with
+/// the reason the report is incomplete.
+fn holders_now(
+    tracer: &mut Tracer,
+    collector: &mut Collector,
+) -> Result<(Snapshot, Option<String>)> {
+    let taken = match Snapshot::take(None) {
         Ok(now) => (now, None),
         Err(err) => (
             Snapshot::from_parts(
@@ -123,46 +157,25 @@ async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
     };
     let mut late = Vec::new();
     tracer.drain(&mut late);
-    session::Consumer::batch(&mut collector, &tracer, &mut late)?;
-    for warning in now.warnings() {
-        if !warnings.contains(&warning) {
-            warnings.push(warning);
-        }
-    }
-    // Sockets held now that no hook saw opening (io_uring accepts on the
-    // tracepoint set, an accept already waiting when fentry/kprobe
-    // attached): named, since the report cannot list them.
-    if !args.no_preexisting {
-        warnings.extend(sockets::unseen::warnings(
-            |cookie| collector.table.get(cookie).is_some(),
-            |owned| {
-                owned
-                    .owners
-                    .iter()
-                    .any(|owner| filter.matches(&holder_task(owner), owned.socket.family))
-            },
-            filter.pids().as_deref(),
-            tracer.hooks().name(),
-        ));
-    }
-    let mut report = build_report(args, filter, &tracer, &collector, &now, warnings, started);
-    if let Some(reason) = snapshot_failure {
-        report.complete = false;
-        report.incomplete.insert(0, reason);
-    }
-    let open = report.open_sockets;
-    eprintln!(
-        "leakbpf: {} events in {:.1} s, lost events: {}, {open} open sockets reported{}",
-        report.events,
-        report.duration_s,
-        report.lost_events,
-        if report.complete {
-            String::new()
-        } else {
-            format!("; warning: incomplete: {}", report.incomplete.join("; "))
-        }
-    );
-    Ok(report)
+    session::Consumer::batch(collector, tracer, &mut late)?;
+    Ok(taken)
+}
+
+/// Sockets held now that no hook saw opening (io_uring accepts on the
+/// tracepoint set, an accept already waiting when fentry/kprobe attached):
+/// named, since the report cannot list them.
+fn unseen_warnings(tracer: &Tracer, collector: &Collector, filter: &Filter) -> Vec<String> {
+    sockets::unseen::warnings(
+        |cookie| collector.table.get(cookie).is_some(),
+        |owned| {
+            owned
+                .owners
+                .iter()
+                .any(|owner| filter.matches(&holder_task(owner), owned.socket.family))
+        },
+        filter.pids().as_deref(),
+        tracer.hooks().name(),
+    )
 }
 
 /// The report of what `collector` saw, as `snapshot` finds it now.
