@@ -93,8 +93,8 @@ pub struct TraceArgs {
     /// An ESTABLISHED socket without traffic for this long is classified `idle`.
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     pub idle: Duration,
-    /// Report only the N largest groups.
-    #[arg(long, value_name = "N")]
+    /// Report only the N largest groups (the totals still count them all).
+    #[arg(long, value_name = "N", value_parser = parse_top)]
     pub top: Option<usize>,
     /// Leave out sockets that were already open when tracing started.
     #[arg(long)]
@@ -127,11 +127,12 @@ pub struct CheckArgs {
 /// Which sockets to show.
 #[derive(Debug, Default, Args)]
 pub struct FilterArgs {
-    /// Only sockets owned by this process (repeatable).
+    /// Only sockets held by this process (repeatable; a process id, not a thread id).
     #[arg(short, long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
-    /// Only sockets owned by processes with this exact command name.
-    #[arg(short, long, value_name = "NAME")]
+    /// Only sockets held by processes with this exact command name (the kernel keeps 15
+    /// characters of it).
+    #[arg(short, long, value_name = "NAME", value_parser = parse_comm)]
     pub comm: Option<String>,
     /// Only IPv4 sockets.
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
@@ -161,7 +162,7 @@ pub struct TracerArgs {
     pub hooks: HookChoice,
     /// Size of the kernel-to-user ring buffer in bytes (power of two). Events that do not fit
     /// are lost and counted; raise it if leakbpf reports losses.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_bytes)]
     pub ring_bytes: Option<u32>,
     /// Print the kernel side's rare failures (a stack that could not be recorded, an accepted
     /// socket that could not be read) on stderr, one `leakbpf: kernel: ` line each. They are
@@ -213,10 +214,69 @@ fn hook_choice_parser() -> impl clap::builder::TypedValueParser<Value = HookChoi
     })
 }
 
+/// The longest duration any flag takes: beyond it, a typo.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The largest ring buffer leakbpf asks the kernel for (locked kernel memory).
+pub const MAX_RING_BYTES: u32 = 1 << 30;
+
+fn parse_top(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (leave --top out to see every group)".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{text} is not a number of groups")),
+    }
+}
+
+/// The kernel keeps 15 bytes of a command name (`TASK_COMM_LEN` - 1): a
+/// longer name could never match.
+fn parse_comm(text: &str) -> Result<String, String> {
+    let max = leakbpf_common::COMM_LEN - 1;
+    if text.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if text.len() > max {
+        let kept: String = text
+            .chars()
+            .scan(0, |len, c| {
+                *len += c.len_utf8();
+                (*len <= max).then_some(c)
+            })
+            .collect();
+        return Err(format!(
+            "the kernel keeps {max} bytes of a command name, so {text:?} would never match: use {kept:?}"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+fn parse_ring_bytes(text: &str) -> Result<u32, String> {
+    let bytes: u64 = text
+        .parse()
+        .map_err(|_| format!("{text} is not a number of bytes"))?;
+    if !bytes.is_power_of_two() || bytes < 4096 || bytes > u64::from(MAX_RING_BYTES) {
+        return Err(format!(
+            "must be a power of two from 4096 to {MAX_RING_BYTES} (1 GiB), not {bytes}"
+        ));
+    }
+    Ok(bytes as u32)
+}
+
 /// A duration as people type them: with a unit (`10s`, `500ms`, `2m`,
 /// `1h30m`), or a bare number of seconds (`10`, `2.5`), as `timeout`,
 /// `sleep` and bcc's tools read it.
 fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    let duration = parse_any_duration(text)?;
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "{text} is longer than leakbpf takes (at most {})",
+            humantime::format_duration(MAX_DURATION)
+        ));
+    }
+    Ok(duration)
+}
+
+fn parse_any_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         return text

@@ -34,15 +34,42 @@ impl Filter {
             && self.family.is_none_or(|f| f == family)
     }
 
-    /// Fails on a `--pid` that names no running process.
+    /// Fails on a `--pid` that names no running process, a thread (sockets
+    /// belong to processes: the filter would never match) or a kernel
+    /// thread (it holds no sockets).
     pub fn check_pids_exist(&self) -> anyhow::Result<()> {
-        for pid in &self.pids {
-            if *pid == 0 || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        for &pid in &self.pids {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status"));
+            let (Ok(status), false) = (status, pid == 0) else {
                 anyhow::bail!("no process with pid {pid}");
+            };
+            let tgid = status
+                .lines()
+                .find_map(|line| line.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse::<u32>().ok());
+            if let Some(tgid) = tgid
+                && tgid != pid
+            {
+                anyhow::bail!("pid {pid} is a thread of process {tgid}: pass --pid {tgid}");
+            }
+            if is_kernel_thread(pid) {
+                anyhow::bail!("pid {pid} is a kernel thread: it holds no sockets");
             }
         }
         Ok(())
     }
+}
+
+/// `PF_KTHREAD` in the flags of `/proc/PID/stat` (field 9).
+fn is_kernel_thread(pid: u32) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after_comm = &stat[stat.rfind(')')? + 1..];
+            after_comm.split_whitespace().nth(6)?.parse::<u64>().ok()
+        })
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
 }
 
 #[cfg(test)]

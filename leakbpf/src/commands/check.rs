@@ -9,8 +9,14 @@ use crate::{
 
 pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     // As root, mount tracefs if needed, as `events` would; otherwise report.
-    if crate::tracer::require_root().is_ok() {
+    let privileged = crate::tracer::require_root().is_ok();
+    if privileged {
         crate::kernel::tracefs::ensure_mounted()?;
+    } else {
+        println!(
+            "note              without privileges tracefs (mode 0700), kallsyms and BPF cannot be \
+             probed: what follows is partial; run `sudo leakbpf check`"
+        );
     }
     let btf = aya::Btf::from_sys_fs().ok();
     let caps = Capabilities::probe(
@@ -20,14 +26,15 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     let yes_no = |present: bool| if present { "yes" } else { "no" };
     println!("kernel            {}", caps.kernel_release);
     println!("BTF               {}", yes_no(caps.btf));
-    println!(
-        "tracefs           {}",
-        caps.tracefs
-            .as_ref()
-            .map_or("not found".to_owned(), |p| p.display().to_string())
-    );
-    for ((system, event), present) in &caps.tracepoints {
-        println!("  {system}:{event:<22} {}", yes_no(*present));
+    match &caps.tracefs {
+        Some(path) => println!("tracefs           {}", path.display()),
+        None if !privileged => println!("tracefs           not readable without privileges"),
+        None => println!("tracefs           not found (mount it on /sys/kernel/tracing)"),
+    }
+    if caps.tracefs.is_some() {
+        for ((system, event), present) in &caps.tracepoints {
+            println!("  {system}:{event:<22} {}", yes_no(*present));
+        }
     }
     println!("cgroup v2         {}", caps.cgroup2.describe());
     println!("kprobe PMU        {}", yes_no(caps.kprobes));

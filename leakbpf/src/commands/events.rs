@@ -91,6 +91,9 @@ pub fn run(args: EventsArgs) -> Result<ExitCode> {
 }
 
 async fn stream(args: EventsArgs, filter: Filter) -> Result<ExitCode> {
+    // Before loading anything: a signal during start-up ends tracing
+    // cleanly as soon as it begins.
+    let mut stop = session::Stop::install()?;
     let mut tracer = Tracer::start(&args.tracer.options())?;
     let clock = Clock::now();
     let started = Instant::now();
@@ -113,6 +116,7 @@ async fn stream(args: EventsArgs, filter: Filter) -> Result<ExitCode> {
 
     session::pump(
         &mut tracer,
+        &mut stop,
         args.duration,
         Duration::from_secs(60),
         &mut printer,

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
     event::Event,
@@ -34,17 +34,52 @@ pub trait Consumer {
     fn tick(&mut self, _tracer: &Tracer) {}
 }
 
+/// The signals that end tracing and still write the report: SIGINT, SIGTERM,
+/// SIGHUP (a closed terminal) and SIGQUIT. Installed before anything is
+/// loaded, so one that arrives during start-up is kept and ends tracing as
+/// soon as it begins.
+pub struct Stop {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+    quit: Signal,
+}
+
+impl Stop {
+    pub fn install() -> Result<Stop> {
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("installing the {name} handler"))
+        };
+        Ok(Stop {
+            interrupt: install(SignalKind::interrupt(), "SIGINT")?,
+            terminate: install(SignalKind::terminate(), "SIGTERM")?,
+            hangup: install(SignalKind::hangup(), "SIGHUP")?,
+            quit: install(SignalKind::quit(), "SIGQUIT")?,
+        })
+    }
+
+    /// Resolves when one of the signals arrives (or has arrived).
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+            _ = self.hangup.recv() => {}
+            _ = self.quit.recv() => {}
+        }
+    }
+}
+
 /// Feeds `consumer` every batch of events, and ticks it every `tick`, until
-/// `duration` passes or SIGINT/SIGTERM arrives.
+/// `duration` passes or a `stop` signal arrives.
 pub async fn pump(
     tracer: &mut Tracer,
+    stop: &mut Stop,
     duration: Option<Duration>,
     tick: Duration,
     consumer: &mut impl Consumer,
 ) -> Result<()> {
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let deadline = duration.map(|d| tokio::time::Instant::now() + d);
+    // Saturating: an absurd duration means "until a signal".
+    let deadline = duration.and_then(|d| tokio::time::Instant::now().checked_add(d));
     let mut ticks = tokio::time::interval(tick);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     // The kernel wakes us only when the ring fills up (see HookConfig): a
@@ -60,8 +95,7 @@ pub async fn pump(
                 consumer.tick(tracer);
                 continue;
             }
-            _ = interrupt.recv() => break,
-            _ = terminate.recv() => break,
+            () = stop.recv() => break,
             () = sleep_until(deadline) => break,
         }
         consumer.batch(tracer, &mut batch)?;

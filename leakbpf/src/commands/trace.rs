@@ -2,8 +2,8 @@
 //! the stack that opened it, with the reasons it looks leaked.
 use std::{
     collections::HashSet,
-    fs::File,
     io::{IsTerminal as _, Write as _},
+    path::{Path, PathBuf},
     process::ExitCode,
     time::{Duration, Instant},
 };
@@ -40,21 +40,58 @@ pub fn run(args: &TraceArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where the report goes.
+enum Output {
+    Stdout,
+    /// A regular file (or a new one): written to a temporary file in the
+    /// same directory, synced, then renamed over it, so a failed or killed
+    /// run never truncates an earlier report.
+    Atomic {
+        path: PathBuf,
+        temp: tempfile::NamedTempFile,
+    },
+    /// A device or pipe (`/dev/stdout`, a FIFO): written in place.
+    InPlace {
+        path: PathBuf,
+    },
+}
+
 /// Fails on an unwritable --output now, not after tracing for an hour.
-fn open_output(args: &TraceArgs) -> Result<Option<File>> {
-    if let Some(path) = &args.output {
-        Ok(Some(File::create(path).with_context(|| {
-            format!("cannot write {}", path.display())
-        })?))
-    } else {
+fn open_output(args: &TraceArgs) -> Result<Output> {
+    let Some(path) = &args.output else {
         if args.format == ReportFormat::Pprof && std::io::stdout().is_terminal() {
             bail!("pprof output is binary: write it to a file with --output FILE");
         }
-        Ok(None)
+        return Ok(Output::Stdout);
+    };
+    let cannot = || format!("cannot write {}", path.display());
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => bail!("cannot write {}: it is a directory", path.display()),
+        Ok(meta) if !meta.is_file() => {
+            // Open (never truncate: a device or pipe) to prove it is writable.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .with_context(cannot)?;
+            return Ok(Output::InPlace { path: path.clone() });
+        }
+        _ => {}
     }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let temp = tempfile::Builder::new()
+        .prefix(".leakbpf-report-")
+        .tempfile_in(dir)
+        .with_context(cannot)?;
+    Ok(Output::Atomic {
+        path: path.clone(),
+        temp,
+    })
 }
 
-fn write_report(report: &Report, format: ReportFormat, output: Option<File>) -> Result<()> {
+fn write_report(report: &Report, format: ReportFormat, output: Output) -> Result<()> {
     let bytes = match format {
         ReportFormat::Text => report::text::render(report).into_bytes(),
         ReportFormat::Json => {
@@ -65,17 +102,48 @@ fn write_report(report: &Report, format: ReportFormat, output: Option<File>) -> 
         ReportFormat::Pprof => report::pprof::encode(report)?,
         ReportFormat::Folded => report::folded::encode(report).into_bytes(),
     };
-    match output {
-        Some(mut file) => file.write_all(&bytes).context("writing the report"),
-        None => std::io::stdout()
-            .lock()
-            .write_all(&bytes)
-            .context("writing the report"),
+    let (path, written) = match output {
+        Output::Stdout => {
+            return std::io::stdout()
+                .lock()
+                .write_all(&bytes)
+                .context("writing the report");
+        }
+        Output::Atomic { path, mut temp } => {
+            let written = temp
+                .write_all(&bytes)
+                .and_then(|()| temp.as_file().sync_all())
+                .map_err(anyhow::Error::from)
+                .and_then(|()| temp.persist(&path).map(drop).map_err(anyhow::Error::from));
+            (path, written)
+        }
+        Output::InPlace { path } => {
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|mut file| file.write_all(&bytes))
+                .map_err(anyhow::Error::from);
+            (path, written)
+        }
+    };
+    if let Err(err) = written {
+        // Tracing took long: do not throw the answer away.
+        if format != ReportFormat::Pprof || !std::io::stdout().is_terminal() {
+            let _ = std::io::stdout().lock().write_all(&bytes);
+        }
+        bail!(
+            "cannot write {}: {err:#}; the report went to standard output instead",
+            path.display()
+        );
     }
+    Ok(())
 }
 
 /// Traces until the end, then reports what is held open.
 async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
+    // Before loading anything: a signal during start-up ends tracing
+    // cleanly as soon as it begins.
+    let mut stop = session::Stop::install()?;
     let mut tracer = Tracer::start(&args.tracer.options())?;
     let started = Instant::now();
     let mut collector = Collector {
@@ -96,6 +164,7 @@ async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
     session::announce(&tracer, args.duration, "report");
     session::pump(
         &mut tracer,
+        &mut stop,
         args.duration,
         Duration::from_secs(1),
         &mut collector,

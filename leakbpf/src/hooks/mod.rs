@@ -210,7 +210,7 @@ impl Capabilities {
             missing.push("kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF)".to_owned());
         }
         if self.tracefs.is_none() {
-            missing.push("tracefs (mount it on /sys/kernel/tracing)".to_owned());
+            missing.push("a readable tracefs (run as root; leakbpf mounts it on /sys/kernel/tracing when it is not mounted)".to_owned());
         }
         let mut add = |phrase: String| {
             if !missing.contains(&phrase) {

@@ -137,7 +137,11 @@ pub fn assemble(
             .then(a.0.cmp(&b.0))
             .then_with(|| frame_names(&a.3.stack).cmp(&frame_names(&b.3.stack)))
     });
-    if let Some(top) = options.top {
+    if let Some(top) = options.top
+        && built.len() > top
+    {
+        header.hidden_groups = built.len() - top;
+        header.hidden_sockets = built[top..].iter().map(|(.., group)| group.count).sum();
         built.truncate(top);
     }
 
@@ -642,6 +646,8 @@ mod tests {
         let report = assemble(header(), &table, &snapshot, &Names, &top);
         assert_eq!(report.processes.len(), 1);
         assert_eq!(report.processes[0].groups[0].count, 3);
+        assert_eq!(report.open_sockets, 4, "the total counts hidden groups");
+        assert_eq!((report.hidden_groups, report.hidden_sockets), (1, 1));
     }
 
     /// Opened after the report-time snapshot: not reported half-known.

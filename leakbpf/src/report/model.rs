@@ -35,6 +35,10 @@ pub struct Report {
     /// Distinct open sockets in the report: a socket held by several
     /// processes is listed under each of them but counted here once.
     pub open_sockets: usize,
+    /// Groups `--top` left out, and the sockets in them (counted in
+    /// `open_sockets` all the same).
+    pub hidden_groups: usize,
+    pub hidden_sockets: usize,
     /// Ranked by open sockets, most first.
     pub processes: Vec<ProcessReport>,
 }

@@ -27,6 +27,13 @@ pub fn render(report: &Report) -> String {
             format!("INCOMPLETE: {}", report.incomplete.join("; "))
         }
     );
+    if report.hidden_groups > 0 {
+        let _ = writeln!(
+            out,
+            "leakbpf: showing the largest groups only (--top): and {} more groups with {} sockets",
+            report.hidden_groups, report.hidden_sockets
+        );
+    }
     for warning in &report.warnings {
         let _ = writeln!(out, "leakbpf: note: {warning}");
     }
