@@ -651,9 +651,14 @@ impl TraceRun {
 
     /// SIGINT, then everything it printed (it must exit 0).
     pub fn stop_raw(self) -> TraceOutput {
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// `signal`, then everything it printed (it must exit 0).
+    pub fn stop_with(self, signal: i32) -> TraceOutput {
         // SAFETY: plain kill(2) on our own (unreaped) child.
-        let rc = unsafe { libc::kill(self.pid() as i32, libc::SIGINT) };
-        assert_eq!(rc, 0, "kill({}, SIGINT) failed", self.pid());
+        let rc = unsafe { libc::kill(self.pid() as i32, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
         self.wait_raw()
     }
 

@@ -115,3 +115,191 @@ fn log_kernel_attaches_the_kernel_log_reader() {
         stopped.summary
     );
 }
+
+/// A thread id of this test process that is not its pid.
+fn a_thread_id() -> u32 {
+    let pid = std::process::id();
+    let _worker = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_secs(5)));
+    std::fs::read_dir("/proc/self/task")
+        .expect("listing /proc/self/task")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&tid| tid != pid)
+        .expect("a second thread")
+}
+
+/// Bad input, table-driven: each gets one line naming the problem and a
+/// non-zero exit, never a panic, and nothing is attached first.
+#[test]
+fn bad_input_gets_one_line_and_a_non_zero_exit() {
+    let thread = a_thread_id().to_string();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let dir_path = dir.path().to_str().expect("UTF-8").to_owned();
+    let missing_dir = format!("{dir_path}/no/such/dir/report.json");
+    let cases: Vec<(Vec<&str>, &str, i32)> = vec![
+        (
+            vec!["trace", "--duration", "300000000000y"],
+            "longer than leakbpf takes",
+            2,
+        ),
+        (
+            vec!["trace", "--duration", "9223372036854775807s"],
+            "longer than leakbpf takes",
+            2,
+        ),
+        (
+            vec!["events", "--duration", "9223372036854775807s"],
+            "longer than leakbpf takes",
+            2,
+        ),
+        (
+            vec!["trace", "--min-age", "1000000000y"],
+            "longer than leakbpf takes",
+            2,
+        ),
+        (
+            vec!["trace", "--idle", "400d"],
+            "longer than leakbpf takes",
+            2,
+        ),
+        (
+            vec!["trace", "--duration", "soon"],
+            "invalid value 'soon' for '--duration",
+            2,
+        ),
+        (
+            vec!["trace", "--duration", "0"],
+            "must be longer than zero",
+            2,
+        ),
+        (
+            vec!["trace", "--idle=-5"],
+            "invalid value \'-5\' for \'--idle",
+            2,
+        ),
+        (vec!["trace", "--pid", "2"], "pid 2 is a kernel thread", 1),
+        (vec!["trace", "--pid", &thread], "is a thread of process", 1),
+        (vec!["trace", "--pid", "0"], "no process with pid 0", 1),
+        (
+            vec!["events", "--pid", "999999999"],
+            "no process with pid 999999999",
+            1,
+        ),
+        (
+            vec!["trace", "--pid", "abc"],
+            "invalid value 'abc' for '--pid",
+            2,
+        ),
+        (
+            vec!["trace", "--comm", "a-much-too-long-name"],
+            "keeps 15 bytes of a command name",
+            2,
+        ),
+        (vec!["events", "--comm", ""], "must not be empty", 2),
+        (vec!["trace", "--top", "0"], "must be at least 1", 2),
+        (
+            vec!["trace", "--top", "lots"],
+            "is not a number of groups",
+            2,
+        ),
+        (
+            vec!["trace", "--ring-bytes", "2147483648"],
+            "power of two from 4096 to 1073741824",
+            2,
+        ),
+        (
+            vec!["trace", "--ring-bytes", "3"],
+            "power of two from 4096",
+            2,
+        ),
+        (
+            vec!["events", "--ring-bytes", "1000"],
+            "power of two from 4096",
+            2,
+        ),
+        (
+            vec!["trace", "--hooks", "nonsense"],
+            "invalid value 'nonsense' for '--hooks",
+            2,
+        ),
+        (
+            vec!["trace", "--format", "xml"],
+            "invalid value 'xml' for '--format",
+            2,
+        ),
+        (vec!["trace", "--output", &missing_dir], "cannot write", 1),
+        (vec!["trace", "--output", &dir_path], "it is a directory", 1),
+        (
+            vec!["frobnicate"],
+            "unrecognized subcommand 'frobnicate'",
+            2,
+        ),
+        (
+            vec!["trace", "--duration", "1s", "extra"],
+            "unexpected argument 'extra'",
+            2,
+        ),
+    ];
+    for (args, fragment, code) in &cases {
+        let (got, stderr) = run(args);
+        assert_eq!(got, *code, "{args:?}: exit {got}, stderr:\n{stderr}");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{args:?}: one line, got:\n{stderr}"
+        );
+        assert!(
+            stderr.starts_with("leakbpf: error: ") && stderr.contains(fragment),
+            "{args:?}: expected {fragment:?} in:\n{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    assert!(cases.len() >= 20);
+}
+
+/// A hook set this kernel refuses (from `leakbpf check`).
+fn a_refused_set() -> String {
+    let output = Command::new(leakbpf_bin())
+        .arg("check")
+        .output()
+        .expect("running leakbpf check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("set "))
+        .find(|rest| !rest.ends_with(": usable"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            panic!("every hook set is usable here: no failing run to test\n{stdout}")
+        })
+}
+
+/// A run that fails after --output was named never truncates what the
+/// file held, and leaves no temporary file behind.
+#[test]
+fn a_failed_run_keeps_the_previous_report() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let report = dir.path().join("report.json");
+    std::fs::write(&report, "the previous report\n").expect("writing the old report");
+    let set = a_refused_set();
+    let (code, stderr) = run(&[
+        "trace",
+        "--duration",
+        "1",
+        "--hooks",
+        &set,
+        "--output",
+        report.to_str().expect("UTF-8"),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&report).expect("reading the report"),
+        "the previous report\n"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("listing the directory")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "only the report: {left:?}");
+}

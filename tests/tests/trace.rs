@@ -706,3 +706,58 @@ fn stripped_go_binary_gets_go_names() {
         "{dial_one}"
     );
 }
+
+/// SIGINT, SIGTERM, SIGHUP and SIGQUIT each end tracing with a whole
+/// report: the client's 2 open sockets, complete, written to --output.
+#[test]
+fn every_stop_signal_writes_the_report() {
+    let (mut server, port) = c_server_on(&["0", "4", "0"]);
+    for (name, signal) in [
+        ("SIGINT", libc::SIGINT),
+        ("SIGTERM", libc::SIGTERM),
+        ("SIGHUP", libc::SIGHUP),
+        ("SIGQUIT", libc::SIGQUIT),
+    ] {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("report.json");
+        let trace = TraceRun::start(&[
+            "--format",
+            "json",
+            "--no-preexisting",
+            "--output",
+            path.to_str().expect("UTF-8"),
+        ]);
+        let mut client = client_py(&["127.0.0.1", &port.to_string(), "1", "0"]);
+        client.ready();
+        thread::sleep(Duration::from_millis(300));
+        trace.stop_with(signal);
+        let report: Value = serde_json::from_slice(&std::fs::read(&path).expect("the report"))
+            .unwrap_or_else(|err| panic!("{name}: not one JSON document: {err}"));
+        assert_eq!(report["complete"], true, "{name}: {report:#}");
+        let group = only_group(&report, client.pid(), "connect");
+        assert_eq!(group["count"], 1, "{name}: {group:#}");
+    }
+    server.ready();
+}
+
+/// A signal during start-up (programs not yet attached) ends tracing at
+/// once with a clean exit and a report, not a kill.
+#[test]
+fn an_early_signal_exits_cleanly() {
+    let mut child = Command::new(leakbpf_bin())
+        .args(["trace", "--format", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting leakbpf trace");
+    thread::sleep(Duration::from_millis(60));
+    // SAFETY: plain kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let output = child.wait_with_output().expect("waiting for leakbpf");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|err| panic!("not one JSON document ({err}): {stderr}"));
+    assert_eq!(report["version"], 1);
+}
