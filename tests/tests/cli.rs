@@ -24,10 +24,11 @@ fn unknown_pid_is_one_line_and_fails() {
 #[test]
 fn bad_ring_size_is_one_line_and_fails() {
     let (code, stderr) = run(&["events", "--ring-bytes", "1000", "--duration", "1s"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert_eq!(
         stderr,
-        "leakbpf: error: --ring-bytes must be a power of two of at least 4096, not 1000\n"
+        "leakbpf: error: invalid value '1000' for '--ring-bytes <BYTES>': must be a power of \
+         two from 4096 to 1073741824 (1 GiB), not 1000 (see --help)\n"
     );
 }
 
@@ -130,6 +131,7 @@ fn a_thread_id() -> u32 {
 /// Bad input, table-driven: each gets one line naming the problem and a
 /// non-zero exit, never a panic, and nothing is attached first.
 #[test]
+#[expect(clippy::too_many_lines, reason = "one table of cases")]
 fn bad_input_gets_one_line_and_a_non_zero_exit() {
     let thread = a_thread_id().to_string();
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -268,10 +270,10 @@ fn a_refused_set() -> String {
         .filter_map(|line| line.strip_prefix("set "))
         .find(|rest| !rest.ends_with(": usable"))
         .and_then(|rest| rest.split_whitespace().next())
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            panic!("every hook set is usable here: no failing run to test\n{stdout}")
-        })
+        .map_or_else(
+            || panic!("every hook set is usable here: no failing run to test\n{stdout}"),
+            str::to_owned,
+        )
 }
 
 /// A run that fails after --output was named never truncates what the

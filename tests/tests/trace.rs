@@ -744,7 +744,7 @@ fn every_stop_signal_writes_the_report() {
 /// once with a clean exit and a report, not a kill.
 #[test]
 fn an_early_signal_exits_cleanly() {
-    let mut child = Command::new(leakbpf_bin())
+    let child = Command::new(leakbpf_bin())
         .args(["trace", "--format", "json"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
