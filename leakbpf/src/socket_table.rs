@@ -678,4 +678,76 @@ mod tests {
         assert_eq!(table.len(), 1);
         assert!(table.get(2).is_some(), "open sockets are never swept");
     }
+
+    /// Invariants under arbitrary event sequences: out-of-order times,
+    /// closes before opens, double closes, destroys without closes, exits
+    /// of anyone, a table at its cap.
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn event() -> impl Strategy<Value = Event> {
+            let cookie = 1u64..8;
+            let pid = 100u32..104;
+            let time = 0u64..1_000;
+            prop_oneof![
+                (cookie.clone(), pid.clone(), time.clone()).prop_map(|(c, p, t)| open(c, p, t)),
+                (cookie.clone(), time.clone(), 0u8..14)
+                    .prop_map(|(c, t, s)| state(c, t, TcpState::from_kernel(s))),
+                (cookie.clone(), pid.clone(), time.clone()).prop_map(|(c, p, t)| close(c, p, t)),
+                (cookie, time.clone())
+                    .prop_map(|(cookie, time_ns)| Event::Destroy(Destroy { time_ns, cookie })),
+                (pid, time).prop_map(|(p, time_ns)| Event::Exit(Exit {
+                    time_ns,
+                    task: task(p),
+                })),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn the_table_stays_consistent(events in proptest::collection::vec(event(), 0..200)) {
+                let mut table = SocketTable::new(Limits {
+                    max_sockets: 5,
+                    closed_retention_ns: 300,
+                });
+                let mut released: std::collections::HashSet<u64> = std::collections::HashSet::new();
+                for (step, event) in events.iter().enumerate() {
+                    let before = table.stats();
+                    let applied = table.apply(event);
+                    let after = table.stats();
+                    // Memory stays bounded by the cap.
+                    prop_assert!(table.len() <= 5);
+                    // Counters only grow.
+                    prop_assert!(after.opened >= before.opened && after.closed >= before.closed);
+                    prop_assert!(after.destroyed >= before.destroyed);
+                    match (event, &applied) {
+                        // A socket is released once: a second release is ignored.
+                        (Event::Close(close), Applied::Closed { .. }) => {
+                            prop_assert!(released.insert(close.cookie), "released twice");
+                        }
+                        (Event::Open(open), Applied::Opened) => {
+                            released.remove(&open.cookie);
+                        }
+                        (Event::Destroy(destroy), _) => {
+                            released.remove(&destroy.cookie);
+                            prop_assert!(table.get(destroy.cookie).is_none());
+                        }
+                        _ => {}
+                    }
+                    // Never both open and closed.
+                    for socket in table.open_sockets() {
+                        prop_assert!(socket.closed.is_none());
+                        prop_assert!(!released.contains(&socket.cookie));
+                        let counts = table.group_counts(&socket.group_key());
+                        prop_assert!(counts.closed <= counts.opened, "{counts:?}");
+                    }
+                    if step % 20 == 0 {
+                        table.sweep(event.time_ns());
+                    }
+                }
+            }
+        }
+    }
 }
