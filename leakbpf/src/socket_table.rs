@@ -693,8 +693,11 @@ mod tests {
             let time = 0u64..1_000;
             prop_oneof![
                 (cookie.clone(), pid.clone(), time.clone()).prop_map(|(c, p, t)| open(c, p, t)),
-                (cookie.clone(), time.clone(), 0u8..14)
-                    .prop_map(|(c, t, s)| state(c, t, TcpState::from_kernel(s))),
+                (cookie.clone(), time.clone(), 0u8..14).prop_map(|(c, t, s)| state(
+                    c,
+                    t,
+                    TcpState::from_kernel(s)
+                )),
                 (cookie.clone(), pid.clone(), time.clone()).prop_map(|(c, p, t)| close(c, p, t)),
                 (cookie, time.clone())
                     .prop_map(|(cookie, time_ns)| Event::Destroy(Destroy { time_ns, cookie })),

@@ -9,6 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod fuzz;
 mod matrix;
 mod vm;
 
@@ -35,6 +36,12 @@ enum Task {
     Test,
     /// Measure leakbpf's cost on loopback connections and its memory per socket. Needs root.
     Bench,
+    /// Run every fuzz target (decoder, socket table, .gopclntab) for a bounded time.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
     /// The end-to-end tests (lifecycle, trace, io_uring) on the host kernel and, under qemu,
     /// on Debian's stock kernels, once per hook set; prints a (kernel, hook set) table. Needs
     /// root.
@@ -88,6 +95,7 @@ fn run(task: Task) -> Result<()> {
             require_root("the benchmarks")?;
             bench::bench(&root, &binary)
         }
+        Task::Fuzz { seconds } => fuzz::fuzz(&root, seconds),
         Task::Test => {
             lint(&root)?;
             let binary = build(&root)?;
@@ -131,6 +139,8 @@ fn run(task: Task) -> Result<()> {
                 ])
                 .env("LEAKBPF_BIN", &binary)
                 .run()?;
+            // A short, bounded fuzz pass over the kept corpora.
+            fuzz::fuzz(&root, 10)?;
             // The same tests on other kernels and every hook set.
             run_matrix(&root, &binary, Vec::new(), Vec::new())
         }
