@@ -3,7 +3,7 @@
 //! memory per tracked socket. Prints a Markdown table for BENCHMARKS.md.
 use std::{
     io::{BufRead as _, BufReader, Read as _},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -20,6 +20,13 @@ const HOLDERS: usize = 3;
 const ROUNDS: usize = 5;
 
 pub fn bench(root: &Path, leakbpf: &Path) -> Result<()> {
+    let connbench = build_connbench(root)?;
+    churn_table(&connbench, leakbpf)?;
+    memory_table(&connbench, leakbpf)
+}
+
+/// The loopback connect/accept/close load (tests/fixtures/connbench.c).
+fn build_connbench(root: &Path) -> Result<PathBuf> {
     let connbench = root.join("target/fixtures/connbench");
     std::fs::create_dir_all(root.join("target/fixtures"))?;
     Command::new("gcc")
@@ -27,14 +34,19 @@ pub fn bench(root: &Path, leakbpf: &Path) -> Result<()> {
         .arg(&connbench)
         .arg(root.join("tests/fixtures/connbench.c"))
         .run()?;
+    Ok(connbench)
+}
 
+/// ns per connection with no tracer and under each command, median of
+/// [`ROUNDS`], with leakbpf's CPU per event and its losses.
+fn churn_table(connbench: &Path, leakbpf: &Path) -> Result<()> {
     println!(
         "| setting | ns per connection (median of {ROUNDS}) | overhead | leakbpf CPU per event | events | lost |"
     );
     println!("|---|---|---|---|---|---|");
     let baseline = median(
         (0..ROUNDS)
-            .map(|_| churn(&connbench))
+            .map(|_| churn(connbench))
             .collect::<Result<_>>()?,
     );
     println!("| no tracer | {baseline:.0} | - | - | - | - |");
@@ -54,7 +66,7 @@ pub fn bench(root: &Path, leakbpf: &Path) -> Result<()> {
         let mut lost = 0;
         for _ in 0..ROUNDS {
             let tracer = Tracer::start(leakbpf, &args)?;
-            times.push(churn(&connbench)?);
+            times.push(churn(connbench)?);
             let cpu = tracer.cpu_seconds()?;
             let summary = tracer.stop()?;
             events = summary.events;
@@ -68,8 +80,12 @@ pub fn bench(root: &Path, leakbpf: &Path) -> Result<()> {
             median(cpu_per_event),
         );
     }
+    Ok(())
+}
 
-    // Memory: leakbpf's resident set while it tracks HOLD*2 open sockets.
+/// leakbpf's resident set while it tracks `HOLD * 2 * HOLDERS` open
+/// sockets, the cost per socket as a slope, and the time to report them.
+fn memory_table(connbench: &Path, leakbpf: &Path) -> Result<()> {
     let tracer = Tracer::start(
         leakbpf,
         &["trace", "--format", "json", "--output", "/dev/null"],
@@ -82,18 +98,7 @@ pub fn bench(root: &Path, leakbpf: &Path) -> Result<()> {
     let mut holders = Vec::new();
     let mut first_rss = 0;
     for index in 0..HOLDERS {
-        let mut holder = Command::new(&connbench)
-            .args(["hold", HOLD])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting connbench hold")?;
-        let mut line = String::new();
-        BufReader::new(holder.stdout.take().context("stdout")?).read_line(&mut line)?;
-        if line.trim() != "ready" {
-            bail!("connbench hold said {line:?}");
-        }
-        holders.push(holder);
+        holders.push(start_holder(connbench)?);
         thread::sleep(Duration::from_millis(500));
         if index == 0 {
             first_rss = tracer.rss_kib()?;
@@ -125,6 +130,22 @@ pub fn bench(root: &Path, leakbpf: &Path) -> Result<()> {
         summary.events, summary.lost
     );
     Ok(())
+}
+
+/// `connbench hold HOLD`, once it says its sockets are open.
+fn start_holder(connbench: &Path) -> Result<std::process::Child> {
+    let mut holder = Command::new(connbench)
+        .args(["hold", HOLD])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting connbench hold")?;
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().context("stdout")?).read_line(&mut line)?;
+    if line.trim() != "ready" {
+        bail!("connbench hold said {line:?}");
+    }
+    Ok(holder)
 }
 
 fn churn(connbench: &Path) -> Result<f64> {

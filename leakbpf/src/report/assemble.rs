@@ -62,10 +62,71 @@ pub fn assemble(
     frames: &dyn FrameSource,
     options: &Options<'_>,
 ) -> Report {
+    let held = hold_by_group(table, snapshot, options);
+    if held.holder_missing > 0 {
+        header.incomplete.push(format!(
+            "{} open sockets were found in no fd table (another network namespace, \
+             an fd table that could not be read, or an fd in flight): they are listed under their opener",
+            held.holder_missing
+        ));
+        header.complete = false;
+    }
+    let mut built: Vec<BuiltGroup> = held
+        .groups
+        .into_iter()
+        .map(|(key, mut held)| {
+            held.sort_by_key(|h| (h.socket.opened_ns, h.socket.cookie));
+            let first = &held[0];
+            let (comm, exe) = (first.holder.comm.to_string(), first.exe.clone());
+            let group = group(&key, &held, table, snapshot, frames, options);
+            (key.holder, comm, exe, group)
+        })
+        .collect();
+    // Largest first; ties by pid and stack for stable output.
+    built.sort_by(|a, b| {
+        b.3.count
+            .cmp(&a.3.count)
+            .then(a.0.cmp(&b.0))
+            .then_with(|| frame_names(&a.3.stack).cmp(&frame_names(&b.3.stack)))
+    });
+    if let Some(top) = options.top
+        && built.len() > top
+    {
+        header.hidden_groups = built.len() - top;
+        header.hidden_sockets = built[top..].iter().map(|(.., group)| group.count).sum();
+        built.truncate(top);
+    }
+    header.open_sockets = held.distinct;
+    header.processes = by_process(built);
+    header
+}
+
+/// A finished group with its holder's pid, comm and exe.
+type BuiltGroup = (u32, String, Option<String>, Group);
+
+/// Open sockets as the report shows them: per report group, each holder's
+/// hold on them.
+struct HeldGroups<'a> {
+    groups: HashMap<ReportKey, Vec<Held<'a>>>,
+    /// Distinct sockets shown.
+    distinct: usize,
+    /// Sockets shown without a holder, unexplained.
+    holder_missing: usize,
+}
+
+/// Groups the open sockets `options` wants by holder (or, with none found,
+/// by opener), how, by whom and where they were opened.
+fn hold_by_group<'a>(
+    table: &'a SocketTable,
+    snapshot: &Snapshot,
+    options: &Options<'_>,
+) -> HeldGroups<'a> {
     let age_s = |socket: &Socket| options.now_ns.saturating_sub(socket.opened_ns) as f64 / 1e9;
-    let mut groups: HashMap<ReportKey, Vec<Held<'_>>> = HashMap::new();
-    let mut distinct = 0;
-    let mut holder_missing = 0;
+    let mut out = HeldGroups {
+        groups: HashMap::new(),
+        distinct: 0,
+        holder_missing: 0,
+    };
     for socket in table.open_sockets() {
         // Opened after the snapshot: its holders are not in it yet.
         if socket.opened_ns > snapshot.taken_ns || age_s(socket) < options.min_age_s {
@@ -94,7 +155,7 @@ pub fn assemble(
         if shown.is_empty() {
             continue;
         }
-        distinct += 1;
+        out.distinct += 1;
         // The kernel has it, and its opener's fd table is closed to us: the
         // opener most likely still holds it (a warning says whose tables
         // could not be read). Anything else without a holder is a gap.
@@ -102,49 +163,21 @@ pub fn assemble(
             && snapshot.has(socket.cookie)
             && snapshot.is_alive(socket.opener.pid, socket.opener.start_ns)
             && snapshot.unreadable(socket.opener.pid);
-        holder_missing += usize::from(!found && !explained);
+        out.holder_missing += usize::from(!found && !explained);
         for held in shown {
             let key = ReportKey {
                 holder: held.holder.pid,
                 holder_found: found,
                 opened: socket.group_key(),
             };
-            groups.entry(key).or_default().push(held);
+            out.groups.entry(key).or_default().push(held);
         }
     }
-    if holder_missing > 0 {
-        header.incomplete.push(format!(
-            "{holder_missing} open sockets were found in no fd table (another network namespace, \
-             an fd table that could not be read, or an fd in flight): they are listed under their opener"
-        ));
-        header.complete = false;
-    }
+    out
+}
 
-    let mut built: Vec<(u32, String, Option<String>, Group)> = groups
-        .into_iter()
-        .map(|(key, mut held)| {
-            held.sort_by_key(|h| (h.socket.opened_ns, h.socket.cookie));
-            let first = &held[0];
-            let (comm, exe) = (first.holder.comm.to_string(), first.exe.clone());
-            let group = group(&key, &held, table, snapshot, frames, options);
-            (key.holder, comm, exe, group)
-        })
-        .collect();
-    // Largest first; ties by pid and stack for stable output.
-    built.sort_by(|a, b| {
-        b.3.count
-            .cmp(&a.3.count)
-            .then(a.0.cmp(&b.0))
-            .then_with(|| frame_names(&a.3.stack).cmp(&frame_names(&b.3.stack)))
-    });
-    if let Some(top) = options.top
-        && built.len() > top
-    {
-        header.hidden_groups = built.len() - top;
-        header.hidden_sockets = built[top..].iter().map(|(.., group)| group.count).sum();
-        built.truncate(top);
-    }
-
+/// Groups gathered per holding process, most open sockets first.
+fn by_process(built: Vec<BuiltGroup>) -> Vec<ProcessReport> {
     let mut processes: Vec<ProcessReport> = Vec::new();
     for (pid, comm, exe, group) in built {
         match processes.iter_mut().find(|p| p.pid == pid) {
@@ -163,9 +196,7 @@ pub fn assemble(
         }
     }
     processes.sort_by(|a, b| b.open.cmp(&a.open).then(a.pid.cmp(&b.pid)));
-    header.open_sockets = distinct;
-    header.processes = processes;
-    header
+    processes
 }
 
 /// Each process holding `socket` now, once per process (its lowest fd).
