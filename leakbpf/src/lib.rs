@@ -14,6 +14,7 @@ pub mod filter;
 pub mod gopclntab;
 pub mod hooks;
 pub mod kernel;
+pub mod privileges;
 pub mod procmaps;
 pub mod report;
 pub mod snapshot;

@@ -266,16 +266,10 @@ fn resolve_cookies(out: &mut Vec<Event>, from: usize) -> u64 {
     unresolved
 }
 
-/// Loading eBPF needs CAP_BPF + CAP_PERFMON (+ CAP_NET_ADMIN for cgroup
-/// hooks); in practice, root. Say so in one line instead of an EPERM later.
+/// The capabilities tracing needs (see [`crate::privileges`]): one line
+/// naming a missing one instead of an EPERM later.
 pub fn require_root() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!(
-            "leakbpf needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN) to load eBPF programs; run it with sudo"
-        );
-    }
-    Ok(())
+    crate::privileges::require(crate::privileges::effective(), &crate::privileges::TRACING)
 }
 
 #[cfg(test)]

@@ -53,9 +53,84 @@ fn without_root_it_says_so() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.starts_with("leakbpf: error: leakbpf needs root") && stderr.lines().count() == 1,
+        stderr.starts_with("leakbpf: error: missing CAP_BPF (load the eBPF programs")
+            && stderr.contains("run as root or grant: CAP_BPF CAP_PERFMON")
+            && stderr.lines().count() == 1,
         "{stderr}"
     );
+}
+
+/// The capabilities tracing needs, as `setpriv` names them (util-linux 2.38
+/// predates the names of CAP_BPF and CAP_PERFMON: cap_39, cap_38).
+const TRACING_CAPS: [(&str, &str); 5] = [
+    ("cap_39", "CAP_BPF"),
+    ("cap_38", "CAP_PERFMON"),
+    ("cap_12", "CAP_NET_ADMIN"),
+    ("cap_19", "CAP_SYS_PTRACE"),
+    ("cap_2", "CAP_DAC_READ_SEARCH"),
+];
+
+/// `leakbpf ARGS` as uid 65534 with exactly `caps` (ambient).
+fn as_nobody_with(caps: &[&str], args: &[&str]) -> Command {
+    let list: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
+    let list = list.join(",");
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps={list}"))
+        .arg(format!("--ambient-caps={list}"))
+        .arg(leakbpf_bin())
+        .args(args);
+    command
+}
+
+/// Without root, with exactly the five capabilities, `trace` reports a
+/// real leak exactly (tracefs is mounted: no CAP_SYS_ADMIN); without any
+/// one of them, one line names it.
+#[test]
+fn capabilities_instead_of_root() {
+    let all: Vec<&str> = TRACING_CAPS.iter().map(|(cap, _)| *cap).collect();
+    for (dropped, name) in TRACING_CAPS {
+        let caps: Vec<&str> = all.iter().copied().filter(|c| *c != dropped).collect();
+        let output = as_nobody_with(&caps, &["trace", "--duration", "1"])
+            .output()
+            .expect("running setpriv (util-linux)");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "without {name}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("leakbpf: error: missing {name} ("))
+                && stderr.lines().count() == 1,
+            "without {name}: {stderr}"
+        );
+    }
+
+    let mut listener = {
+        let mut c = leakbpf_tests::python("listener.py");
+        c.arg("0");
+        leakbpf_tests::Fixture::spawn(c)
+    };
+    let port = listener.port();
+    listener.ready();
+    let mut trace = as_nobody_with(&all, &["trace", "--format", "json", "--duration", "4"]);
+    let trace = trace
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting leakbpf as nobody");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut client = leakbpf_tests::python("client.py");
+    client.args(["127.0.0.1", &port.to_string(), "3", "1"]);
+    let mut client = leakbpf_tests::Fixture::spawn(client);
+    client.ready();
+    let output = trace.wait_with_output().expect("waiting for leakbpf");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|err| panic!("{err}: {stderr}"));
+    assert_eq!(report["complete"], true, "{report:#}");
+    let entry = leakbpf_tests::process(&report, client.pid())
+        .unwrap_or_else(|| panic!("client {} not reported: {report:#}", client.pid()));
+    assert_eq!(entry["open"], 2, "{entry:#}");
 }
 
 #[test]

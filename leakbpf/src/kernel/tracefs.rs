@@ -246,6 +246,8 @@ pub fn ensure_mounted() -> anyhow::Result<Tracefs> {
     if let Ok(tracefs) = Tracefs::find() {
         return Ok(tracefs);
     }
+    // Only here is CAP_SYS_ADMIN needed: say so rather than EPERM.
+    crate::privileges::require(crate::privileges::effective(), &[crate::privileges::MOUNT])?;
     let target = std::ffi::CString::new(DEFAULT_MOUNT).expect("no NUL in a constant");
     // SAFETY: NUL-terminated strings that outlive the call; no data pointer.
     let rc = unsafe {
