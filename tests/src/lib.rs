@@ -37,11 +37,7 @@ pub fn forced_hooks() -> Option<String> {
 /// `leakbpf check` says this kernel gets.
 pub fn expected_hooks() -> String {
     forced_hooks().unwrap_or_else(|| {
-        let output = Command::new(leakbpf_bin())
-            .arg("check")
-            .output()
-            .expect("running leakbpf check");
-        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stdout = check_output();
         stdout
             .lines()
             .find_map(|line| line.strip_prefix("hook set"))
@@ -51,6 +47,20 @@ pub fn expected_hooks() -> String {
                 str::to_owned,
             )
     })
+}
+
+/// What `leakbpf check` prints (it must succeed).
+pub fn check_output() -> String {
+    let output = Command::new(leakbpf_bin())
+        .arg("check")
+        .output()
+        .expect("running leakbpf check");
+    assert!(
+        output.status.success(),
+        "leakbpf check failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// `--hooks SET` when the matrix forces one.

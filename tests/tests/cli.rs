@@ -135,12 +135,7 @@ fn capabilities_instead_of_root() {
 
 #[test]
 fn check_names_the_hook_set() {
-    let output = Command::new(leakbpf_bin())
-        .arg("check")
-        .output()
-        .expect("running leakbpf check");
-    assert!(output.status.success());
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = leakbpf_tests::check_output();
     // The sets are listed best first, each usable or not on this kernel:
     // `auto` must name the first usable one, whichever kernel this is.
     let sets: Vec<(&str, bool)> = stdout
@@ -335,11 +330,7 @@ fn bad_input_gets_one_line_and_a_non_zero_exit() {
 
 /// A hook set this kernel refuses (from `leakbpf check`).
 fn a_refused_set() -> String {
-    let output = Command::new(leakbpf_bin())
-        .arg("check")
-        .output()
-        .expect("running leakbpf check");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = leakbpf_tests::check_output();
     stdout
         .lines()
         .filter_map(|line| line.strip_prefix("set "))
