@@ -59,6 +59,55 @@ pub enum Command {
     Trace(TraceArgs),
     /// Show what this kernel supports and which hook set leakbpf would use.
     Check(CheckArgs),
+    /// Run as the always-on host daemon: leak suspects, Prometheus metrics, JSON and pprof over HTTP.
+    ///
+    /// Traces every process until SIGTERM or SIGINT. Every --interval it reports, like `trace`,
+    /// the sockets processes hold, reconciles its table with the kernel's socket tables (every
+    /// network namespace), and judges suspects per process and group: close_wait, unread, idle,
+    /// and growing (the open count rose across the last --window intervals, opening more than
+    /// closing). For a growing process it forecasts when it reaches its open-file limit and its
+    /// memory cgroup's limit. A suspect that appears, changes class or clears is logged as one
+    /// JSON line on stdout. Read-only HTTP on --listen: /metrics (Prometheus), /leaks (the
+    /// `trace --format json` report; ?pid=, ?comm=, ?min_age=), /leaks.pprof (`go tool pprof`),
+    /// /healthz.
+    #[command(after_help = "Examples:
+          leakbpf agent
+          leakbpf agent --listen 0.0.0.0:9464 --interval 30s --window 10
+          leakbpf agent --config /etc/leakbpf/agent.toml
+          curl -s http://127.0.0.1:9464/leaks?min_age=10m | jq '.processes[] | {pid, comm, open}'
+          go tool pprof -top http://127.0.0.1:9464/leaks.pprof
+
+        Config file (TOML; flags win): listen, interval, window, top_k, idle, max_sockets.")]
+    Agent(AgentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub tracer: TracerArgs,
+    /// Serve the HTTP API on this address [default: 127.0.0.1:9464].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Evaluate suspects and refresh /metrics and /leaks this often [default: 10s].
+    #[arg(long, value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+    /// Intervals over which a group must keep rising to be `growing` [default: 6].
+    #[arg(long, value_name = "N", value_parser = parse_window)]
+    pub window: Option<usize>,
+    /// Processes (most open sockets first) that get their own metric series; the rest are
+    /// summed under pid="other" [default: 50].
+    #[arg(long, value_name = "K", value_parser = parse_top)]
+    pub top_k: Option<usize>,
+    /// An ESTABLISHED socket without traffic for this long is `idle` [default: 60s].
+    #[arg(long, value_parser = parse_duration)]
+    pub idle: Option<Duration>,
+    /// Track at most this many sockets; more are counted as evictions and make the state
+    /// incomplete [default: 1048576].
+    #[arg(long, value_name = "N", value_parser = parse_max_sockets)]
+    pub max_sockets: Option<usize>,
+    /// Read settings from this TOML file (flags given here win).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -220,6 +269,20 @@ const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The largest ring buffer leakbpf asks the kernel for (locked kernel memory).
 pub const MAX_RING_BYTES: u32 = 1 << 30;
 
+fn parse_window(text: &str) -> Result<usize, String> {
+    let n = text
+        .parse::<usize>()
+        .map_err(|_| format!("{text} is not a number of intervals"))?;
+    crate::agent::config::check_window(n)
+}
+
+fn parse_max_sockets(text: &str) -> Result<usize, String> {
+    let n = text
+        .parse::<usize>()
+        .map_err(|_| format!("{text} is not a number of sockets"))?;
+    crate::agent::config::check_max_sockets(n)
+}
+
 fn parse_top(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(0) => Err("must be at least 1 (leave --top out to see every group)".to_owned()),
@@ -265,7 +328,7 @@ fn parse_ring_bytes(text: &str) -> Result<u32, String> {
 /// A duration as people type them: with a unit (`10s`, `500ms`, `2m`,
 /// `1h30m`), or a bare number of seconds (`10`, `2.5`), as `timeout`,
 /// `sleep` and bcc's tools read it.
-fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+pub fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
     let duration = parse_any_duration(text)?;
     if duration > MAX_DURATION {
         return Err(format!(
@@ -289,7 +352,7 @@ fn parse_any_duration(text: &str) -> Result<Duration, String> {
         .map_err(|err| format!("{err} (write durations like 10, 10s, 500ms, 2m)"))
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let duration = parse_duration_or_zero(text)?;
     if duration.is_zero() {
         return Err("must be longer than zero".to_owned());

@@ -5,10 +5,12 @@
 //! and reads ring-buffer records, [`event`] decodes them, [`socket_table`]
 //! keeps each socket's opener and state, [`snapshot`] says who holds what
 //! now, and the commands render what they know.
+pub mod agent;
 pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod completeness;
+pub mod containers;
 pub mod event;
 pub mod filter;
 pub mod gopclntab;

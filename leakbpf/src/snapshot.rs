@@ -163,6 +163,11 @@ impl Snapshot {
                 self.stats.walk.permission_denied
             ));
         }
+        for refused in &self.stats.namespaces.refused {
+            warnings.push(format!(
+                "network namespace {refused}: sockets that were open in it before tracing are not listed"
+            ));
+        }
         if self.stats.undecodable > 0 {
             warnings.push(format!(
                 "{} sockets from sock_diag could not be decoded",

@@ -139,6 +139,9 @@ pub struct TableStats {
     pub dropped_full: u64,
     pub exits: u64,
     pub preexisting: u64,
+    /// Open sockets forgotten because the kernel's socket tables no longer
+    /// had them (their close was lost).
+    pub reconciled: u64,
 }
 
 #[derive(Debug, Default)]
@@ -311,8 +314,31 @@ impl SocketTable {
         }
     }
 
+    /// Forgets open sockets that the kernel's socket tables, read at
+    /// `taken_ns`, did not have: their close was lost (a full ring). Sockets
+    /// opened after `taken_ns` are not judged, and neither are sockets in
+    /// CLOSE (a refused connect whose fd is still held): the kernel's tables
+    /// do not list those even while they are open. Returns how many went.
+    pub fn reconcile(&mut self, taken_ns: u64, kernel_has: impl Fn(u64) -> bool) -> usize {
+        let before = self.sockets.len();
+        self.sockets.retain(|&cookie, socket| {
+            !socket.is_open()
+                || socket.opened_ns >= taken_ns
+                || socket.endpoints.state == TcpState::Close
+                || kernel_has(cookie)
+        });
+        let removed = before - self.sockets.len();
+        self.stats.reconciled += removed as u64;
+        removed
+    }
+
     pub fn get(&self, cookie: u64) -> Option<&Socket> {
         self.sockets.get(&cookie)
+    }
+
+    /// Every tracked socket, open or closed and waiting for its destroy.
+    pub fn sockets(&self) -> impl Iterator<Item = &Socket> {
+        self.sockets.values()
     }
 
     /// Sockets whose last file reference has not been released.
@@ -394,6 +420,30 @@ mod tests {
             task: task(pid),
             state: TcpState::Established,
         })
+    }
+
+    #[test]
+    fn reconcile_forgets_only_what_the_kernel_no_longer_has() {
+        let mut table = SocketTable::default();
+        for cookie in 1..=4 {
+            table.apply(&open(cookie, 7, 100));
+            table.apply(&state(cookie, 110, TcpState::Established));
+        }
+        table.apply(&open(5, 7, 500)); // opened after the kernel was read
+        table.apply(&open(6, 7, 100));
+        table.apply(&state(6, 120, TcpState::Close)); // refused, fd still held
+        table.apply(&close(4, 7, 200)); // closed: not judged
+        // The kernel has 1 and 2; the closes of 3 (and 6, 5) were lost or not due.
+        let removed = table.reconcile(300, |cookie| cookie == 1 || cookie == 2);
+        assert_eq!(removed, 1);
+        let mut open: Vec<u64> = table.open_sockets().map(|s| s.cookie).collect();
+        open.sort_unstable();
+        assert_eq!(open, [1, 2, 5, 6]);
+        assert!(
+            table.get(4).is_some(),
+            "closed sockets wait for their destroy"
+        );
+        assert_eq!(table.stats().reconciled, 1);
     }
 
     /// Every tracked socket costs this much plus the hash map's slack: keep

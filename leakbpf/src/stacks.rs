@@ -133,6 +133,23 @@ impl StackResolver {
         self.inline_ids.retain(|_, id| needed.contains(id));
     }
 
+    /// Forgets everything cached under stack-map ids the kernel freed
+    /// ([`Tracer::prune_stacks`]): a freed id comes back for another stack.
+    pub fn forget_stacks(&mut self, freed: &std::collections::HashSet<u32>) {
+        self.callers.retain(|(_, id), _| !freed.contains(id));
+        self.user_frames
+            .get_mut()
+            .retain(|(_, _, id, _), _| !freed.contains(id));
+        self.kernel_frames
+            .get_mut()
+            .retain(|id, _| !freed.contains(id));
+    }
+
+    /// Symbolized user stacks cached now.
+    pub fn cached_user_stacks(&self) -> usize {
+        self.user_frames.borrow().len()
+    }
+
     /// An id for a stack that came through the ring; the same stack gets
     /// the same id while it is kept.
     fn intern_inline(&mut self, ips: Vec<u64>) -> u32 {
@@ -202,5 +219,32 @@ impl StackResolver {
             .borrow_mut()
             .insert(id, Rc::clone(&frames));
         Some(frames)
+    }
+}
+
+/// Frames for the report, from the tracer's stack map through `stacks`.
+pub struct Frames<'a> {
+    pub tracer: &'a Tracer,
+    pub stacks: &'a StackResolver,
+}
+
+impl crate::report::assemble::FrameSource for Frames<'_> {
+    fn user(&self, socket: &crate::socket_table::Socket) -> Vec<Frame> {
+        self.stacks
+            .user_frames(
+                self.tracer,
+                &socket.opener,
+                socket.user_stack,
+                socket.leaf_caller,
+            )
+            .map(|frames| frames.to_vec())
+            .unwrap_or_default()
+    }
+
+    fn kernel(&self, socket: &crate::socket_table::Socket) -> Vec<Frame> {
+        self.stacks
+            .kernel_frames(self.tracer, socket.kernel_stack)
+            .map(|frames| frames.to_vec())
+            .unwrap_or_default()
     }
 }

@@ -185,6 +185,20 @@ impl Tracer {
         Some(trace.frames().iter().map(|frame| frame.ip).collect())
     }
 
+    /// Deletes the kernel stack-map entries `keep` rejects; returns how
+    /// many entries there were and the ids deleted (their caches must go:
+    /// the kernel reuses a freed id for another stack). Without this the
+    /// map only fills, and a long run starts losing stacks.
+    pub fn prune_stacks(&mut self, keep: impl Fn(u32) -> bool) -> (usize, Vec<u32>) {
+        let ids: Vec<u32> = self.stacks.stack_ids().filter_map(Result::ok).collect();
+        let pruned = ids
+            .iter()
+            .copied()
+            .filter(|id| !keep(*id) && self.stacks.remove(id).is_ok())
+            .collect();
+        (ids.len(), pruned)
+    }
+
     pub fn lost(&self) -> LostCounts {
         let sum = |index: u32| -> u64 {
             self.lost

@@ -15,6 +15,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod agent;
+
 /// How long to wait for anything a test expects to happen (a kernel under
 /// software emulation needs longer: `LEAKBPF_TEST_TIMEOUT_S`).
 pub static TIMEOUT: std::sync::LazyLock<Duration> = std::sync::LazyLock::new(|| {
@@ -64,7 +66,7 @@ pub fn check_output() -> String {
 }
 
 /// `--hooks SET` when the matrix forces one.
-fn hooks_args() -> Vec<String> {
+pub(crate) fn hooks_args() -> Vec<String> {
     forced_hooks()
         .map(|h| vec!["--hooks".to_owned(), h])
         .unwrap_or_default()
@@ -239,6 +241,11 @@ impl Fixture {
         self.child.id()
     }
 
+    /// The next line it prints (waits at most [`TIMEOUT`]).
+    pub fn read_line(&mut self) -> String {
+        self.line()
+    }
+
     fn line(&mut self) -> String {
         self.lines
             .recv_timeout(*TIMEOUT)
@@ -324,7 +331,7 @@ impl Drop for Fixture {
 
 /// Collects leakbpf's stderr as it comes, and signals once it says it is
 /// tracing (its programs are attached).
-fn watch_stderr(
+pub(crate) fn watch_stderr(
     stderr: std::process::ChildStderr,
 ) -> (
     Arc<Mutex<String>>,

@@ -1,5 +1,6 @@
 //! One module per subcommand; `run` dispatches. Errors bubble up to main,
 //! which prints them once, on one line.
+mod agent;
 mod check;
 mod events;
 mod session;
@@ -16,5 +17,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Events(args) => events::run(args),
         Command::Trace(args) => trace::run(&args),
         Command::Check(args) => check::run(&args),
+        Command::Agent(args) => agent::run(&args),
     }
 }

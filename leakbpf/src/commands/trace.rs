@@ -19,15 +19,14 @@ use crate::{
     filter::Filter,
     report::{
         self,
-        assemble::{FrameSource, Options, assemble},
+        assemble::{Options, assemble},
         classify::Thresholds,
         model::{REPORT_VERSION, Report},
     },
     snapshot::{Snapshot, holder_task},
-    socket_table::{Socket, SocketTable},
+    socket_table::SocketTable,
     sockets,
-    stacks::{StackResolver, UserStackKey},
-    symbolize::Frame,
+    stacks::{Frames, StackResolver, UserStackKey},
     tracer::Tracer,
 };
 
@@ -338,31 +337,5 @@ impl session::Consumer for Collector {
                 self.table.open_sockets().count()
             );
         }
-    }
-}
-
-struct Frames<'a> {
-    tracer: &'a Tracer,
-    stacks: &'a StackResolver,
-}
-
-impl FrameSource for Frames<'_> {
-    fn user(&self, socket: &Socket) -> Vec<Frame> {
-        self.stacks
-            .user_frames(
-                self.tracer,
-                &socket.opener,
-                socket.user_stack,
-                socket.leaf_caller,
-            )
-            .map(|frames| frames.to_vec())
-            .unwrap_or_default()
-    }
-
-    fn kernel(&self, socket: &Socket) -> Vec<Frame> {
-        self.stacks
-            .kernel_frames(self.tracer, socket.kernel_stack)
-            .map(|frames| frames.to_vec())
-            .unwrap_or_default()
     }
 }

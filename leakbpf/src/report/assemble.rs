@@ -192,6 +192,7 @@ fn by_process(built: Vec<BuiltGroup>) -> Vec<ProcessReport> {
                 exe,
                 open: group.count,
                 groups: vec![group],
+                ..ProcessReport::default()
             }),
         }
     }

@@ -15,6 +15,8 @@ pub const REPORT_VERSION: u32 = 1;
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Report {
     pub version: u32,
+    /// When it was built (RFC 3339, UTC).
+    pub time: String,
     /// The hook set that ran (`tracepoint`, ...).
     pub hooks: String,
     pub duration_s: f64,
@@ -51,6 +53,17 @@ pub struct ProcessReport {
     pub pid: u32,
     pub comm: String,
     pub exe: Option<String>,
+    /// Its cgroup v2 path, and the container and Kubernetes pod that path
+    /// names (docker, containerd, CRI-O), where it names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// The agent's forecast for a process whose open sockets grow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlook: Option<Outlook>,
     /// Open sockets in all groups (shared ones included).
     pub open: usize,
     /// Ranked by count, most first.
@@ -94,6 +107,25 @@ pub struct Group {
     pub kernel_stack: Vec<Frame>,
     /// Oldest first.
     pub sockets: Vec<SocketReport>,
+}
+
+/// How fast a process leaks and when it runs out (`leakbpf agent`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Outlook {
+    /// Open sockets gained per hour over the agent's window.
+    pub leak_rate_per_hour: f64,
+    pub open_fds: Option<u64>,
+    /// The soft `RLIMIT_NOFILE` (`None`: unlimited or unreadable).
+    pub fd_limit: Option<u64>,
+    /// Seconds until `open_fds` reaches `fd_limit` at this rate.
+    pub fd_exhaustion_s: Option<f64>,
+    /// The memory cgroup's usage, its tightest `memory.max` on the way to
+    /// the root, and the socket buffers in it (`memory.stat` `sock`).
+    pub memory_bytes: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
+    pub socket_memory_bytes: Option<u64>,
+    /// Seconds until `memory_bytes` reaches the limit at the window's rate.
+    pub memory_exhaustion_s: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -523,6 +523,7 @@ pub(crate) mod tests {
                         ),
                         group(Direction::Preexisting, 2, &[], vec![]),
                     ],
+                    ..ProcessReport::default()
                 },
                 ProcessReport {
                     pid: 200,
@@ -543,6 +544,7 @@ pub(crate) mod tests {
                             },
                         ],
                     )],
+                    ..ProcessReport::default()
                 },
             ],
             ..Report::default()

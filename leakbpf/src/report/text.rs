@@ -252,6 +252,7 @@ mod tests {
                 exe: Some("/usr/bin/leaky".to_owned()),
                 open: 2,
                 groups: vec![group],
+                ..ProcessReport::default()
             }],
             ..Report::default()
         };

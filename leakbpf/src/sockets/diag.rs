@@ -16,8 +16,8 @@
 //! not just its counters). Reading by offset lets each field be present or
 //! absent on its own.
 //!
-//! Only sockets of this process's network namespace are visible: a netlink
-//! socket sees its own namespace.
+//! A netlink socket sees only its own network namespace: [`super::netns`]
+//! calls [`dump`] once per namespace.
 use std::{
     io,
     net::{IpAddr, SocketAddr, SocketAddrV6},

@@ -11,10 +11,10 @@
 //! [`diag`] reads the kernel's socket list over `NETLINK_SOCK_DIAG`;
 //! [`procfs`] maps socket inodes to the processes holding them.
 //!
-//! Both see only this process's network namespace and `/proc`: sockets of
-//! processes in other network namespaces (containers) are not listed by
-//! the kernel dump, so they are not found.
+//! [`netns`] dumps every network namespace in use (containers, pods), each
+//! as that namespace sees its addresses.
 pub mod diag;
+pub mod netns;
 pub mod procfs;
 pub mod unseen;
 
@@ -62,6 +62,8 @@ pub struct ScanStats {
     pub walk: WalkStats,
     /// Sockets the kernel reported but the netlink crate could not decode.
     pub undecodable: usize,
+    /// Network namespaces dumped, and those that could not be entered.
+    pub namespaces: netns::NamespaceStats,
 }
 
 /// TCP sockets with a file (inode != 0) that some process holds, with
@@ -73,12 +75,13 @@ pub fn scan(options: &ScanOptions) -> Result<Vec<OwnedSocket>> {
 /// [`scan`], also saying what it could not see (fd tables it was refused,
 /// undecodable messages), so a caller can warn that the list is partial.
 pub fn scan_with_stats(options: &ScanOptions) -> Result<(Vec<OwnedSocket>, ScanStats)> {
-    let dump = diag::dump(options.states)?;
+    let (dump, namespaces) = netns::dump_everywhere(options.states)?;
     let (mut owners, walk) =
         procfs::walk_owners(options.pids.as_deref()).context("listing /proc")?;
     let stats = ScanStats {
         walk,
         undecodable: dump.undecodable,
+        namespaces,
     };
     Ok((join(dump.sockets, &mut owners), stats))
 }

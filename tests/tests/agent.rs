@@ -1,0 +1,444 @@
+//! `leakbpf agent` end to end: real programs attached, real fixture
+//! processes (a server and a leaking client, separate processes), the HTTP
+//! API read with curl, `go tool pprof` and `promtool`.
+use std::{process::Command, time::Duration};
+
+use leakbpf_tests::{
+    Fixture,
+    agent::{Agent, sample},
+    go_tool_pprof, python, symbols,
+};
+use serde_json::Value;
+
+/// The interval the tests run the agent with, and its growing window.
+const INTERVAL_S: u64 = 1;
+
+fn agent(extra: &[&str]) -> Agent {
+    let interval = format!("{INTERVAL_S}s");
+    let mut args = vec!["--interval", interval.as_str(), "--window", "3"];
+    args.extend_from_slice(extra);
+    Agent::start(&args)
+}
+
+fn server(host: &str) -> (Fixture, u16) {
+    let mut server = Fixture::spawn({
+        let mut c = python("agent_leaker.py");
+        c.args(["serve", host]);
+        c
+    });
+    let port = server.port();
+    server.ready();
+    (server, port)
+}
+
+fn client(host: &str, port: u16, nofile: Option<u32>) -> Fixture {
+    let mut client = Fixture::spawn({
+        let mut c = python("agent_leaker.py");
+        c.args(["client", host, &port.to_string()]);
+        if let Some(n) = nofile {
+            c.args(["--nofile", &n.to_string()]);
+        }
+        c
+    });
+    client.ready();
+    client
+}
+
+fn open(client: &mut Fixture, n: usize) {
+    client.send_line(&format!("open {n}"));
+    assert!(client.read_line().starts_with("open "));
+}
+
+fn process(report: &Value, pid: u32) -> Option<&Value> {
+    report["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .find(|p| p["pid"] == pid)
+}
+
+fn open_of(report: &Value, pid: u32) -> u64 {
+    process(report, pid).map_or(0, |p| p["open"].as_u64().unwrap())
+}
+
+#[test]
+fn a_leak_shows_in_metrics_and_leaks_with_its_stack_and_clears_when_the_process_exits() {
+    let agent = agent(&[]);
+    let (_server, port) = server("127.0.0.1");
+    let mut client = client("127.0.0.1", port, None);
+    let pid = client.pid();
+    open(&mut client, 4);
+    let window = Duration::from_secs(2 * INTERVAL_S);
+    // Two intervals, plus the time one snapshot takes.
+    let within = window + Duration::from_millis(900);
+    let query = format!("?pid={pid}");
+    let (report, took) = agent.wait_leaks(&query, within, "the leak in /leaks", |r| {
+        open_of(r, pid) == 4 && process(r, pid).unwrap()["groups"][0]["classes"][0] == "close_wait"
+    });
+    eprintln!("leak listed after {took:?}");
+    assert_eq!(report["complete"], true, "{report:#}");
+    let group = &process(&report, pid).unwrap()["groups"][0];
+    assert_eq!(group["direction"], "connect");
+    assert_eq!(group["count"], 4);
+    assert_eq!(group["states"]["CLOSE_WAIT"], 4);
+    let frames = symbols(&group["stack"]);
+    assert!(
+        frames.iter().any(|f| f == "internal_connect"),
+        "Python's connect frame in the stack: {frames:?}"
+    );
+    let metrics = agent.metrics();
+    let labels = [
+        ("pid", pid.to_string()),
+        ("comm", "python3".to_owned()),
+        ("direction", "connect".to_owned()),
+        ("state", "CLOSE_WAIT".to_owned()),
+    ];
+    let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(
+        sample(&metrics, "leakbpf_open_sockets", &labels),
+        Some(4.0),
+        "{metrics}"
+    );
+    assert!(sample(&metrics, "leakbpf_suspects", &[("class", "close_wait")]).unwrap() >= 1.0);
+    let appeared = agent
+        .log()
+        .into_iter()
+        .find(|l| l["suspect"]["pid"] == pid && l["change"] == "appeared")
+        .expect("an `appeared` log line for the suspect");
+    assert_eq!(appeared["suspect"]["count"], 4);
+    assert_eq!(appeared["suspect"]["classes"][0], "close_wait");
+    assert!(
+        appeared["suspect"]["top_frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f.as_str().unwrap().starts_with("internal_connect")),
+        "{appeared}"
+    );
+
+    client.kill();
+    agent.wait_leaks(&query, within, "the exited process leaving /leaks", |r| {
+        open_of(r, pid) == 0
+    });
+    let pid_label = format!("pid=\"{pid}\"");
+    agent.wait_for("the exited process's series leaving /metrics", || {
+        !agent.metrics().contains(&pid_label)
+    });
+    let cleared = agent.log();
+    assert!(
+        cleared
+            .iter()
+            .any(|l| l["suspect"]["pid"] == pid && l["change"] == "cleared"),
+        "a `cleared` line: {cleared:?}"
+    );
+}
+
+#[test]
+fn a_steady_leak_gets_its_fd_exhaustion_predicted_within_a_quarter() {
+    let agent = agent(&[]);
+    let (_server, port) = server("127.0.0.1");
+    let limit = 160;
+    let mut client = client("127.0.0.1", port, Some(limit));
+    let pid = client.pid();
+    // Ten sockets a second: from a handful of fds to 160 in about 15 s.
+    client.send_line("drip 0.1");
+    let (report, _) = agent.wait_leaks(
+        &format!("?pid={pid}"),
+        Duration::from_secs(12),
+        "a forecast",
+        |r| process(r, pid).is_some_and(|p| p["outlook"]["fd_exhaustion_s"].is_number()),
+    );
+    let asked = unix_now();
+    let outlook = &process(&report, pid).unwrap()["outlook"];
+    assert_eq!(outlook["fd_limit"], limit);
+    let predicted = asked + outlook["fd_exhaustion_s"].as_f64().unwrap();
+    let line = client.read_line();
+    let actual: f64 = line
+        .strip_prefix("emfile ")
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("the fixture said {line:?}, not `emfile T N`"));
+    let horizon = actual - asked;
+    let error = (predicted - actual).abs() / horizon;
+    eprintln!(
+        "forecast made {horizon:.1}s before EMFILE: predicted {:.1}s, off by {:.1}s ({:.0}%); rate {} sockets/h",
+        predicted - asked,
+        predicted - actual,
+        error * 100.0,
+        outlook["leak_rate_per_hour"]
+    );
+    assert!(
+        horizon > 2.0,
+        "the forecast came too late to test: {horizon}s"
+    );
+    assert!(
+        error <= 0.25,
+        "predicted {predicted}, EMFILE at {actual}: {:.0}% off",
+        error * 100.0
+    );
+    let said = agent.log();
+    let growing = said
+        .iter()
+        .find(|l| {
+            l["suspect"]["pid"] == pid
+                && l["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("fd limit 160 reached in about")
+        })
+        .unwrap_or_else(|| panic!("a log line with the forecast: {said:?}"));
+    assert!(
+        growing["suspect"]["classes"]
+            .as_array()
+            .unwrap()
+            .contains(&"growing".into())
+    );
+    let metrics = agent.metrics();
+    assert!(
+        sample(
+            &metrics,
+            "leakbpf_fd_exhaustion_seconds",
+            &[("pid", &pid.to_string())]
+        )
+        .is_some(),
+        "{metrics}"
+    );
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// A network namespace for one test, deleted when dropped.
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Netns {
+        let name = format!("leakbpf-test-{}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        run(&["ip", "netns", "add", &name]);
+        run(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        run(&[
+            "ip",
+            "-n",
+            &name,
+            "addr",
+            "add",
+            "10.77.0.1/32",
+            "dev",
+            "lo",
+        ]);
+        Netns(name)
+    }
+
+    fn python(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0, "python3", "-u"])
+            .arg(leakbpf_tests::fixture_source("agent_leaker.py"))
+            .args(args);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn run(args: &[&str]) {
+    let status = Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .unwrap_or_else(|err| panic!("{args:?}: {err}"));
+    assert!(status.success(), "{args:?} failed");
+}
+
+#[test]
+fn sockets_inside_another_network_namespace_are_listed_with_its_addresses() {
+    let ns = Netns::new();
+    // Server and leaking client both start before the agent.
+    let mut server = Fixture::spawn(ns.python(&["serve", "10.77.0.1"]));
+    let port = server.port();
+    server.ready();
+    let mut client = Fixture::spawn(ns.python(&["client", "10.77.0.1", &port.to_string()]));
+    client.ready();
+    open(&mut client, 3);
+    // `ip netns exec` execs python: the fixture's pid is the client.
+    let pid = client.pid();
+    let agent = agent(&[]);
+    let (report, _) = agent.wait_leaks(
+        &format!("?pid={pid}"),
+        Duration::from_secs(3 * INTERVAL_S),
+        "the namespaced client",
+        |r| open_of(r, pid) == 3,
+    );
+    let group = &process(&report, pid).unwrap()["groups"][0];
+    assert_eq!(group["direction"], "preexisting", "opened before the agent");
+    assert_eq!(group["holder_found"], true);
+    let remote = format!("10.77.0.1:{port}");
+    for socket in group["sockets"].as_array().unwrap() {
+        assert_eq!(socket["remote"], remote.as_str(), "{socket}");
+        assert!(socket["local"].as_str().unwrap().starts_with("10.77.0.1:"));
+        assert_eq!(socket["state"], "CLOSE_WAIT");
+    }
+    assert_eq!(report["complete"], true, "{report:#}");
+    let warnings = report["warnings"].to_string();
+    assert!(!warnings.contains("network namespace"), "{warnings}");
+}
+
+#[test]
+fn lost_events_are_healed_by_reconciliation_and_counted() {
+    // The smallest ring: a stopped reader loses a burst.
+    let agent = agent(&["--ring-bytes", "4096"]);
+    let (_server, port) = server("127.0.0.1");
+    let mut client = client("127.0.0.1", port, None);
+    let pid = client.pid();
+    open(&mut client, 10);
+    let query = format!("?pid={pid}");
+    agent.wait_leaks(&query, Duration::from_secs(5), "the first 10", |r| {
+        open_of(r, pid) == 10
+    });
+    agent.signal(libc::SIGSTOP);
+    // While the reader is stopped: 300 opens fill the ring; the closes of
+    // the first 10 find it full.
+    open(&mut client, 300);
+    client.send_line("close 10");
+    assert_eq!(client.read_line(), "open 300");
+    std::thread::sleep(Duration::from_millis(200));
+    agent.signal(libc::SIGCONT);
+    let (report, _) = agent.wait_leaks(
+        &query,
+        Duration::from_secs(6 * INTERVAL_S),
+        "exact counts after reconciliation",
+        |r| open_of(r, pid) == 300 && r["complete"] == true,
+    );
+    assert!(
+        report["lost_events"].as_u64().unwrap() > 0,
+        "the burst lost events: {report:#}"
+    );
+    let metrics = agent.metrics();
+    let lost = sample(&metrics, "leakbpf_lost_total", &[("cause", "ringbuf_full")]).unwrap();
+    let removed = sample(
+        &metrics,
+        "leakbpf_reconciliation_fixes_total",
+        &[("fix", "removed")],
+    )
+    .unwrap();
+    let added = sample(
+        &metrics,
+        "leakbpf_reconciliation_fixes_total",
+        &[("fix", "added")],
+    )
+    .unwrap();
+    eprintln!("lost {lost} events; reconciliation removed {removed}, added {added}");
+    assert!(lost > 0.0);
+    assert_eq!(removed, 10.0, "the 10 closed while their closes were lost");
+    assert!(
+        added > 0.0 && added <= 300.0,
+        "opens lost and added back: {added}"
+    );
+    assert_eq!(sample(&metrics, "leakbpf_complete", &[]), Some(1.0));
+}
+
+fn leakbpf_programs() -> usize {
+    let output = Command::new("bpftool")
+        .args(["prog", "list", "--json"])
+        .output()
+        .expect("running bpftool (Debian's bpftool package)");
+    assert!(output.status.success(), "bpftool prog list failed");
+    let progs: Value = serde_json::from_slice(&output.stdout).expect("bpftool JSON");
+    let names = [
+        "sock_release",
+        "sys_exit_accept",
+        "sys_exit_accept4",
+        "inet_sock_set_sta",
+        "tcp_destroy_soc",
+        "sched_process_e",
+    ];
+    progs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| names.iter().any(|m| n.starts_with(m)))
+        })
+        .count()
+}
+
+fn links() -> usize {
+    let output = Command::new("bpftool")
+        .args(["link", "list", "--json"])
+        .output()
+        .expect("running bpftool");
+    let links: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Array(Vec::new()));
+    links.as_array().map_or(0, Vec::len)
+}
+
+#[test]
+fn sigterm_exits_within_two_seconds_and_leaves_nothing_attached() {
+    let (programs, linked) = (leakbpf_programs(), links());
+    let pinned_before = std::fs::read_dir("/sys/fs/bpf").map_or(0, Iterator::count);
+    let agent = agent(&[]);
+    assert!(
+        leakbpf_programs() > programs,
+        "the agent's programs are loaded"
+    );
+    let (status, took) = agent.terminate();
+    eprintln!("SIGTERM to exit: {took:?}");
+    assert!(status.success(), "exit status {status}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert_eq!(leakbpf_programs(), programs, "programs left loaded");
+    assert_eq!(links(), linked, "links left behind");
+    let pinned_after = std::fs::read_dir("/sys/fs/bpf").map_or(0, Iterator::count);
+    assert_eq!(pinned_after, pinned_before, "pins left in /sys/fs/bpf");
+}
+
+#[test]
+fn curl_pprof_and_promtool_accept_the_outputs() {
+    let agent = agent(&[]);
+    let (_server, port) = server("127.0.0.1");
+    let mut client = client("127.0.0.1", port, None);
+    let pid = client.pid();
+    open(&mut client, 2);
+    agent.wait_leaks(
+        &format!("?pid={pid}"),
+        Duration::from_secs(5),
+        "the leak",
+        |r| open_of(r, pid) == 2,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = dir.path().join("metrics.txt");
+    std::fs::write(&metrics, agent.get("/metrics")).unwrap();
+    let checked = Command::new("sh")
+        .arg("-c")
+        .arg(format!("promtool check metrics < {}", metrics.display()))
+        .output()
+        .expect("running promtool (Debian's prometheus package)");
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let url = agent.url(&format!("/leaks.pprof?pid={pid}"));
+    let top = go_tool_pprof(&["-top", &url]);
+    let text = String::from_utf8_lossy(&top.stdout);
+    assert!(
+        top.status.success(),
+        "go tool pprof: {}",
+        String::from_utf8_lossy(&top.stderr)
+    );
+    assert!(text.contains("internal_connect"), "{text}");
+    // A bad query is a 400 with the reason, not a crash.
+    assert!(agent.try_get("/leaks?min_age=soon").is_none());
+    assert!(agent.try_get("/leaks?bogus=1").is_none());
+    assert_eq!(agent.get("/healthz"), b"ok\n");
+}
