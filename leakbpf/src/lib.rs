@@ -18,6 +18,7 @@ pub mod hooks;
 pub mod kernel;
 pub mod privileges;
 pub mod procmaps;
+pub mod pump;
 pub mod report;
 pub mod snapshot;
 pub mod socket_table;

@@ -151,6 +151,9 @@ pub struct SocketTable {
     /// Openers that exited since the last sweep: their group counts go once
     /// none of their sockets is open any more.
     exited: Vec<(u32, u64)>,
+    /// Open sockets per opener (pid, start): what an exit needs to know
+    /// without scanning every socket.
+    open_by_opener: HashMap<(u32, u64), u32>,
     limits: Limits,
     stats: TableStats,
 }
@@ -161,6 +164,7 @@ impl SocketTable {
             sockets: HashMap::new(),
             groups: HashMap::new(),
             exited: Vec::new(),
+            open_by_opener: HashMap::new(),
             limits,
             stats: TableStats::default(),
         }
@@ -172,7 +176,10 @@ impl SocketTable {
             Event::State(change) => self.state(change),
             Event::Close(close) => self.close(close),
             Event::Destroy(destroy) => match self.sockets.remove(&destroy.cookie) {
-                Some(_) => {
+                Some(socket) => {
+                    if socket.is_open() {
+                        Self::uncount_open(&mut self.open_by_opener, &socket);
+                    }
                     self.stats.destroyed += 1;
                     Applied::Destroyed
                 }
@@ -186,6 +193,32 @@ impl SocketTable {
             self.stats.untracked_events += 1;
         }
         applied
+    }
+
+    fn count_open(&mut self, opener: &Task) {
+        *self
+            .open_by_opener
+            .entry((opener.pid, opener.start_ns))
+            .or_default() += 1;
+    }
+
+    /// `socket` is no longer open (closed, destroyed or forgotten).
+    fn uncount_open(open_by_opener: &mut HashMap<(u32, u64), u32>, socket: &Socket) {
+        let key = (socket.opener.pid, socket.opener.start_ns);
+        if let Some(n) = open_by_opener.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                open_by_opener.remove(&key);
+            }
+        }
+    }
+
+    /// Open sockets the process `pid` started at `start_ns` opened.
+    pub fn open_by(&self, pid: u32, start_ns: u64) -> u32 {
+        self.open_by_opener
+            .get(&(pid, start_ns))
+            .copied()
+            .unwrap_or(0)
     }
 
     fn open(&mut self, open: &Open) -> Applied {
@@ -209,7 +242,12 @@ impl SocketTable {
             closed: None,
         };
         self.groups.entry(socket.group_key()).or_default().opened += 1;
-        self.sockets.insert(open.cookie, socket);
+        self.count_open(&socket.opener);
+        if let Some(old) = self.sockets.insert(open.cookie, socket)
+            && old.is_open()
+        {
+            Self::uncount_open(&mut self.open_by_opener, &old);
+        }
         Applied::Opened
     }
 
@@ -231,6 +269,7 @@ impl SocketTable {
             return Applied::DroppedFull;
         }
         self.stats.preexisting += 1;
+        self.count_open(&holder);
         self.sockets.insert(
             cookie,
             Socket {
@@ -287,6 +326,13 @@ impl SocketTable {
             state: close.state,
         });
         self.stats.closed += 1;
+        let key = (socket.opener.pid, socket.opener.start_ns);
+        if let Some(n) = self.open_by_opener.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.open_by_opener.remove(&key);
+            }
+        }
         if let Some(counts) = self.groups.get_mut(&socket.group_key()) {
             counts.closed += 1;
         }
@@ -306,11 +352,14 @@ impl SocketTable {
             None => true,
         });
         if !self.exited.is_empty() {
-            let exited = std::mem::take(&mut self.exited);
-            let live: std::collections::HashSet<GroupKey> =
-                self.open_sockets().map(Socket::group_key).collect();
-            self.groups
-                .retain(|key, _| !exited.contains(&(key.pid, key.start_ns)) || live.contains(key));
+            // Through the per-opener index: no scan of every socket.
+            let exited: std::collections::HashSet<(u32, u64)> =
+                std::mem::take(&mut self.exited).into_iter().collect();
+            let open_by_opener = &self.open_by_opener;
+            self.groups.retain(|key, _| {
+                let opener = (key.pid, key.start_ns);
+                !exited.contains(&opener) || open_by_opener.contains_key(&opener)
+            });
         }
     }
 
@@ -321,11 +370,16 @@ impl SocketTable {
     /// do not list those even while they are open. Returns how many went.
     pub fn reconcile(&mut self, taken_ns: u64, kernel_has: impl Fn(u64) -> bool) -> usize {
         let before = self.sockets.len();
+        let open_by_opener = &mut self.open_by_opener;
         self.sockets.retain(|&cookie, socket| {
-            !socket.is_open()
+            let keep = !socket.is_open()
                 || socket.opened_ns >= taken_ns
                 || socket.endpoints.state == TcpState::Close
-                || kernel_has(cookie)
+                || kernel_has(cookie);
+            if !keep {
+                Self::uncount_open(open_by_opener, socket);
+            }
+            keep
         });
         let removed = before - self.sockets.len();
         self.stats.reconciled += removed as u64;
@@ -796,6 +850,12 @@ mod tests {
                         let counts = table.group_counts(&socket.group_key());
                         prop_assert!(counts.closed <= counts.opened, "{counts:?}");
                     }
+                    // The per-opener index agrees with a full scan.
+                    let mut by_opener: HashMap<(u32, u64), u32> = HashMap::new();
+                    for socket in table.open_sockets() {
+                        *by_opener.entry((socket.opener.pid, socket.opener.start_ns)).or_default() += 1;
+                    }
+                    prop_assert_eq!(&by_opener, &table.open_by_opener);
                     if step % 20 == 0 {
                         table.sweep(event.time_ns());
                     }

@@ -1,6 +1,9 @@
 //! From stack ids to frames: reads the kernel's stack map, repairs the user
 //! stack's skipped leaf caller ([`crate::unwind`]) and symbolizes.
-use std::{cell::RefCell, collections::HashMap, rc::Rc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use crate::{
     event::{Event, Open, Stack, Task},
@@ -35,14 +38,14 @@ pub struct StackResolver {
     /// Inline stacks by cookie, until their open comes (right after).
     pending_inline: HashMap<u64, Vec<u64>>,
     /// Inline stacks by the id given to them.
-    inline: HashMap<u32, Rc<[u64]>>,
+    inline: HashMap<u32, Arc<[u64]>>,
     /// The same, by content: a stack that collides once collides again.
-    inline_ids: HashMap<Rc<[u64]>, u32>,
+    inline_ids: HashMap<Arc<[u64]>, u32>,
     next_inline: u32,
     /// Symbolized stacks: the same stack is resolved once. User stacks by
     /// (pid, stack id, leaf caller), kernel stacks by stack id.
-    user_frames: RefCell<HashMap<UserStackKey, Rc<[Frame]>>>,
-    kernel_frames: RefCell<HashMap<u32, Rc<[Frame]>>>,
+    user_frames: Mutex<HashMap<UserStackKey, Arc<[Frame]>>>,
+    kernel_frames: Mutex<HashMap<u32, Arc<[Frame]>>>,
 }
 
 impl StackResolver {
@@ -57,9 +60,9 @@ impl StackResolver {
     /// Sees every event before the socket table does: an open gets its
     /// skipped caller recovered (while its process surely still runs), a
     /// process end drops what was cached about that pid.
-    pub fn observe(&mut self, tracer: &Tracer, event: &mut Event) {
+    pub fn observe(&mut self, source: &dyn StackSource, event: &mut Event) {
         match event {
-            Event::Open(open) => self.on_open(tracer, open),
+            Event::Open(open) => self.on_open(source, open),
             Event::Exit(exit) => self.forget(exit.task.pid),
             Event::Stack(stack) => {
                 if self.pending_inline.len() >= PENDING_INLINE_MAX {
@@ -73,7 +76,7 @@ impl StackResolver {
     }
 
     /// Gives an inline user stack its id; fills `open.leaf_caller`.
-    fn on_open(&mut self, tracer: &Tracer, open: &mut Open) {
+    fn on_open(&mut self, source: &dyn StackSource, open: &mut Open) {
         if open.user_stack == Stack::Inline {
             // An open whose cookie user space resolved later (the kprobe
             // set can see a socket before its cookie exists) had its stack
@@ -95,7 +98,7 @@ impl StackResolver {
         let caller = if let Some(caller) = self.callers.get(&(pid, id)) {
             *caller
         } else {
-            let ip = self.ips(tracer, id).and_then(|ips| ips.first().copied());
+            let ip = self.ips(source, id).and_then(|ips| ips.first().copied());
             let caller = ip.and_then(|ip| {
                 self.unwinder
                     .caller(pid, ip, open.user_sp, &open.user_stack_top)
@@ -105,8 +108,8 @@ impl StackResolver {
         };
         open.leaf_caller = caller;
         if self.eager {
-            self.user_frames(tracer, &open.task, open.user_stack, caller);
-            self.kernel_frames(tracer, open.kernel_stack);
+            self.user_frames(source, &open.task, open.user_stack, caller);
+            self.kernel_frames(source, open.kernel_stack);
         }
     }
 
@@ -118,6 +121,7 @@ impl StackResolver {
         if !self.eager {
             self.user_frames
                 .get_mut()
+                .unwrap_or_else(PoisonError::into_inner)
                 .retain(|(p, _, _, _), _| *p != pid);
         }
     }
@@ -125,8 +129,14 @@ impl StackResolver {
     /// Keeps only the symbolized user stacks `keep` says are still needed,
     /// and the inline stacks they come from.
     pub fn retain_user(&mut self, keep: impl Fn(&UserStackKey) -> bool) {
-        self.user_frames.get_mut().retain(|key, _| keep(key));
-        let frames = self.user_frames.get_mut();
+        self.user_frames
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|key, _| keep(key));
+        let frames = self
+            .user_frames
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
         let needed: std::collections::HashSet<u32> =
             frames.keys().map(|(_, _, stack, _)| *stack).collect();
         self.inline.retain(|id, _| needed.contains(id));
@@ -139,36 +149,46 @@ impl StackResolver {
         self.callers.retain(|(_, id), _| !freed.contains(id));
         self.user_frames
             .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
             .retain(|(_, _, id, _), _| !freed.contains(id));
         self.kernel_frames
             .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
             .retain(|id, _| !freed.contains(id));
+    }
+
+    /// Symbol cache evictions so far (see [`Symbolizer::evictions`]).
+    pub fn cache_evictions(&self) -> u64 {
+        self.symbolizer.evictions()
     }
 
     /// Symbolized user stacks cached now.
     pub fn cached_user_stacks(&self) -> usize {
-        self.user_frames.borrow().len()
+        self.user_frames
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// An id for a stack that came through the ring; the same stack gets
     /// the same id while it is kept.
     fn intern_inline(&mut self, ips: Vec<u64>) -> u32 {
-        let ips: Rc<[u64]> = ips.into();
+        let ips: Arc<[u64]> = ips.into();
         if let Some(&id) = self.inline_ids.get(&ips) {
             return id;
         }
         let id = INLINE_ID_BASE | self.next_inline;
         self.next_inline = (self.next_inline + 1) % INLINE_ID_BASE;
-        self.inline.insert(id, Rc::clone(&ips));
+        self.inline.insert(id, Arc::clone(&ips));
         self.inline_ids.insert(ips, id);
         id
     }
 
     /// Instruction pointers of stack `id`, from the stack map or the ring.
-    fn ips(&self, tracer: &Tracer, id: u32) -> Option<Vec<u64>> {
+    fn ips(&self, source: &dyn StackSource, id: u32) -> Option<Vec<u64>> {
         match self.inline.get(&id) {
             Some(ips) => Some(ips.to_vec()),
-            None if id < INLINE_ID_BASE => tracer.stack(id),
+            None if id < INLINE_ID_BASE => source.stack(id),
             None => None,
         }
     }
@@ -176,12 +196,12 @@ impl StackResolver {
     /// Instruction pointers of a user stack, innermost first, repaired.
     pub fn user_ips(
         &self,
-        tracer: &Tracer,
+        source: &dyn StackSource,
         stack: Stack,
         leaf_caller: Option<u64>,
     ) -> Option<Vec<u64>> {
         let Stack::Id(id) = stack else { return None };
-        let mut ips = self.ips(tracer, id)?;
+        let mut ips = self.ips(source, id)?;
         insert_caller(&mut ips, leaf_caller);
         Some(ips)
     }
@@ -190,35 +210,59 @@ impl StackResolver {
     /// process, which must still run the first time).
     pub fn user_frames(
         &self,
-        tracer: &Tracer,
+        source: &dyn StackSource,
         task: &Task,
         stack: Stack,
         leaf_caller: Option<u64>,
-    ) -> Option<Rc<[Frame]>> {
+    ) -> Option<Arc<[Frame]>> {
         let Stack::Id(id) = stack else { return None };
         let pid = task.pid;
         let key = (pid, task.start_ns, id, leaf_caller);
-        if let Some(frames) = self.user_frames.borrow().get(&key) {
-            return Some(Rc::clone(frames));
+        if let Some(frames) = self
+            .user_frames
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Some(Arc::clone(frames));
         }
-        let ips = self.user_ips(tracer, stack, leaf_caller)?;
-        let frames: Rc<[Frame]> = self.symbolizer.user(pid, &ips).into();
+        let ips = self.user_ips(source, stack, leaf_caller)?;
+        let frames: Arc<[Frame]> = self.symbolizer.user(pid, &ips).into();
         self.user_frames
-            .borrow_mut()
-            .insert(key, Rc::clone(&frames));
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, Arc::clone(&frames));
         Some(frames)
     }
 
-    pub fn kernel_frames(&self, tracer: &Tracer, stack: Stack) -> Option<Rc<[Frame]>> {
+    pub fn kernel_frames(&self, source: &dyn StackSource, stack: Stack) -> Option<Arc<[Frame]>> {
         let Stack::Id(id) = stack else { return None };
-        if let Some(frames) = self.kernel_frames.borrow().get(&id) {
-            return Some(Rc::clone(frames));
+        if let Some(frames) = self
+            .kernel_frames
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+        {
+            return Some(Arc::clone(frames));
         }
-        let frames: Rc<[Frame]> = self.symbolizer.kernel(&tracer.stack(id)?).into();
+        let frames: Arc<[Frame]> = self.symbolizer.kernel(&source.stack(id)?).into();
         self.kernel_frames
-            .borrow_mut()
-            .insert(id, Rc::clone(&frames));
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, Arc::clone(&frames));
         Some(frames)
+    }
+}
+
+/// Where recorded stacks are read: the tracer's stack map, or a test's.
+pub trait StackSource {
+    /// Instruction pointers of stack `id`, innermost first.
+    fn stack(&self, id: u32) -> Option<Vec<u64>>;
+}
+
+impl StackSource for Tracer {
+    fn stack(&self, id: u32) -> Option<Vec<u64>> {
+        Tracer::stack(self, id)
     }
 }
 
@@ -246,5 +290,84 @@ impl crate::report::assemble::FrameSource for Frames<'_> {
             .kernel_frames(self.tracer, socket.kernel_stack)
             .map(|frames| frames.to_vec())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Direction, Endpoints, Family, TcpState};
+
+    /// The stack pipeline can move to another thread (the agent's).
+    #[test]
+    fn the_resolver_is_send() {
+        fn send<T: Send>() {}
+        send::<StackResolver>();
+    }
+
+    /// A stack map of one stack: `ips`.
+    struct OneStack(Vec<u64>);
+
+    impl StackSource for OneStack {
+        fn stack(&self, id: u32) -> Option<Vec<u64>> {
+            (id == 7 && !self.0.is_empty()).then(|| self.0.clone())
+        }
+    }
+
+    #[inline(never)]
+    fn where_the_socket_was_opened() -> u64 {
+        // The address of this very function, as a frame of its own.
+        where_the_socket_was_opened as *const () as u64 + 1
+    }
+
+    fn open(task: Task, stack: Stack) -> Event {
+        Event::Open(Open {
+            time_ns: 1,
+            cookie: 42,
+            task,
+            endpoints: Endpoints {
+                family: Family::Ipv4,
+                local: "127.0.0.1:1".parse().unwrap(),
+                remote: "127.0.0.1:2".parse().unwrap(),
+                state: TcpState::SynSent,
+            },
+            direction: Direction::Connect,
+            fd: Some(3),
+            user_stack: stack,
+            kernel_stack: Stack::Missing(0),
+            user_sp: 0,
+            user_stack_top: [0; leakbpf_common::USER_STACK_TOP_WORDS],
+            leaf_caller: None,
+        })
+    }
+
+    #[test]
+    fn symbolizes_at_open_and_forgets_freed_ids() {
+        let task = Task {
+            pid: std::process::id(),
+            tid: 0,
+            cgroup_id: 0,
+            comm: "test".into(),
+            start_ns: 5,
+        };
+        let source = OneStack(vec![where_the_socket_was_opened()]);
+        let mut resolver = StackResolver::eager();
+        let mut event = open(task.clone(), Stack::Id(7));
+        resolver.observe(&source, &mut event);
+        assert_eq!(resolver.cached_user_stacks(), 1, "symbolized at open");
+        // Later reads come from the cache, even with the map entry gone.
+        let frames = resolver
+            .user_frames(&OneStack(Vec::new()), &task, Stack::Id(7), None)
+            .expect("cached frames");
+        let symbol = frames[0].symbol.as_deref().unwrap_or_default();
+        assert!(symbol.contains("where_the_socket_was_opened"), "{frames:?}");
+        // The kernel freed id 7 (pruned): nothing cached under it survives.
+        resolver.forget_stacks(&std::iter::once(7).collect());
+        assert_eq!(resolver.cached_user_stacks(), 0);
+        assert!(
+            resolver
+                .user_frames(&OneStack(Vec::new()), &task, Stack::Id(7), None)
+                .is_none()
+        );
     }
 }

@@ -4,7 +4,17 @@
 //! kallsyms. Where blazesym finds no name, the frame keeps its module and
 //! offset, and a Go binary's own line table (.gopclntab, present even when
 //! stripped) names it ([`crate::gopclntab`]).
-use std::{cell::RefCell, collections::HashMap, rc::Rc};
+use std::{
+    collections::HashSet,
+    num::NonZeroUsize,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+};
+
+use lru::LruCache;
 
 use blazesym::{
     Pid,
@@ -58,26 +68,84 @@ struct GoBinary {
     segments: Segments,
 }
 
+/// Go binaries whose line tables are kept (least recently used go first).
+const MAX_GO_BINARIES: usize = 32;
+/// blazesym keeps what it opened (ELF files, DWARF) for the life of its
+/// symbolizer and has no eviction: it is started afresh after this many
+/// distinct processes, which bounds that memory on a host that runs for weeks.
+const MAX_PROCESSES_PER_BLAZE: usize = 256;
+
+/// What the blazesym thread is asked to name.
+enum Target {
+    Process(u32),
+    Kernel,
+}
+
+struct Job {
+    target: Target,
+    addresses: Vec<u64>,
+    reply: mpsc::Sender<Vec<Frame>>,
+}
+
+/// blazesym's symbolizer is not `Send` (it keeps `Rc`s): it lives on a
+/// thread of its own and is asked over a channel, so the rest of the stack
+/// pipeline can move between threads. Only new stacks get this far (frames
+/// are cached), so the hop costs little.
 pub struct Symbolizer {
-    blaze: Blaze,
+    jobs: mpsc::Sender<Job>,
     /// By (device, inode); `None`: not a Go binary.
-    go: RefCell<HashMap<FileId, Option<Rc<GoBinary>>>>,
+    go: Mutex<LruCache<FileId, Option<Arc<GoBinary>>>>,
+    /// Times blazesym's caches were dropped, and Go tables evicted.
+    evictions: Arc<AtomicU64>,
 }
 
 impl Default for Symbolizer {
     fn default() -> Self {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let evictions = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&evictions);
+        // Ends when the symbolizer (the only sender) is dropped.
+        let _ = std::thread::Builder::new()
+            .name("leakbpf-symbols".into())
+            .spawn(move || serve(&queue, &counted));
         Symbolizer {
-            blaze: Blaze::new(),
-            go: RefCell::new(HashMap::new()),
+            jobs,
+            go: Mutex::new(LruCache::new(
+                NonZeroUsize::new(MAX_GO_BINARIES).expect("non-zero"),
+            )),
+            evictions,
         }
+    }
+}
+
+/// The blazesym thread: answers jobs until the symbolizer is dropped.
+fn serve(queue: &mpsc::Receiver<Job>, evictions: &AtomicU64) {
+    let mut blaze = Blaze::new();
+    let mut pids = HashSet::new();
+    for job in queue {
+        let frames = match job.target {
+            Target::Process(pid) => {
+                if !pids.contains(&pid) {
+                    if pids.len() >= MAX_PROCESSES_PER_BLAZE {
+                        blaze = Blaze::new();
+                        pids.clear();
+                        evictions.fetch_add(1, Ordering::Relaxed);
+                    }
+                    pids.insert(pid);
+                }
+                let source = Source::Process(Process::new(Pid::from(pid)));
+                symbolize(&blaze, &source, &job.addresses)
+            }
+            Target::Kernel => symbolize(&blaze, &Source::Kernel(Kernel::default()), &job.addresses),
+        };
+        let _ = job.reply.send(frames);
     }
 }
 
 impl Symbolizer {
     /// Frames of a user stack taken in process `pid` (which must still run).
     pub fn user(&self, pid: u32, addresses: &[u64]) -> Vec<Frame> {
-        let source = Source::Process(Process::new(Pid::from(pid)));
-        let mut frames = self.symbolize(&source, addresses);
+        let mut frames = self.ask(Target::Process(pid), addresses);
         if frames.iter().any(|frame| frame.symbol.is_none()) {
             self.fill_unresolved(pid, &mut frames);
         }
@@ -118,60 +186,88 @@ impl Symbolizer {
         }
     }
 
-    fn go_binary(&self, pid: u32, mapping: &Mapping) -> Option<Rc<GoBinary>> {
-        self.go
-            .borrow_mut()
-            .entry(mapping.file.clone())
-            .or_insert_with(|| {
-                let data = std::fs::read(mapping.map_file(pid)).ok()?;
-                let symbols = GoSymbols::from_bytes(&data).ok()??;
-                let segments = Segments::of(&object::File::parse(&*data).ok()?);
-                Some(Rc::new(GoBinary { symbols, segments }))
-            })
-            .clone()
+    fn go_binary(&self, pid: u32, mapping: &Mapping) -> Option<Arc<GoBinary>> {
+        let mut go = self.go.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(found) = go.get(&mapping.file) {
+            return found.clone();
+        }
+        let read = || {
+            let data = std::fs::read(mapping.map_file(pid)).ok()?;
+            let symbols = GoSymbols::from_bytes(&data).ok()??;
+            let segments = Segments::of(&object::File::parse(&*data).ok()?);
+            Some(Arc::new(GoBinary { symbols, segments }))
+        };
+        let found = read();
+        if go
+            .push(mapping.file.clone(), found.clone())
+            .is_some_and(|(key, _)| key != mapping.file)
+        {
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
+    /// Cache evictions so far (blazesym restarts and Go tables dropped).
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
     }
 
     pub fn kernel(&self, addresses: &[u64]) -> Vec<Frame> {
-        let source = Source::Kernel(Kernel::default());
-        self.symbolize(&source, addresses)
+        self.ask(Target::Kernel, addresses)
     }
 
-    fn symbolize(&self, source: &Source<'_>, addresses: &[u64]) -> Vec<Frame> {
-        let unresolved = || {
-            addresses
-                .iter()
-                .map(|&address| Frame {
-                    address,
-                    ..Frame::default()
-                })
-                .collect()
+    /// Frames from the blazesym thread (unnamed ones if it is gone).
+    fn ask(&self, target: Target, addresses: &[u64]) -> Vec<Frame> {
+        let (reply, answer) = mpsc::channel();
+        let job = Job {
+            target,
+            addresses: addresses.to_vec(),
+            reply,
         };
-        let Ok(symbolized) = self.blaze.symbolize(source, Input::AbsAddr(addresses)) else {
-            return unresolved();
-        };
-        addresses
-            .iter()
-            .zip(symbolized)
-            .map(|(&address, symbolized)| match symbolized {
-                Symbolized::Sym(sym) => Frame {
-                    address,
-                    symbol: Some(sym.name.into_owned()),
-                    offset: Some(sym.offset as u64),
-                    module: sym.module.map(|m| m.to_string_lossy().into_owned()),
-                    file: sym.code_info.as_ref().map(|info| {
-                        let file = info.file.to_string_lossy();
-                        match &info.dir {
-                            Some(dir) => dir.join(&*file).display().to_string(),
-                            None => file.into_owned(),
-                        }
-                    }),
-                    line: sym.code_info.as_ref().and_then(|info| info.line),
-                },
-                Symbolized::Unknown(_) => Frame {
-                    address,
-                    ..Frame::default()
-                },
-            })
-            .collect()
+        self.jobs
+            .send(job)
+            .ok()
+            .and_then(|()| answer.recv().ok())
+            .unwrap_or_else(|| unresolved(addresses))
     }
+}
+
+fn unresolved(addresses: &[u64]) -> Vec<Frame> {
+    addresses
+        .iter()
+        .map(|&address| Frame {
+            address,
+            ..Frame::default()
+        })
+        .collect()
+}
+
+fn symbolize(blaze: &Blaze, source: &Source<'_>, addresses: &[u64]) -> Vec<Frame> {
+    let Ok(symbolized) = blaze.symbolize(source, Input::AbsAddr(addresses)) else {
+        return unresolved(addresses);
+    };
+    addresses
+        .iter()
+        .zip(symbolized)
+        .map(|(&address, symbolized)| match symbolized {
+            Symbolized::Sym(sym) => Frame {
+                address,
+                symbol: Some(sym.name.into_owned()),
+                offset: Some(sym.offset as u64),
+                module: sym.module.map(|m| m.to_string_lossy().into_owned()),
+                file: sym.code_info.as_ref().map(|info| {
+                    let file = info.file.to_string_lossy();
+                    match &info.dir {
+                        Some(dir) => dir.join(&*file).display().to_string(),
+                        None => file.into_owned(),
+                    }
+                }),
+                line: sym.code_info.as_ref().and_then(|info| info.line),
+            },
+            Symbolized::Unknown(_) => Frame {
+                address,
+                ..Frame::default()
+            },
+        })
+        .collect()
 }

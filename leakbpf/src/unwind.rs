@@ -93,10 +93,22 @@ impl ElfTables {
 }
 
 /// Caches what it reads: maps per process, unwind tables per file.
-#[derive(Default)]
 pub struct LeafUnwinder {
     maps: HashMap<u32, Vec<Mapping>>,
-    files: HashMap<(String, u64), Option<Arc<ElfTables>>>,
+    /// Unwind tables by file (device, inode), least recently used evicted.
+    files: lru::LruCache<(String, u64), Option<Arc<ElfTables>>>,
+}
+
+/// Binaries whose unwind tables are kept at once.
+const MAX_FILES: usize = 32;
+
+impl Default for LeafUnwinder {
+    fn default() -> Self {
+        LeafUnwinder {
+            maps: HashMap::new(),
+            files: lru::LruCache::new(std::num::NonZeroUsize::new(MAX_FILES).expect("non-zero")),
+        }
+    }
 }
 
 impl LeafUnwinder {
@@ -139,8 +151,7 @@ impl LeafUnwinder {
 
     fn tables(&mut self, pid: u32, mapping: &Mapping) -> Option<Arc<ElfTables>> {
         self.files
-            .entry(mapping.file.clone())
-            .or_insert_with(|| {
+            .get_or_insert(mapping.file.clone(), || {
                 fs::read(mapping.map_file(pid))
                     .ok()
                     .and_then(ElfTables::parse)

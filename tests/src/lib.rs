@@ -134,6 +134,11 @@ pub fn c_fixture(name: &str) -> PathBuf {
     c_fixture_with(name, &[])
 }
 
+/// A C fixture that needs extra flags or libraries (`-pthread`, `-luring`).
+pub fn c_fixture_linked(name: &str, libs: &[&str]) -> PathBuf {
+    c_fixture_with(name, libs)
+}
+
 /// The C server that accepts through io_uring (liburing, Debian's
 /// `liburing-dev`).
 pub fn uring_server() -> PathBuf {

@@ -6,7 +6,7 @@ use std::{process::Command, time::Duration};
 use leakbpf_tests::{
     Fixture,
     agent::{Agent, sample},
-    go_tool_pprof, python, symbols,
+    c_fixture_linked, go_tool_pprof, python, symbols,
 };
 use serde_json::Value;
 
@@ -441,4 +441,129 @@ fn curl_pprof_and_promtool_accept_the_outputs() {
     assert!(agent.try_get("/leaks?min_age=soon").is_none());
     assert!(agent.try_get("/leaks?bogus=1").is_none());
     assert_eq!(agent.get("/healthz"), b"ok\n");
+}
+
+/// The agent's resident set size, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("agent status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
+/// Least-squares slope of `(x, y)` points.
+fn slope(points: &[(f64, f64)]) -> f64 {
+    #[allow(clippy::cast_precision_loss)]
+    let n = points.len() as f64;
+    let (sx, sy) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (mx, my) = (sx / n, sy / n);
+    let num: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    let den: f64 = points.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
+    num / den
+}
+
+#[test]
+fn a_million_connections_from_4096_stacks_leave_exactly_the_leaks_flat_memory_and_a_bounded_stack_map()
+ {
+    const CONNECTIONS: u64 = 1_000_000;
+    const LEAK_EVERY: u64 = 100_000;
+    let agent = Agent::start(&["--interval", "2s", "--window", "3"]);
+    let mut churn = Fixture::spawn({
+        let mut c = Command::new(c_fixture_linked("churn_stacks", &["-pthread"]));
+        c.args([CONNECTIONS.to_string(), LEAK_EVERY.to_string()]);
+        c
+    });
+    let pid = churn.pid();
+    let started = std::time::Instant::now();
+    let (samples_tx, samples_rx) = std::sync::mpsc::channel::<()>();
+    // RSS and the kernel stack map, every 2 s while the churn runs.
+    let agent_pid = agent.pid();
+    let metrics_url = agent.url("/metrics");
+    let sampler = std::thread::spawn(move || {
+        let mut rss = Vec::new();
+        let mut max_kernel_stacks: f64 = 0.0;
+        while samples_rx.recv_timeout(Duration::from_secs(2)).is_err() {
+            #[allow(clippy::cast_precision_loss)]
+            rss.push((started.elapsed().as_secs_f64(), rss_kib(agent_pid) as f64));
+            let out = Command::new("curl")
+                .args(["-sf", &metrics_url])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            if let Some(n) = sample(&text, "leakbpf_tracked", &[("what", "kernel_stacks")]) {
+                max_kernel_stacks = max_kernel_stacks.max(n);
+            }
+        }
+        (rss, max_kernel_stacks)
+    });
+    let done = loop {
+        let line = churn.read_line();
+        if line.starts_with("done ") {
+            break line;
+        }
+    };
+    let took = started.elapsed();
+    let leaks: u64 = done.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert_eq!(leaks, CONNECTIONS / LEAK_EVERY);
+    // Two evaluations after the churn: nothing in flight any more.
+    let query = format!("?pid={pid}");
+    let (report, _) = agent.wait_leaks(&query, Duration::from_secs(10), "exactly the leaks", |r| {
+        process(r, pid)
+            .is_some_and(|p| p["groups"].as_array().unwrap().len() == 1 && p["open"] == leaks)
+    });
+    samples_tx.send(()).unwrap();
+    let (rss, max_kernel_stacks) = sampler.join().unwrap();
+    let group = &process(&report, pid).unwrap()["groups"][0];
+    assert_eq!(group["count"], leaks);
+    assert!(
+        symbols(&group["stack"]).iter().any(|f| f == "leak_here"),
+        "{group:#}"
+    );
+    assert_eq!(group["classes"][0], "close_wait");
+    assert_eq!(report["lost_stacks"], 0, "{report:#}");
+    assert_eq!(report["lost_events"], 0, "{report:#}");
+    assert_eq!(report["complete"], true, "{report:#}");
+    // Zero false suspects: every suspect ever logged for the churn is the leak.
+    for line in agent.log().iter().filter(|l| l["suspect"]["pid"] == pid) {
+        let frames = line["suspect"]["top_frames"].to_string();
+        assert!(frames.contains("leak_here"), "a false suspect: {line}");
+    }
+    let metrics = agent.metrics();
+    let kernel_stacks = sample(&metrics, "leakbpf_tracked", &[("what", "kernel_stacks")]).unwrap();
+    let pruned = sample(
+        &metrics,
+        "leakbpf_evictions_total",
+        &[("what", "kernel_stacks")],
+    )
+    .unwrap();
+    let tracked = sample(&metrics, "leakbpf_tracked", &[("what", "sockets")]).unwrap();
+    // After warm-up (the first 10 s).
+    let warm: Vec<(f64, f64)> = rss.iter().copied().filter(|(t, _)| *t >= 10.0).collect();
+    let per_min = slope(&warm) * 60.0;
+    let (first, last) = (warm.first().unwrap().1, warm.last().unwrap().1);
+    eprintln!(
+        "churn: {CONNECTIONS} connections in {took:?}; RSS {first} -> {last} KiB after warm-up, slope {per_min:.1} KiB/min \
+         over {} samples; kernel stack map: at most {max_kernel_stacks} entries seen, {kernel_stacks} now, {pruned} pruned; \
+         {tracked} sockets tracked",
+        warm.len()
+    );
+    assert!(
+        warm.len() >= 3,
+        "too few RSS samples after warm-up: {rss:?}"
+    );
+    assert!(
+        last - first < 16.0 * 1024.0,
+        "RSS grew by {} KiB after warm-up: {rss:?}",
+        last - first
+    );
+    assert!(max_kernel_stacks < 16384.0, "the stack map filled up");
+    assert!(
+        kernel_stacks < 256.0,
+        "stacks of closed sockets stay: {kernel_stacks}"
+    );
+    assert!(pruned >= 4096.0, "the churn's stacks were pruned: {pruned}");
 }

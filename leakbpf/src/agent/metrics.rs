@@ -31,6 +31,8 @@ pub struct AgentStats {
     pub cached_stacks: usize,
     /// Sockets not tracked because the table was at its cap.
     pub evicted_sockets: u64,
+    /// Symbol caches dropped at their caps (blazesym restarts, Go tables).
+    pub evicted_symbol_caches: u64,
     /// Reconciliation with the kernel's socket tables: tracked sockets the
     /// kernel no longer had (their close was lost), and open sockets no hook
     /// reported (their open was lost).
@@ -233,12 +235,13 @@ fn agent_series(registry: &mut Registry, report: &Report, stats: &AgentStats) {
     let evicted = Family::<WhatLabels, Counter>::default();
     registry.register(
         "evictions",
-        "Entries dropped at a cap (sockets) or pruned when nothing referred to them (kernel stacks)",
+        "Entries dropped at a cap (sockets, symbol caches) or pruned when nothing referred to them (kernel stacks)",
         evicted.clone(),
     );
     for (what, count) in [
         ("sockets", stats.evicted_sockets),
         ("kernel_stacks", stats.stacks_pruned),
+        ("symbol_caches", stats.evicted_symbol_caches),
     ] {
         evicted
             .get_or_create(&WhatLabels {

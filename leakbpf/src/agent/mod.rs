@@ -223,6 +223,7 @@ impl Agent {
         self.stats.tracked_processes = report.processes.len();
         self.stats.cached_stacks = self.stacks.cached_user_stacks();
         self.stats.evicted_sockets = self.table.stats().dropped_full;
+        self.stats.evicted_symbol_caches = self.stacks.cache_evictions();
         (self.stats.rss_bytes, self.stats.cpu_seconds) = own_usage();
         let metrics = metrics::render(
             &report,

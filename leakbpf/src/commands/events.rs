@@ -6,7 +6,6 @@ use std::{
     fmt::Write as _,
     io::{BufWriter, Write as _},
     process::ExitCode,
-    rc::Rc,
     time::{Duration, Instant},
 };
 
@@ -60,9 +59,9 @@ struct Record<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     kernel_stack_error: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    user_stack: Option<Rc<[Frame]>>,
+    user_stack: Option<std::sync::Arc<[Frame]>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    kernel_stack: Option<Rc<[Frame]>>,
+    kernel_stack: Option<std::sync::Arc<[Frame]>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -114,9 +113,9 @@ async fn stream(args: EventsArgs, filter: Filter) -> Result<ExitCode> {
         printer.header()?;
     }
 
-    session::pump(
+    crate::pump::pump(
         &mut tracer,
-        &mut stop,
+        stop.recv(),
         args.duration,
         Duration::from_secs(60),
         &mut printer,
@@ -175,7 +174,7 @@ struct Printer<W: std::io::Write> {
     shown: u64,
 }
 
-impl<W: std::io::Write> session::Consumer for Printer<W> {
+impl<W: std::io::Write> crate::pump::Consumer for Printer<W> {
     fn batch(&mut self, tracer: &Tracer, events: &mut Vec<Event>) -> Result<()> {
         self.print_batch(tracer, events)
     }

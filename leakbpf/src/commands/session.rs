@@ -1,17 +1,11 @@
-//! The event pump shared by the tracing commands: read batches until the
-//! duration ends or a signal comes, then drain what the kernel still holds.
+//! What the tracing commands share around the library's pump: the signals
+//! that stop them, the start-up line, the runtime.
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use crate::{
-    event::Event,
-    tracer::{DRAIN_INTERVAL, Tracer},
-};
-
-/// Events' worth of buffer kept between batches.
-const BATCH_KEEP: usize = 1024;
+use crate::tracer::Tracer;
 
 /// Says on stderr that tracing runs (scripts and tests wait for this line:
 /// the programs are attached) and how it will end.
@@ -24,14 +18,6 @@ pub fn announce(tracer: &Tracer, duration: Option<Duration>, verb: &str) {
         "leakbpf: tracing TCP sockets with the {} hook set; {end}",
         tracer.hooks()
     );
-}
-
-/// What a command does with the events.
-pub trait Consumer {
-    /// Takes (drains) a batch of events.
-    fn batch(&mut self, tracer: &Tracer, events: &mut Vec<Event>) -> Result<()>;
-    /// Called every tick (for progress).
-    fn tick(&mut self, _tracer: &Tracer) {}
 }
 
 /// The signals that end tracing and still write the report: SIGINT, SIGTERM,
@@ -66,51 +52,6 @@ impl Stop {
             _ = self.hangup.recv() => {}
             _ = self.quit.recv() => {}
         }
-    }
-}
-
-/// Feeds `consumer` every batch of events, and ticks it every `tick`, until
-/// `duration` passes or a `stop` signal arrives.
-pub async fn pump(
-    tracer: &mut Tracer,
-    stop: &mut Stop,
-    duration: Option<Duration>,
-    tick: Duration,
-    consumer: &mut impl Consumer,
-) -> Result<()> {
-    // Saturating: an absurd duration means "until a signal".
-    let deadline = duration.and_then(|d| tokio::time::Instant::now().checked_add(d));
-    let mut ticks = tokio::time::interval(tick);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    // The kernel wakes us only when the ring fills up (see HookConfig): a
-    // timer picks up the rest.
-    let mut drains = tokio::time::interval(DRAIN_INTERVAL);
-    drains.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut batch = Vec::new();
-    loop {
-        tokio::select! {
-            read = tracer.read(&mut batch) => read?,
-            _ = drains.tick() => tracer.drain(&mut batch),
-            _ = ticks.tick() => {
-                consumer.tick(tracer);
-                continue;
-            }
-            () = stop.recv() => break,
-            () = sleep_until(deadline) => break,
-        }
-        consumer.batch(tracer, &mut batch)?;
-        // A burst can leave a huge buffer behind: do not keep it for hours.
-        batch.shrink_to(BATCH_KEEP);
-    }
-    // Whatever the kernel wrote before we stopped still counts.
-    tracer.drain(&mut batch);
-    consumer.batch(tracer, &mut batch)
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -161,9 +161,9 @@ async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
         warnings.extend(found.warnings());
     }
     session::announce(&tracer, args.duration, "report");
-    session::pump(
+    crate::pump::pump(
         &mut tracer,
-        &mut stop,
+        stop.recv(),
         args.duration,
         Duration::from_secs(1),
         &mut collector,
@@ -225,7 +225,7 @@ fn holders_now(
     };
     let mut late = Vec::new();
     tracer.drain(&mut late);
-    session::Consumer::batch(collector, tracer, &mut late)?;
+    crate::pump::Consumer::batch(collector, tracer, &mut late)?;
     Ok(taken)
 }
 
@@ -301,7 +301,7 @@ struct Collector {
     progress: bool,
 }
 
-impl session::Consumer for Collector {
+impl crate::pump::Consumer for Collector {
     fn batch(&mut self, tracer: &Tracer, events: &mut Vec<Event>) -> Result<()> {
         for mut event in events.drain(..) {
             self.events += 1;
