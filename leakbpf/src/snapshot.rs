@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub taken_ns: u64,
     /// Whether every process's fd table was walked (no `--pid` list).
     pub all_processes: bool,
+    /// Socket fds whose socket is not in the kernel's TCP list.
+    unlisted: sockets::Unlisted,
 }
 
 /// What the kernel says of a socket now (sock_diag's tcp_info).
@@ -53,15 +55,12 @@ impl Snapshot {
             pids: pids.map(<[u32]>::to_vec),
             ..ScanOptions::default()
         };
-        let (found, stats) = sockets::scan_with_stats(&options)
-            .context("listing the open sockets (sock_diag, /proc)")?;
-        Ok(Snapshot::from_parts(
-            found,
-            living_processes(),
-            stats,
-            taken_ns,
-            pids.is_none(),
-        ))
+        let (found, stats, unlisted) =
+            sockets::scan_full(&options).context("listing the open sockets (sock_diag, /proc)")?;
+        let mut snapshot =
+            Snapshot::from_parts(found, living_processes(), stats, taken_ns, pids.is_none());
+        snapshot.unlisted = unlisted;
+        Ok(snapshot)
     }
 
     /// A snapshot of given facts (for tests and for the pure report code).
@@ -81,7 +80,14 @@ impl Snapshot {
             stats,
             taken_ns,
             all_processes,
+            unlisted: sockets::Unlisted::default(),
         }
+    }
+
+    /// Socket fds (pid, fd) whose socket the kernel's TCP list does not
+    /// have (other kinds, listeners, TCP sockets in CLOSE).
+    pub fn unlisted_socket_fds(&self) -> &sockets::Unlisted {
+        &self.unlisted
     }
 
     pub fn get(&self, cookie: u64) -> Option<&OwnedSocket> {

@@ -363,19 +363,14 @@ impl SocketTable {
         }
     }
 
-    /// Forgets open sockets that the kernel's socket tables, read at
-    /// `taken_ns`, did not have: their close was lost (a full ring). Sockets
-    /// opened after `taken_ns` are not judged, and neither are sockets in
-    /// CLOSE (a refused connect whose fd is still held): the kernel's tables
-    /// do not list those even while they are open. Returns how many went.
-    pub fn reconcile(&mut self, taken_ns: u64, kernel_has: impl Fn(u64) -> bool) -> usize {
+    /// Forgets open sockets that the kernel, read at `taken_ns`, says are
+    /// gone (`still_open` is false): their close was lost (a full ring).
+    /// Sockets opened after `taken_ns` are not judged. Returns how many went.
+    pub fn reconcile(&mut self, taken_ns: u64, still_open: impl Fn(&Socket) -> bool) -> usize {
         let before = self.sockets.len();
         let open_by_opener = &mut self.open_by_opener;
-        self.sockets.retain(|&cookie, socket| {
-            let keep = !socket.is_open()
-                || socket.opened_ns >= taken_ns
-                || socket.endpoints.state == TcpState::Close
-                || kernel_has(cookie);
+        self.sockets.retain(|_, socket| {
+            let keep = !socket.is_open() || socket.opened_ns >= taken_ns || still_open(socket);
             if !keep {
                 Self::uncount_open(open_by_opener, socket);
             }
@@ -484,15 +479,14 @@ mod tests {
             table.apply(&state(cookie, 110, TcpState::Established));
         }
         table.apply(&open(5, 7, 500)); // opened after the kernel was read
-        table.apply(&open(6, 7, 100));
-        table.apply(&state(6, 120, TcpState::Close)); // refused, fd still held
         table.apply(&close(4, 7, 200)); // closed: not judged
-        // The kernel has 1 and 2; the closes of 3 (and 6, 5) were lost or not due.
-        let removed = table.reconcile(300, |cookie| cookie == 1 || cookie == 2);
+        // The kernel has 1 and 2; the close of 3 was lost; 5 is too young.
+        let removed = table.reconcile(300, |s| s.cookie == 1 || s.cookie == 2);
         assert_eq!(removed, 1);
         let mut open: Vec<u64> = table.open_sockets().map(|s| s.cookie).collect();
         open.sort_unstable();
-        assert_eq!(open, [1, 2, 5, 6]);
+        assert_eq!(open, [1, 2, 5]);
+        assert_eq!(table.open_by(7, 7000), 3, "the index follows");
         assert!(
             table.get(4).is_some(),
             "closed sockets wait for their destroy"

@@ -44,8 +44,13 @@ pub struct StackResolver {
     next_inline: u32,
     /// Symbolized stacks: the same stack is resolved once. User stacks by
     /// (pid, stack id, leaf caller), kernel stacks by stack id.
-    user_frames: Mutex<HashMap<UserStackKey, Arc<[Frame]>>>,
+    user_frames: Mutex<HashMap<UserStackKey, Slot>>,
     kernel_frames: Mutex<HashMap<u32, Arc<[Frame]>>>,
+    /// Stack-map id -> the epoch an open last used it ([`Self::next_epoch`]):
+    /// a stack that keeps opening sockets is kept, with its frames, even
+    /// while none of its sockets is open, so churn does not re-symbolize.
+    last_seen: HashMap<u32, u64>,
+    epoch: u64,
 }
 
 impl StackResolver {
@@ -77,6 +82,12 @@ impl StackResolver {
 
     /// Gives an inline user stack its id; fills `open.leaf_caller`.
     fn on_open(&mut self, source: &dyn StackSource, open: &mut Open) {
+        for id in [open.user_stack.id(), open.kernel_stack.id()]
+            .into_iter()
+            .flatten()
+        {
+            self.last_seen.insert(id, self.epoch);
+        }
         if open.user_stack == Stack::Inline {
             // An open whose cookie user space resolved later (the kprobe
             // set can see a socket before its cookie exists) had its stack
@@ -108,7 +119,21 @@ impl StackResolver {
         };
         open.leaf_caller = caller;
         if self.eager {
-            self.user_frames(source, &open.task, open.user_stack, caller);
+            // Handed to the symbolizer thread: the reader goes on reading.
+            let key = (pid, open.task.start_ns, id, caller);
+            let frames = self
+                .user_frames
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !frames.contains_key(&key)
+                && let Some(ips) = self.user_ips(source, open.user_stack, caller)
+            {
+                let pending = self.symbolizer.submit_user(pid, &ips);
+                self.user_frames
+                    .get_mut()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(key, Slot::Pending(pending));
+            }
             self.kernel_frames(source, open.kernel_stack);
         }
     }
@@ -141,6 +166,18 @@ impl StackResolver {
             frames.keys().map(|(_, _, stack, _)| *stack).collect();
         self.inline.retain(|id, _| needed.contains(id));
         self.inline_ids.retain(|_, id| needed.contains(id));
+    }
+
+    /// Starts a new epoch; forgets ids not used for `keep` epochs.
+    pub fn next_epoch(&mut self, keep: u64) {
+        self.epoch += 1;
+        let epoch = self.epoch;
+        self.last_seen.retain(|_, seen| epoch - *seen <= keep);
+    }
+
+    /// Stack-map ids opens used within the kept epochs.
+    pub fn recent_ids(&self) -> std::collections::HashSet<u32> {
+        self.last_seen.keys().copied().collect()
     }
 
     /// Forgets everything cached under stack-map ids the kernel freed
@@ -218,20 +255,25 @@ impl StackResolver {
         let Stack::Id(id) = stack else { return None };
         let pid = task.pid;
         let key = (pid, task.start_ns, id, leaf_caller);
-        if let Some(frames) = self
+        let mut cache = self
             .user_frames
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-        {
-            return Some(Arc::clone(frames));
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = cache.remove(&key) {
+            let frames: Arc<[Frame]> = match slot {
+                Slot::Ready(frames) => frames,
+                Slot::Pending(pending) => pending.wait().into(),
+            };
+            cache.insert(key, Slot::Ready(Arc::clone(&frames)));
+            return Some(frames);
         }
+        drop(cache);
         let ips = self.user_ips(source, stack, leaf_caller)?;
         let frames: Arc<[Frame]> = self.symbolizer.user(pid, &ips).into();
         self.user_frames
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, Arc::clone(&frames));
+            .insert(key, Slot::Ready(Arc::clone(&frames)));
         Some(frames)
     }
 
@@ -252,6 +294,12 @@ impl StackResolver {
             .insert(id, Arc::clone(&frames));
         Some(frames)
     }
+}
+
+/// A symbolized user stack, or one the symbolizer thread is still naming.
+enum Slot {
+    Ready(Arc<[Frame]>),
+    Pending(crate::symbolize::Pending),
 }
 
 /// Where recorded stacks are read: the tracer's stack map, or a test's.

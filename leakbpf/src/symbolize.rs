@@ -8,7 +8,7 @@ use std::{
     collections::HashSet,
     num::NonZeroUsize,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc,
         atomic::{AtomicU64, Ordering},
         mpsc,
     },
@@ -75,7 +75,7 @@ const MAX_GO_BINARIES: usize = 32;
 /// distinct processes, which bounds that memory on a host that runs for weeks.
 const MAX_PROCESSES_PER_BLAZE: usize = 256;
 
-/// What the blazesym thread is asked to name.
+/// What the symbolizer thread is asked to name.
 enum Target {
     Process(u32),
     Kernel,
@@ -87,14 +87,23 @@ struct Job {
     reply: mpsc::Sender<Vec<Frame>>,
 }
 
+/// Frames on their way from the symbolizer thread.
+pub struct Pending(mpsc::Receiver<Vec<Frame>>, Vec<u64>);
+
+impl Pending {
+    /// Waits for them (unnamed frames if the thread is gone).
+    pub fn wait(self) -> Vec<Frame> {
+        self.0.recv().unwrap_or_else(|_| unresolved(&self.1))
+    }
+}
+
 /// blazesym's symbolizer is not `Send` (it keeps `Rc`s): it lives on a
-/// thread of its own and is asked over a channel, so the rest of the stack
-/// pipeline can move between threads. Only new stacks get this far (frames
-/// are cached), so the hop costs little.
+/// thread of its own with the Go line tables, and is asked over a channel.
+/// So the rest of the stack pipeline can move between threads, and the
+/// ring-buffer reader can hand a new stack over ([`Symbolizer::submit_user`])
+/// and go on reading while it is named.
 pub struct Symbolizer {
     jobs: mpsc::Sender<Job>,
-    /// By (device, inode); `None`: not a Go binary.
-    go: Mutex<LruCache<FileId, Option<Arc<GoBinary>>>>,
     /// Times blazesym's caches were dropped, and Go tables evicted.
     evictions: Arc<AtomicU64>,
 }
@@ -107,45 +116,86 @@ impl Default for Symbolizer {
         // Ends when the symbolizer (the only sender) is dropped.
         let _ = std::thread::Builder::new()
             .name("leakbpf-symbols".into())
-            .spawn(move || serve(&queue, &counted));
-        Symbolizer {
-            jobs,
-            go: Mutex::new(LruCache::new(
-                NonZeroUsize::new(MAX_GO_BINARIES).expect("non-zero"),
-            )),
-            evictions,
-        }
-    }
-}
-
-/// The blazesym thread: answers jobs until the symbolizer is dropped.
-fn serve(queue: &mpsc::Receiver<Job>, evictions: &AtomicU64) {
-    let mut blaze = Blaze::new();
-    let mut pids = HashSet::new();
-    for job in queue {
-        let frames = match job.target {
-            Target::Process(pid) => {
-                if !pids.contains(&pid) {
-                    if pids.len() >= MAX_PROCESSES_PER_BLAZE {
-                        blaze = Blaze::new();
-                        pids.clear();
-                        evictions.fetch_add(1, Ordering::Relaxed);
-                    }
-                    pids.insert(pid);
+            .spawn(move || {
+                // Made here: blazesym's symbolizer cannot cross threads.
+                let mut worker = Worker {
+                    blaze: Blaze::new(),
+                    pids: HashSet::new(),
+                    go: LruCache::new(NonZeroUsize::new(MAX_GO_BINARIES).expect("non-zero")),
+                    evictions: counted,
+                };
+                for job in queue {
+                    let frames = match job.target {
+                        Target::Process(pid) => worker.user(pid, &job.addresses),
+                        Target::Kernel => symbolize(
+                            &worker.blaze,
+                            &Source::Kernel(Kernel::default()),
+                            &job.addresses,
+                        ),
+                    };
+                    let _ = job.reply.send(frames);
                 }
-                let source = Source::Process(Process::new(Pid::from(pid)));
-                symbolize(&blaze, &source, &job.addresses)
-            }
-            Target::Kernel => symbolize(&blaze, &Source::Kernel(Kernel::default()), &job.addresses),
-        };
-        let _ = job.reply.send(frames);
+            });
+        Symbolizer { jobs, evictions }
     }
 }
 
 impl Symbolizer {
     /// Frames of a user stack taken in process `pid` (which must still run).
     pub fn user(&self, pid: u32, addresses: &[u64]) -> Vec<Frame> {
-        let mut frames = self.ask(Target::Process(pid), addresses);
+        self.submit_user(pid, addresses).wait()
+    }
+
+    /// Starts naming a user stack of `pid` now, while it runs; the frames
+    /// are collected later.
+    pub fn submit_user(&self, pid: u32, addresses: &[u64]) -> Pending {
+        self.submit(Target::Process(pid), addresses)
+    }
+
+    pub fn kernel(&self, addresses: &[u64]) -> Vec<Frame> {
+        self.submit(Target::Kernel, addresses).wait()
+    }
+
+    /// Cache evictions so far (blazesym restarts and Go tables dropped).
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    fn submit(&self, target: Target, addresses: &[u64]) -> Pending {
+        let (reply, answer) = mpsc::channel();
+        let job = Job {
+            target,
+            addresses: addresses.to_vec(),
+            reply,
+        };
+        // A send fails only if the thread is gone: `wait` then says so.
+        let _ = self.jobs.send(job);
+        Pending(answer, addresses.to_vec())
+    }
+}
+
+/// The symbolizer thread's state.
+struct Worker {
+    blaze: Blaze,
+    /// Processes blazesym has cached files for.
+    pids: HashSet<u32>,
+    /// By (device, inode); `None`: not a Go binary.
+    go: LruCache<FileId, Option<Arc<GoBinary>>>,
+    evictions: Arc<AtomicU64>,
+}
+
+impl Worker {
+    fn user(&mut self, pid: u32, addresses: &[u64]) -> Vec<Frame> {
+        if !self.pids.contains(&pid) {
+            if self.pids.len() >= MAX_PROCESSES_PER_BLAZE {
+                self.blaze = Blaze::new();
+                self.pids.clear();
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+            }
+            self.pids.insert(pid);
+        }
+        let source = Source::Process(Process::new(Pid::from(pid)));
+        let mut frames = symbolize(&self.blaze, &source, addresses);
         if frames.iter().any(|frame| frame.symbol.is_none()) {
             self.fill_unresolved(pid, &mut frames);
         }
@@ -154,7 +204,7 @@ impl Symbolizer {
 
     /// Module and offset for frames blazesym could not name, and the Go
     /// function where the module is a Go binary.
-    fn fill_unresolved(&self, pid: u32, frames: &mut [Frame]) {
+    fn fill_unresolved(&mut self, pid: u32, frames: &mut [Frame]) {
         let maps = procmaps::read(pid);
         for (index, frame) in frames.iter_mut().enumerate() {
             if frame.symbol.is_some() {
@@ -186,9 +236,8 @@ impl Symbolizer {
         }
     }
 
-    fn go_binary(&self, pid: u32, mapping: &Mapping) -> Option<Arc<GoBinary>> {
-        let mut go = self.go.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(found) = go.get(&mapping.file) {
+    fn go_binary(&mut self, pid: u32, mapping: &Mapping) -> Option<Arc<GoBinary>> {
+        if let Some(found) = self.go.get(&mapping.file) {
             return found.clone();
         }
         let read = || {
@@ -198,37 +247,14 @@ impl Symbolizer {
             Some(Arc::new(GoBinary { symbols, segments }))
         };
         let found = read();
-        if go
+        if self
+            .go
             .push(mapping.file.clone(), found.clone())
             .is_some_and(|(key, _)| key != mapping.file)
         {
             self.evictions.fetch_add(1, Ordering::Relaxed);
         }
         found
-    }
-
-    /// Cache evictions so far (blazesym restarts and Go tables dropped).
-    pub fn evictions(&self) -> u64 {
-        self.evictions.load(Ordering::Relaxed)
-    }
-
-    pub fn kernel(&self, addresses: &[u64]) -> Vec<Frame> {
-        self.ask(Target::Kernel, addresses)
-    }
-
-    /// Frames from the blazesym thread (unnamed ones if it is gone).
-    fn ask(&self, target: Target, addresses: &[u64]) -> Vec<Frame> {
-        let (reply, answer) = mpsc::channel();
-        let job = Job {
-            target,
-            addresses: addresses.to_vec(),
-            reply,
-        };
-        self.jobs
-            .send(job)
-            .ok()
-            .and_then(|()| answer.recv().ok())
-            .unwrap_or_else(|| unresolved(addresses))
     }
 }
 

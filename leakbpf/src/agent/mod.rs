@@ -247,9 +247,10 @@ impl Agent {
         let partial =
             !snapshot.stats.namespaces.refused.is_empty() || snapshot.stats.undecodable > 0;
         if !partial {
-            let removed = self
-                .table
-                .reconcile(snapshot.taken_ns, |cookie| snapshot.has(cookie));
+            let unlisted = snapshot.unlisted_socket_fds();
+            let removed = self.table.reconcile(snapshot.taken_ns, |socket| {
+                snapshot.has(socket.cookie) || held_unlisted(socket, unlisted)
+            });
             self.stats.reconciled_removed += removed as u64;
         }
         snapshot.seed(&mut self.table, &Filter::default());
@@ -383,9 +384,12 @@ impl Agent {
         }
     }
 
-    /// Frees kernel stack-map entries no tracked socket refers to, and the
-    /// caches built on them; drops symbolized stacks no open socket needs.
+    /// Frees kernel stack-map entries no tracked socket refers to and no
+    /// open used in the last two intervals, and the caches built on them;
+    /// drops symbolized stacks no open socket needs unless their stack is
+    /// still in use (churn from the same code keeps its frames).
     fn prune(&mut self, tracer: &mut Tracer) {
+        self.stacks.next_epoch(2);
         let mut live = HashSet::new();
         let mut needed = HashSet::new();
         for socket in self.table.sockets() {
@@ -402,14 +406,27 @@ impl Agent {
                 ));
             }
         }
-        self.stacks.retain_user(|key| needed.contains(key));
-        let (entries, freed) = tracer.prune_stacks(|id| live.contains(&id));
+        let recent = self.stacks.recent_ids();
+        self.stacks
+            .retain_user(|key| needed.contains(key) || recent.contains(&key.2));
+        let (entries, freed) = tracer.prune_stacks(|id| live.contains(&id) || recent.contains(&id));
         self.stats.kernel_stacks = entries - freed.len();
         self.stats.stacks_pruned += freed.len() as u64;
         if !freed.is_empty() {
             self.stacks.forget_stacks(&freed.into_iter().collect());
         }
     }
+}
+
+/// Whether `socket`, which the kernel's socket tables do not list, may
+/// still be open: sockets in CLOSE (a refused or reset connect) are unhashed
+/// and never listed, but while their fd is held the opener's fd table has a
+/// socket there that no listed socket accounts for.
+fn held_unlisted(socket: &crate::socket_table::Socket, unlisted: &HashSet<(u32, i32)>) -> bool {
+    socket.endpoints.state == crate::event::TcpState::Close
+        && socket
+            .fd
+            .is_none_or(|fd| unlisted.contains(&(socket.opener.pid, fd)))
 }
 
 fn outlook_of(report: &Report, pid: u32) -> Option<Outlook> {

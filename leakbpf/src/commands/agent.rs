@@ -29,6 +29,10 @@ pub fn run(args: &AgentArgs) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("leakbpf-http")
+        // Snapshots run on the blocking pool: keep one thread for them for
+        // good, not a new thread (and a new malloc arena) every interval.
+        .max_blocking_threads(2)
+        .thread_keep_alive(std::time::Duration::from_secs(24 * 3600))
         .enable_all()
         .build()
         .context("starting the async runtime")?;

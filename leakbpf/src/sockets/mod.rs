@@ -75,6 +75,15 @@ pub fn scan(options: &ScanOptions) -> Result<Vec<OwnedSocket>> {
 /// [`scan`], also saying what it could not see (fd tables it was refused,
 /// undecodable messages), so a caller can warn that the list is partial.
 pub fn scan_with_stats(options: &ScanOptions) -> Result<(Vec<OwnedSocket>, ScanStats)> {
+    scan_full(options).map(|(sockets, stats, _)| (sockets, stats))
+}
+
+/// Socket fds (pid, fd) whose socket the kernel's TCP list did not have:
+/// other kinds of sockets, listeners, and TCP sockets in CLOSE (unhashed).
+pub type Unlisted = std::collections::HashSet<(u32, i32)>;
+
+/// [`scan_with_stats`], also returning the socket fds nothing listed.
+pub fn scan_full(options: &ScanOptions) -> Result<(Vec<OwnedSocket>, ScanStats, Unlisted)> {
     let (dump, namespaces) = netns::dump_everywhere(options.states)?;
     let (mut owners, walk) =
         procfs::walk_owners(options.pids.as_deref()).context("listing /proc")?;
@@ -83,7 +92,13 @@ pub fn scan_with_stats(options: &ScanOptions) -> Result<(Vec<OwnedSocket>, ScanS
         undecodable: dump.undecodable,
         namespaces,
     };
-    Ok((join(dump.sockets, &mut owners), stats))
+    let found = join(dump.sockets, &mut owners);
+    let unlisted = owners
+        .into_values()
+        .flatten()
+        .map(|owner| (owner.pid, owner.fd))
+        .collect();
+    Ok((found, stats, unlisted))
 }
 
 fn join(sockets: Vec<DiagSocket>, owners: &mut HashMap<u64, Vec<Owner>>) -> Vec<OwnedSocket> {
