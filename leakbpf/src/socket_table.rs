@@ -213,6 +213,23 @@ impl SocketTable {
         }
     }
 
+    /// Forgets the open/close counts of groups `keep` rejects that have no
+    /// open socket: a process that lives for weeks and opens from ever new
+    /// stacks would otherwise grow the counts without bound. A group that
+    /// opens again starts from zero. Returns how many went.
+    pub fn retain_groups(&mut self, keep: impl Fn(&GroupKey) -> bool) -> usize {
+        let open: std::collections::HashSet<GroupKey> =
+            self.open_sockets().map(Socket::group_key).collect();
+        let before = self.groups.len();
+        self.groups.retain(|key, _| open.contains(key) || keep(key));
+        before - self.groups.len()
+    }
+
+    /// Groups with open/close counts kept.
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
     /// Open sockets the process `pid` started at `start_ns` opened.
     pub fn open_by(&self, pid: u32, start_ns: u64) -> u32 {
         self.open_by_opener
@@ -657,6 +674,21 @@ mod tests {
                 closed: 1
             }
         );
+    }
+
+    #[test]
+    fn idle_groups_can_be_forgotten_but_not_while_open() {
+        let mut table = SocketTable::default();
+        table.apply(&open(1, 100, 0));
+        table.apply(&open(2, 100, 0));
+        table.apply(&close(2, 100, 5));
+        table.apply(&close(1, 100, 6));
+        table.apply(&open(3, 100, 7)); // same group, still open
+        assert_eq!(table.retain_groups(|_| false), 0, "its socket 3 is open");
+        table.apply(&close(3, 100, 8));
+        assert_eq!(table.retain_groups(|_| true), 0, "kept when asked");
+        assert_eq!(table.retain_groups(|_| false), 1);
+        assert_eq!(table.group_count(), 0);
     }
 
     #[test]

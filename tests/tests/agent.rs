@@ -340,7 +340,10 @@ fn lost_events_are_healed_by_reconciliation_and_counted() {
     assert!(lost > 0.0);
     // At least one of the 10 (a close is smaller than an open: a few may
     // still fit in the full ring); the server's sockets count too.
-    assert!(removed >= 1.0, "the sockets closed while their closes were lost: {removed}");
+    assert!(
+        removed >= 1.0,
+        "the sockets closed while their closes were lost: {removed}"
+    );
     assert!(
         added > 0.0 && added <= 300.0,
         "opens lost and added back: {added}"
@@ -439,6 +442,9 @@ fn curl_pprof_and_promtool_accept_the_outputs() {
         String::from_utf8_lossy(&top.stderr)
     );
     assert!(text.contains("internal_connect"), "{text}");
+    // An evaluation on demand (rate-limited in the agent).
+    let fresh = agent.leaks(&format!("?pid={pid}&fresh=1"));
+    assert_eq!(open_of(&fresh, pid), 2, "{fresh:#}");
     // A bad query is a 400 with the reason, not a crash.
     assert!(agent.try_get("/leaks?min_age=soon").is_none());
     assert!(agent.try_get("/leaks?bogus=1").is_none());

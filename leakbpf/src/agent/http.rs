@@ -28,12 +28,23 @@ pub struct Published {
 
 pub type Shared = Arc<RwLock<Arc<Published>>>;
 
+/// A request for an evaluation now, answered when it is published.
+pub type Fresh = tokio::sync::oneshot::Sender<Arc<Published>>;
+
+/// What the handlers hold: the last evaluation, and the way to ask the
+/// agent's loop for a new one (`?fresh=1`).
+#[derive(Clone)]
+pub struct AppState {
+    pub shared: Shared,
+    pub requests: tokio::sync::mpsc::Sender<Fresh>,
+}
+
 /// Requests served at once; more wait in the accept queue.
 const MAX_CONCURRENT: usize = 16;
 /// Request bodies are refused beyond this (every route is a GET).
 const MAX_BODY: usize = 1024;
 
-pub fn router(shared: Shared) -> Router {
+pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/leaks", get(leaks))
@@ -43,7 +54,7 @@ pub fn router(shared: Shared) -> Router {
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             MAX_CONCURRENT,
         ))
-        .with_state(shared)
+        .with_state(state)
 }
 
 fn current(shared: &Shared) -> Arc<Published> {
@@ -56,8 +67,8 @@ fn current(shared: &Shared) -> Arc<Published> {
 
 /// OpenMetrics to whoever asks for it (Prometheus does), the classic
 /// text format to everyone else.
-async fn metrics(State(shared): State<Shared>, headers: axum::http::HeaderMap) -> Response {
-    let published = current(&shared);
+async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let published = current(&state.shared);
     let wants_openmetrics = headers
         .get_all(header::ACCEPT)
         .iter()
@@ -92,17 +103,35 @@ pub struct LeakQuery {
     pub min_age: Option<String>,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// `1`: evaluate now rather than serve the last interval's result (at
+    /// most one evaluation a second, whoever asks).
+    pub fresh: Option<u8>,
+}
+
+/// The evaluation a query wants: the last one, or a new one.
+async fn evaluation(state: &AppState, query: &LeakQuery) -> Arc<Published> {
+    if query.fresh.unwrap_or(0) == 0 {
+        return current(&state.shared);
+    }
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if state.requests.send(reply).await.is_err() {
+        return current(&state.shared);
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(30), answer).await {
+        Ok(Ok(published)) => published,
+        _ => current(&state.shared),
+    }
 }
 
 async fn leaks(
-    State(shared): State<Shared>,
+    State(state): State<AppState>,
     query: Result<Query<LeakQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let query = match query {
         Ok(Query(query)) => query,
         Err(err) => return (StatusCode::BAD_REQUEST, format!("{err}\n")).into_response(),
     };
-    match view(&current(&shared).report, &query) {
+    match view(&evaluation(&state, &query).await.report, &query) {
         Ok(report) => match serde_json::to_vec_pretty(&report) {
             Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
             Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")).into_response(),
@@ -112,14 +141,14 @@ async fn leaks(
 }
 
 async fn leaks_pprof(
-    State(shared): State<Shared>,
+    State(state): State<AppState>,
     query: Result<Query<LeakQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let query = match query {
         Ok(Query(query)) => query,
         Err(err) => return (StatusCode::BAD_REQUEST, format!("{err}\n")).into_response(),
     };
-    let published = current(&shared);
+    let published = evaluation(&state, &query).await;
     let encoded = view(&published.report, &query).and_then(|r| report::pprof::encode(&r));
     match encoded {
         Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
@@ -127,8 +156,8 @@ async fn leaks_pprof(
     }
 }
 
-async fn healthz(State(shared): State<Shared>) -> Response {
-    if current(&shared).ready {
+async fn healthz(State(state): State<AppState>) -> Response {
+    if current(&state.shared).ready {
         (StatusCode::OK, "ok\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()

@@ -67,9 +67,13 @@ pub async fn run(options: AgentOptions, stop: impl Future<Output = ()>) -> Resul
         .await
         .with_context(|| format!("listening on {}", options.settings.listen))?;
     let shared: Shared = Arc::default();
+    let (requests, mut fresh) = tokio::sync::mpsc::channel::<http::Fresh>(64);
     let (quit_http, http_quit) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn({
-        let router = http::router(Arc::clone(&shared));
+        let router = http::router(http::AppState {
+            shared: Arc::clone(&shared),
+            requests,
+        });
         async move {
             axum::serve(listener, router)
                 .with_graceful_shutdown(async {
@@ -78,16 +82,20 @@ pub async fn run(options: AgentOptions, stop: impl Future<Output = ()>) -> Resul
                 .await
         }
     });
-    let result = run_loop(&options, &shared, stop).await;
+    let result = run_loop(&options, &shared, &mut fresh, stop).await;
     let _ = quit_http.send(());
     // Requests in flight finish; none can hold us for long (they only read).
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), server).await;
     result
 }
 
+/// At most one evaluation asked for over HTTP per this long.
+const MIN_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn run_loop(
     options: &AgentOptions,
     shared: &Shared,
+    fresh: &mut tokio::sync::mpsc::Receiver<http::Fresh>,
     stop: impl Future<Output = ()>,
 ) -> Result<()> {
     let mut tracer = Tracer::start(&options.tracer)?;
@@ -110,6 +118,10 @@ async fn run_loop(
     let mut evaluations = tokio::time::interval(options.settings.interval);
     evaluations.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pending: Option<(JoinHandle<Result<Snapshot>>, LostCounts)> = None;
+    // Who asked for an evaluation over HTTP (`?fresh=1`), and when the last
+    // one was published.
+    let mut waiting: Vec<http::Fresh> = Vec::new();
+    let mut published_at = tokio::time::Instant::now();
     let mut batch = Vec::new();
     loop {
         tokio::select! {
@@ -121,14 +133,31 @@ async fn run_loop(
                 pending = Some((tokio::task::spawn_blocking(|| Snapshot::take(None)), lost));
                 continue;
             }
+            Some(reply) = fresh.recv() => {
+                if pending.is_none() && published_at.elapsed() < MIN_FRESH {
+                    let last = Arc::clone(&shared.read().unwrap_or_else(std::sync::PoisonError::into_inner));
+                    let _ = reply.send(last);
+                } else {
+                    waiting.push(reply);
+                    if pending.is_none() {
+                        let lost = tracer.lost();
+                        pending = Some((tokio::task::spawn_blocking(|| Snapshot::take(None)), lost));
+                    }
+                }
+                continue;
+            }
             taken = async { (&mut pending.as_mut().expect("guarded").0).await }, if pending.is_some() => {
                 let (_, lost_before) = pending.take().expect("guarded");
                 // Whatever happened while it was taken is applied first.
                 tracer.drain(&mut batch);
                 agent.apply(&tracer, &mut batch);
                 let taken = taken.context("the snapshot thread").and_then(|r| r);
-                let published = agent.evaluate(&mut tracer, taken, lost_before)?;
-                *shared.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(published);
+                let published = Arc::new(agent.evaluate(&mut tracer, taken, lost_before)?);
+                *shared.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::clone(&published);
+                published_at = tokio::time::Instant::now();
+                for reply in waiting.drain(..) {
+                    let _ = reply.send(Arc::clone(&published));
+                }
                 continue;
             }
             () = &mut stop => break,
@@ -407,6 +436,9 @@ impl Agent {
             }
         }
         let recent = self.stacks.recent_ids();
+        // Counts of groups whose stack no longer opens and that hold nothing.
+        self.table
+            .retain_groups(|key| key.user_stack.is_none_or(|id| recent.contains(&id)));
         self.stacks
             .retain_user(|key| needed.contains(key) || recent.contains(&key.2));
         let (entries, freed) = tracer.prune_stacks(|id| live.contains(&id) || recent.contains(&id));

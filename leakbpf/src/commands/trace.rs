@@ -182,6 +182,7 @@ async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
         warnings.extend(unseen_warnings(&tracer, &collector, filter));
     }
     let mut report = build_report(args, filter, &tracer, &collector, &now, warnings, started);
+    crate::containers::annotate(&mut report);
     if let Some(reason) = snapshot_failure {
         report.complete = false;
         report.incomplete.insert(0, reason);
@@ -260,6 +261,7 @@ fn build_report(
     let completeness = Completeness::of_run(&lost, &collector.table.stats());
     let header = Report {
         version: REPORT_VERSION,
+        time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         hooks: tracer.hooks().name().to_owned(),
         duration_s: started.elapsed().as_secs_f64(),
         events: collector.events,

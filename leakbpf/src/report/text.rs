@@ -46,6 +46,14 @@ pub fn render(report: &Report) -> String {
             process.exe.as_deref().unwrap_or("exe unknown"),
             process.open
         );
+        if let Some(id) = &process.container_id {
+            let pod = process
+                .pod_uid
+                .as_deref()
+                .map(|uid| format!(", pod {uid}"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "#   container {}{pod}", &id[..id.len().min(12)]);
+        }
         for group in &process.groups {
             render_group(&mut out, group);
         }
