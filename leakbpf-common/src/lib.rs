@@ -225,6 +225,9 @@ pub struct KernelOffsets {
     pub sk_v6_daddr: u32,
     pub sk_cookie: u32,
     pub sk_protocol: u32,
+    /// `sock.sk_socket`: its `struct socket`, whose `sk` is cleared when the
+    /// owner releases it (inet_release), before the protocol's close.
+    pub sk_socket: u32,
     // task_struct -> files_struct -> fdtable -> file -> socket -> sock
     pub task_files: u32,
     pub files_fdt: u32,
@@ -261,7 +264,26 @@ pub struct HookConfig {
     /// space drains it on a short timer anyway. A wakeup per event costs
     /// the traced process and the reader far more than the event itself.
     pub wakeup_bytes: u32,
+    /// Bit `1 << state` set: report transitions into that TCP state. The
+    /// reports need few of them (ESTABLISHED for the final tuple,
+    /// CLOSE_WAIT, CLOSE); `events` asks for all. The state program returns
+    /// at once on any other, before reading the socket.
+    pub state_mask: u32,
+    /// 1: take the kernel stack at every open (`--kernel-stacks`); it is
+    /// nearly the same for every connect and accept, and costs a walk.
+    pub kernel_stacks: u32,
+    /// 1: send only what the socket table of `trace` and the agent needs
+    /// (no destroys: it forgets a socket at its close; closes name only the
+    /// pid; a state change after the connect carries no tuple). 0: every
+    /// fact, for `events`.
+    pub lean: u32,
 }
+
+/// The transitions the socket table needs for `trace` and the agent.
+pub const REPORT_STATES: u32 =
+    (1 << tcp_state::ESTABLISHED) | (1 << tcp_state::CLOSE_WAIT) | (1 << tcp_state::CLOSE);
+/// Every transition (`events`).
+pub const ALL_STATES: u32 = u32::MAX;
 
 #[cfg(feature = "user")]
 mod pod {

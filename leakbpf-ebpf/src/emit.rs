@@ -167,6 +167,7 @@ pub fn submit_open<C: StackIdContext>(
     kernel_stack: bool,
 ) {
     // Stacks first: an inline user stack must precede its open in the ring.
+    let kernel_stack = kernel_stack && HOOKS.load().kernel_stacks != 0;
     let (user_stack_id, kernel_stack_id) = stack_ids(ctx, kernel_stack, cookie);
     let Some(mut entry) = EVENTS.reserve::<OpenEvent>(0) else {
         count_lost(lost::RINGBUF_FULL);
@@ -237,9 +238,20 @@ pub fn submit<T: 'static>(event: T) {
 /// A release of socket `cookie` by the current task.
 #[inline(always)]
 pub fn submit_close(cookie: u64, family: u16, state: u8) {
+    let task = if HOOKS.load().lean != 0 {
+        // The reports need only who released it.
+        let pid_tgid = bpf_get_current_pid_tgid();
+        Task {
+            pid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+            ..Task::default()
+        }
+    } else {
+        current_task()
+    };
     submit(CloseEvent {
         header: header(kind::CLOSE, cookie),
-        task: current_task(),
+        task,
         family,
         state,
         _pad: [0; 5],

@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use leakbpf_common::{
-    DestroyEvent, ExitEvent, HookConfig, StateEvent, Task, direction, kind, tcp_state,
+    DestroyEvent, Endpoints, ExitEvent, HookConfig, StateEvent, Task, direction, kind, tcp_state,
 };
 
 use crate::{
@@ -20,12 +20,17 @@ use crate::{
 
 const TCP_SYN_SENT: i32 = tcp_state::SYN_SENT as i32;
 const TCP_CLOSE: i32 = tcp_state::CLOSE as i32;
+const TCP_SYN_RECV: i32 = tcp_state::SYN_RECV as i32;
+const TCP_ESTABLISHED: i32 = tcp_state::ESTABLISHED as i32;
 
 /// Set by user space before load, per hook set.
 #[unsafe(no_mangle)]
 pub static HOOKS: Global<HookConfig> = Global::new(HookConfig {
     connect_from_state: 1,
     wakeup_bytes: 0,
+    state_mask: u32::MAX,
+    kernel_stacks: 1,
+    lean: 0,
 });
 
 /// `inet_sock_set_state(sk, oldstate, newstate)`, fired before `sk_state`
@@ -44,17 +49,49 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let sk: *mut c_void = ctx.arg(0);
     let old_state: i32 = ctx.arg(1);
     let new_state: i32 = ctx.arg(2);
+    let config = HOOKS.load();
+    let opens =
+        old_state == TCP_CLOSE && new_state == TCP_SYN_SENT && config.connect_from_state != 0;
+    // Most transitions matter to no report: leave before reading anything.
+    // A passive open's SYN_RECV -> ESTABLISHED comes before its accept
+    // returns, so the reports learn nothing from it (the accept carries the
+    // tuple); only `events` (every state) shows it.
+    let passive = old_state == TCP_SYN_RECV && config.lean != 0;
+    if !opens && (passive || (config.state_mask >> (new_state & 31)) & 1 == 0) {
+        if new_state == TCP_SYN_SENT || passive {
+            // The connect hooks of the other sets and the accept hooks read
+            // sk_cookie: make it now.
+            let _ = unsafe { bpf_get_socket_cookie(sk) };
+        }
+        return Ok(());
+    }
     let off = offsets();
     let sk_addr = sk as u64;
+    if config.lean != 0 && !opens && unsafe { released(sk_addr, &off) } {
+        // Its owner let go of it (close() is running): the reports have
+        // forgotten it at the release already.
+        return Ok(());
+    }
     if !unsafe { is_tcp(sk_addr, &off) } {
         return Ok(());
     }
-    let mut ep = unsafe { endpoints(sk_addr, &off)? };
+    // The reports need the tuple only when a connect is established (its
+    // source port is chosen late); a later state change carries the state
+    // alone (ports 0: user space keeps the tuple it has).
+    let tuple = opens || new_state == TCP_ESTABLISHED || config.lean == 0;
+    let mut ep = if tuple {
+        unsafe { endpoints(sk_addr, &off)? }
+    } else {
+        Endpoints {
+            family: unsafe { read::<u16>(sk_addr, off.sk_family)? },
+            ..Endpoints::default()
+        }
+    };
     ep.state = new_state as u8;
     // Generates the cookie on first use; later reads of sk_cookie (accept
     // path) see the same value.
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
-    if old_state == TCP_CLOSE && new_state == TCP_SYN_SENT && HOOKS.load().connect_from_state != 0 {
+    if opens {
         submit_open(
             ctx,
             cookie,
@@ -75,10 +112,28 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
+/// True once the socket's owner released it: inet_release clears
+/// `socket->sk` before the protocol closes the sock (and an orphan has no
+/// socket at all).
+#[inline(always)]
+unsafe fn released(sk: u64, off: &leakbpf_common::KernelOffsets) -> bool {
+    let socket: u64 = unsafe { read(sk, off.sk_socket) }.unwrap_or(0);
+    if socket == 0 {
+        return true;
+    }
+    unsafe { read::<u64>(socket, off.socket_sk) }
+        .ok()
+        .is_none_or(|owner| owner != sk)
+}
+
 /// `tcp:tcp_destroy_sock`: the kernel frees the socket. The tracepoint
 /// itself generates and records the cookie.
 #[tracepoint]
 pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+    if HOOKS.load().lean != 0 {
+        // The reports forget a socket at its close.
+        return 0;
+    }
     let off = offsets();
     if let Ok(cookie) = unsafe { ctx.read_at::<u64>(off.destroy_cookie as usize) } {
         submit(DestroyEvent {

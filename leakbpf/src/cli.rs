@@ -224,6 +224,10 @@ pub struct TracerArgs {
     /// By default leakbpf finds the root in its own mounts or in pid 1's (/proc/1/root).
     #[arg(long, value_name = "DIR")]
     pub cgroup_root: Option<std::path::PathBuf>,
+    /// Also take the kernel stack of every connect and accept (off by default: it is nearly the
+    /// same for every socket, and each walk costs the traced process).
+    #[arg(long)]
+    pub kernel_stacks: bool,
 }
 
 impl TracerArgs {
@@ -234,6 +238,8 @@ impl TracerArgs {
             ring_bytes: self.ring_bytes,
             log_kernel: self.log_kernel,
             cgroup_root: self.cgroup_root.clone(),
+            all_facts: false,
+            kernel_stacks: self.kernel_stacks,
         }
     }
 }

@@ -118,6 +118,9 @@ pub struct Limits {
     /// How long a closed socket is remembered while waiting for its destroy
     /// event (it may linger in FIN_WAIT/LAST_ACK, or its destroy was lost).
     pub closed_retention_ns: u64,
+    /// Forget a socket at its close (the reports, whose tracer sends no
+    /// destroys): nothing reports a released socket.
+    pub forget_closed: bool,
 }
 
 impl Default for Limits {
@@ -125,6 +128,7 @@ impl Default for Limits {
         Limits {
             max_sockets: 1 << 20,
             closed_retention_ns: 120 * 1_000_000_000,
+            forget_closed: false,
         }
     }
 }
@@ -353,9 +357,11 @@ impl SocketTable {
         if let Some(counts) = self.groups.get_mut(&socket.group_key()) {
             counts.closed += 1;
         }
-        Applied::Closed {
-            lifetime_ns: close.time_ns.saturating_sub(socket.opened_ns),
+        let lifetime_ns = close.time_ns.saturating_sub(socket.opened_ns);
+        if self.limits.forget_closed {
+            self.sockets.remove(&close.cookie);
         }
+        Applied::Closed { lifetime_ns }
     }
 
     /// Forgets closed sockets whose destroy has not come within the
@@ -794,10 +800,34 @@ mod tests {
     }
 
     #[test]
+    fn a_lean_table_forgets_a_socket_at_its_close() {
+        let mut table = SocketTable::new(Limits {
+            forget_closed: true,
+            ..Limits::default()
+        });
+        table.apply(&open(1, 100, 0));
+        table.apply(&open(2, 100, 0));
+        assert_eq!(
+            table.apply(&close(1, 100, 10)),
+            Applied::Closed { lifetime_ns: 10 }
+        );
+        assert!(table.get(1).is_none(), "nothing reports a released socket");
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.open_by(100, 100_000), 1);
+        let counts = table.group_counts(&table.get(2).unwrap().group_key());
+        assert_eq!(
+            (counts.opened, counts.closed),
+            (2, 1),
+            "counted all the same"
+        );
+    }
+
+    #[test]
     fn sweep_forgets_closed_sockets_after_retention_only() {
         let mut table = SocketTable::new(Limits {
             max_sockets: 10,
             closed_retention_ns: 100,
+            ..Limits::default()
         });
         table.apply(&open(1, 100, 0));
         table.apply(&open(2, 100, 0));
@@ -840,10 +870,14 @@ mod tests {
 
         proptest! {
             #[test]
-            fn the_table_stays_consistent(events in proptest::collection::vec(event(), 0..200)) {
+            fn the_table_stays_consistent(
+                events in proptest::collection::vec(event(), 0..200),
+                forget_closed in proptest::bool::ANY,
+            ) {
                 let mut table = SocketTable::new(Limits {
                     max_sockets: 5,
                     closed_retention_ns: 300,
+                    forget_closed,
                 });
                 let mut released: std::collections::HashSet<u64> = std::collections::HashSet::new();
                 for (step, event) in events.iter().enumerate() {

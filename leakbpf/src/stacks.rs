@@ -82,12 +82,6 @@ impl StackResolver {
 
     /// Gives an inline user stack its id; fills `open.leaf_caller`.
     fn on_open(&mut self, source: &dyn StackSource, open: &mut Open) {
-        for id in [open.user_stack.id(), open.kernel_stack.id()]
-            .into_iter()
-            .flatten()
-        {
-            self.last_seen.insert(id, self.epoch);
-        }
         if open.user_stack == Stack::Inline {
             // An open whose cookie user space resolved later (the kprobe
             // set can see a socket before its cookie exists) had its stack
@@ -101,6 +95,13 @@ impl StackResolver {
                 // Its record was lost with a full ring (counted there).
                 None => Stack::Missing(libc::ENODATA),
             };
+        }
+        // After an inline stack got its id: that id is in use too.
+        for id in [open.user_stack.id(), open.kernel_stack.id()]
+            .into_iter()
+            .flatten()
+        {
+            self.last_seen.insert(id, self.epoch);
         }
         let Stack::Id(id) = open.user_stack else {
             return;

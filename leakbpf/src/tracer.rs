@@ -26,6 +26,12 @@ pub struct TracerOptions {
     /// The cgroup v2 root to attach cgroup hooks to (`--cgroup-root`);
     /// found in the mounts when `None`.
     pub cgroup_root: Option<std::path::PathBuf>,
+    /// Take the kernel stack at every open.
+    pub kernel_stacks: bool,
+    /// Send every fact (`events`), not only what the reports' socket table
+    /// needs (see `HookConfig::lean`; that table must then forget sockets
+    /// at their close: `Limits::forget_closed`).
+    pub all_facts: bool,
 }
 
 pub struct Tracer {
@@ -83,6 +89,13 @@ impl Tracer {
             // A quarter full: early enough that a burst never fills it
             // between the reader's timer drains.
             wakeup_bytes: ring_bytes / 4,
+            state_mask: if options.all_facts {
+                leakbpf_common::ALL_STATES
+            } else {
+                leakbpf_common::REPORT_STATES
+            },
+            kernel_stacks: u32::from(options.kernel_stacks),
+            lean: u32::from(!options.all_facts),
         };
 
         let mut loader = EbpfLoader::new();

@@ -192,6 +192,8 @@ impl Agent {
             cgroup_mount: options.cgroup_mount.clone(),
             table: SocketTable::new(Limits {
                 max_sockets: options.settings.max_sockets,
+                // The tracer sends no destroys (lean): forget sockets at close.
+                forget_closed: true,
                 ..Limits::default()
             }),
             stacks: StackResolver::eager(),

@@ -93,7 +93,12 @@ async fn stream(args: EventsArgs, filter: Filter) -> Result<ExitCode> {
     // Before loading anything: a signal during start-up ends tracing
     // cleanly as soon as it begins.
     let mut stop = session::Stop::install()?;
-    let mut tracer = Tracer::start(&args.tracer.options())?;
+    let mut tracer = Tracer::start(&crate::tracer::TracerOptions {
+        // `events` shows every transition; `--stacks` shows kernel stacks too.
+        all_facts: true,
+        kernel_stacks: args.tracer.kernel_stacks || args.stacks,
+        ..args.tracer.options()
+    })?;
     let clock = Clock::now();
     let started = Instant::now();
     session::announce(&tracer, args.duration, "stop");

@@ -146,7 +146,11 @@ async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
     let mut tracer = Tracer::start(&args.tracer.options())?;
     let started = Instant::now();
     let mut collector = Collector {
-        table: SocketTable::default(),
+        // The tracer sends no destroys (lean): forget sockets at close.
+        table: SocketTable::new(crate::socket_table::Limits {
+            forget_closed: true,
+            ..crate::socket_table::Limits::default()
+        }),
         stacks: StackResolver::eager(),
         events: 0,
         started,

@@ -66,6 +66,7 @@ const STRUCT_MEMBERS: &[StructMember] = &[
     member!(fdt_fd: "fdtable"."fd", POINTER),
     member!(file_private_data: "file"."private_data", POINTER),
     member!(socket_sk: "socket"."sk", POINTER),
+    member!(sk_socket: "sock"."sk_socket", POINTER),
     // The user stack pointer at syscall entry (x86_64 `struct pt_regs`).
     member!(pt_regs_sp: "pt_regs"."sp", 8),
     member!(task_pid: "task_struct"."pid", 4),
