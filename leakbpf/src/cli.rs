@@ -44,7 +44,7 @@ pub enum Command {
     /// they look leaked.
     ///
     /// Traces until --duration ends or Ctrl-C, then lists every TCP socket still open and owned
-    /// by a process: those opened while tracing (with the user and kernel stack that opened
+    /// by a process: those opened while tracing (with the user stack that opened
     /// them) and those already open when tracing started (found through sock_diag and
     /// /proc/PID/fd, reported as `preexisting`). Per process, sockets are grouped by direction
     /// and stack and ranked by count, like a goroutine dump; each group is classified:

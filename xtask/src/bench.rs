@@ -22,6 +22,7 @@ const ROUNDS: usize = 5;
 pub fn bench(root: &Path, leakbpf: &Path) -> Result<()> {
     let connbench = build_connbench(root)?;
     churn_table(&connbench, leakbpf)?;
+    kernel_table(&connbench, leakbpf)?;
     memory_table(&connbench, leakbpf)
 }
 
@@ -81,6 +82,84 @@ fn churn_table(connbench: &Path, leakbpf: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The kernel side's own cost, per program, from `bpf_stats` (run time and
+/// run count of each program, `bpftool prog show`), over one churn under
+/// `leakbpf trace`: the table every kernel-side change is judged by.
+fn kernel_table(connbench: &Path, leakbpf: &Path) -> Result<()> {
+    Command::new("sysctl")
+        .args(["-qw", "kernel.bpf_stats_enabled=1"])
+        .run()?;
+    let connections: f64 = CHURN.parse()?;
+    println!();
+    println!("| `leakbpf trace` program | runs per connection | ns per run | ns per connection |");
+    println!("|---|---|---|---|");
+    let existing = prog_stats()?;
+    let tracer = Tracer::start(
+        leakbpf,
+        &["trace", "--format", "json", "--output", "/dev/null"],
+    )?;
+    // Its programs: those loaded since (nothing else loads any meanwhile).
+    let before: Vec<(u64, ProgStats)> = prog_stats()?
+        .into_iter()
+        .filter(|(id, _)| !existing.contains_key(id))
+        .collect();
+    churn(connbench)?;
+    let after = prog_stats()?;
+    tracer.stop()?;
+    let mut total = 0.0;
+    for (id, start) in before {
+        let Some(end) = after.get(&id) else { continue };
+        let runs = end.runs.saturating_sub(start.runs) as f64;
+        let ns = end.ns.saturating_sub(start.ns) as f64;
+        if runs == 0.0 {
+            continue;
+        }
+        total += ns / connections;
+        println!(
+            "| {} | {:.2} | {:.0} | {:.0} |",
+            end.name,
+            runs / connections,
+            ns / runs,
+            ns / connections
+        );
+    }
+    println!("| **total** | | | **{total:.0}** |");
+    Ok(())
+}
+
+struct ProgStats {
+    name: String,
+    ns: u64,
+    runs: u64,
+}
+
+/// Every loaded program's id, name and `bpf_stats` counters.
+fn prog_stats() -> Result<std::collections::BTreeMap<u64, ProgStats>> {
+    let output = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .context("running bpftool (Debian's bpftool package)")?;
+    if !output.status.success() {
+        bail!("bpftool prog show failed");
+    }
+    let listed: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    Ok(listed
+        .as_array()
+        .context("bpftool: not a JSON array")?
+        .iter()
+        .filter_map(|p| {
+            Some((
+                p["id"].as_u64()?,
+                ProgStats {
+                    name: p["name"].as_str().unwrap_or("?").to_owned(),
+                    ns: p["run_time_ns"].as_u64().unwrap_or(0),
+                    runs: p["run_cnt"].as_u64().unwrap_or(0),
+                },
+            ))
+        })
+        .collect())
 }
 
 /// leakbpf's resident set while it tracks `HOLD * 2 * HOLDERS` open
