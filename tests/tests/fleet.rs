@@ -31,6 +31,17 @@ const AGENT_CAPS: [(&str, &str); 5] = [
     ("CAP_DAC_READ_SEARCH", "cap_2"),
 ];
 
+/// What the deployments add to those: /proc/PID/map_files, which the
+/// symbolizer opens (without it user stacks stay raw addresses).
+const SYMBOLIZE_CAP: (&str, &str) = ("CAP_CHECKPOINT_RESTORE", "cap_40");
+
+/// The capabilities the deployments grant, without SYS_ADMIN.
+fn deployed_caps() -> Vec<(&'static str, &'static str)> {
+    let mut caps = AGENT_CAPS.to_vec();
+    caps.push(SYMBOLIZE_CAP);
+    caps
+}
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -170,28 +181,8 @@ fn open(client: &mut Fixture, n: usize) {
 fn the_systemd_unit_verifies_and_its_user_and_capabilities_run_the_agent() {
     let unit_path = deploy("systemd/leakbpf.service");
     let unit = read(&unit_path);
-    let caps: Vec<&str> = AGENT_CAPS.iter().map(|(name, _)| *name).collect();
-    let caps = caps.join(" ");
-    assert_eq!(unit_value(&unit, "AmbientCapabilities"), caps);
-    assert_eq!(unit_value(&unit, "CapabilityBoundingSet"), caps);
-    for (key, value) in [
-        ("DynamicUser", "yes"),
-        ("NoNewPrivileges", "yes"),
-        ("ProtectSystem", "strict"),
-        ("ProtectHome", "read-only"),
-        ("Restart", "on-failure"),
-        ("StandardOutput", "journal"),
-    ] {
-        assert_eq!(unit_value(&unit, key), value, "{key}");
-    }
-    assert!(
-        unit_values(&unit, "ReadWritePaths").is_empty(),
-        "the agent writes nothing"
-    );
-    let exec = unit_value(&unit, "ExecStart");
+    let exec = check_unit_settings(&unit);
     let args: Vec<&str> = exec.split_whitespace().collect();
-    assert_eq!(args[..2], ["/usr/local/bin/leakbpf", "agent"], "{exec}");
-
     verify_unit(&unit);
 
     // The agent as the unit runs it.
@@ -236,13 +227,14 @@ fn the_systemd_unit_verifies_and_its_user_and_capabilities_run_the_agent() {
     };
     assert!(field("Uid:").starts_with("61999\t"), "{}", field("Uid:"));
     assert_eq!(field("NoNewPrivs:"), "1");
-    // CAP_DAC_READ_SEARCH 2, NET_ADMIN 12, SYS_PTRACE 19, PERFMON 38, BPF 39.
-    let five = format!(
+    // CAP_DAC_READ_SEARCH 2, NET_ADMIN 12, SYS_PTRACE 19, PERFMON 38, BPF 39,
+    // CHECKPOINT_RESTORE 40.
+    let six = format!(
         "{:016x}",
-        (1u64 << 2) | (1 << 12) | (1 << 19) | (1 << 38) | (1 << 39)
+        (1u64 << 2) | (1 << 12) | (1 << 19) | (1 << 38) | (1 << 39) | (1 << 40)
     );
-    assert_eq!(field("CapEff:"), five);
-    assert_eq!(field("CapBnd:"), five);
+    assert_eq!(field("CapEff:"), six);
+    assert_eq!(field("CapBnd:"), six);
     let labels = [
         ("node", node.clone()),
         ("pid", pid.to_string()),
@@ -260,12 +252,53 @@ fn the_systemd_unit_verifies_and_its_user_and_capabilities_run_the_agent() {
             .iter()
             .any(|l| l["suspect"]["pid"] == pid && l["change"] == "appeared")
     });
+    // Symbolized: Python's connect frame, not a raw address.
+    let appeared = agent
+        .log()
+        .into_iter()
+        .find(|l| l["suspect"]["pid"] == pid && l["change"] == "appeared")
+        .expect("the appeared line");
+    assert!(
+        appeared["suspect"]["top_frames"]
+            .as_array()
+            .expect("top_frames")
+            .iter()
+            .any(|f| f
+                .as_str()
+                .is_some_and(|f| f.starts_with("internal_connect"))),
+        "user stacks symbolized with the unit's capabilities: {appeared}"
+    );
     let stderr = agent.stderr();
     assert!(
         !stderr.contains("leakbpf: error") && !stderr.contains("missing CAP_"),
         "the agent complained as the unit's user:\n{stderr}"
     );
     eprintln!("agent as the unit's user said:\n{stderr}");
+}
+
+/// The unit's settings as the README describes them; its ExecStart.
+fn check_unit_settings(unit: &str) -> String {
+    let caps: Vec<&str> = deployed_caps().iter().map(|(name, _)| *name).collect();
+    let caps = caps.join(" ");
+    assert_eq!(unit_value(unit, "AmbientCapabilities"), caps);
+    assert_eq!(unit_value(unit, "CapabilityBoundingSet"), caps);
+    for (key, value) in [
+        ("DynamicUser", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "read-only"),
+        ("Restart", "on-failure"),
+        ("StandardOutput", "journal"),
+    ] {
+        assert_eq!(unit_value(unit, key), value, "{key}");
+    }
+    assert!(
+        unit_values(unit, "ReadWritePaths").is_empty(),
+        "the agent writes nothing"
+    );
+    let exec = unit_value(unit, "ExecStart");
+    assert!(exec.starts_with("/usr/local/bin/leakbpf agent"), "{exec}");
+    exec
 }
 
 /// `systemd-analyze verify` has nothing to say about the unit (and would
@@ -320,10 +353,10 @@ fn verify_unit(unit: &str) {
 }
 
 fn setpriv_cap(name: &str) -> &'static str {
-    AGENT_CAPS
-        .iter()
+    deployed_caps()
+        .into_iter()
         .find(|(n, _)| *n == name)
-        .unwrap_or_else(|| panic!("{name} is not one of the agent's capabilities"))
+        .unwrap_or_else(|| panic!("{name} is not one of the deployed capabilities"))
         .1
 }
 
@@ -358,7 +391,7 @@ fn the_containerfile_lints_clean_with_hadolint() {
         .skip(1)
         .map(|rest| rest.split_whitespace().next().unwrap_or(""))
         .collect();
-    let expected: Vec<&str> = AGENT_CAPS
+    let expected: Vec<&str> = deployed_caps()
         .iter()
         .map(|(name, _)| name.trim_start_matches("CAP_"))
         .collect();
@@ -441,7 +474,7 @@ fn manifests_agree(dir: &Path) {
     assert_eq!(security["privileged"], Value::Null, "not privileged");
     assert_eq!(security["readOnlyRootFilesystem"], true);
     assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
-    let mut added: Vec<String> = AGENT_CAPS
+    let mut added: Vec<String> = deployed_caps()
         .iter()
         .map(|(name, _)| name.trim_start_matches("CAP_").to_owned())
         .collect();
@@ -769,7 +802,7 @@ fn prometheus_scrapes_the_leak_with_its_labels_and_the_constant_labels() {
     }
     let rss = prometheus.query("leakbpf_agent_resident_memory_bytes");
     eprintln!(
-        "agent RSS idle-ish (a few fixture sockets): {} bytes",
+        "agent RSS (Prometheus' Go binary and the fixtures symbolized): {} bytes",
         rss[0]["value"][1]
     );
 }
