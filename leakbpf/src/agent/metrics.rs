@@ -113,7 +113,7 @@ pub fn render(
         let (pid, comm, container) = if rank < top_k {
             (
                 process.pid.to_string(),
-                process.comm.clone(),
+                escape_label_value(&process.comm),
                 container_label(process.container_id.as_deref()),
             )
         } else {
@@ -193,7 +193,7 @@ fn outlook_series(
         };
         let labels = ProcessLabels {
             pid: process.pid.to_string(),
-            comm: process.comm.clone(),
+            comm: escape_label_value(&process.comm),
             container: container_label(process.container_id.as_deref()),
         };
         rate.get_or_create(&labels).set(outlook.leak_rate_per_hour);
@@ -346,7 +346,9 @@ pub fn classic_text(openmetrics: &str) -> String {
 }
 
 /// A label value as the text formats want it: backslash, double quote and
-/// newline escaped.
+/// newline escaped (the crate writes values as they are). A command name
+/// can hold any of them: unescaped, one process would make the whole
+/// exposition unparseable.
 fn escape_label_value(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
@@ -451,6 +453,21 @@ mod tests {
             assert!(line.starts_with("leakbpf_"), "{line}");
             assert!(line.contains(&format!("{{{prefix}")), "{line}");
         }
+    }
+
+    #[test]
+    fn a_command_name_with_quotes_and_backslashes_is_escaped() {
+        let mut odd = process(9, 1);
+        odd.comm = "we\"ird\\".to_owned();
+        let report = Report {
+            processes: vec![odd],
+            ..Report::default()
+        };
+        let text = render(&report, &[], &AgentStats::default(), 5, &BTreeMap::new()).unwrap();
+        assert!(
+            text.contains("leakbpf_open_sockets{pid=\"9\",comm=\"we\\\"ird\\\\\",container=\"\""),
+            "{text}"
+        );
     }
 
     #[test]
