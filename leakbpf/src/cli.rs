@@ -108,6 +108,10 @@ pub struct AgentArgs {
     /// Read settings from this TOML file (flags given here win).
     #[arg(long, value_name = "FILE")]
     pub config: Option<std::path::PathBuf>,
+    /// Add the constant label KEY="VALUE" to every series of /metrics (e.g. the node name);
+    /// repeatable.
+    #[arg(long = "metric-label", value_name = "KEY=VALUE", value_parser = crate::agent::config::parse_metric_label)]
+    pub metric_labels: Vec<(String, String)>,
 }
 
 #[derive(Debug, Args)]

@@ -24,16 +24,25 @@ impl Agent {
     /// and has published its first evaluation (`/healthz` says ok).
     pub fn start(args: &[&str]) -> Agent {
         let port = unused_port();
-        let mut child = Command::new(leakbpf_bin())
+        let mut command = Command::new(leakbpf_bin());
+        command
             .arg("agent")
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(hooks_args())
-            .args(args)
+            .args(args);
+        Agent::start_command(command, port)
+    }
+
+    /// Starts `command`, which must end up running `leakbpf agent` listening
+    /// on 127.0.0.1:`port` (a wrapper that drops privileges first, for
+    /// example), and waits like [`Agent::start`].
+    pub fn start_command(mut command: Command, port: u16) -> Agent {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("starting leakbpf agent");
+            .unwrap_or_else(|err| panic!("starting leakbpf agent ({command:?}): {err}"));
         let (stderr, ready, _) = watch_stderr(child.stderr.take().expect("agent stderr"));
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&log);

@@ -66,7 +66,7 @@ pub fn check_output() -> String {
 }
 
 /// `--hooks SET` when the matrix forces one.
-pub(crate) fn hooks_args() -> Vec<String> {
+pub fn hooks_args() -> Vec<String> {
     forced_hooks()
         .map(|h| vec!["--hooks".to_owned(), h])
         .unwrap_or_default()

@@ -3,8 +3,8 @@
 //! at every evaluation, so a process that exited leaves no series behind.
 //! Per-process series are bounded: the `top_k` processes with the most open
 //! sockets get their own, the rest are summed under `pid="other"`.
-use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
+use std::{borrow::Cow, collections::BTreeMap};
 
 use anyhow::Result;
 use prometheus_client::{
@@ -92,8 +92,15 @@ pub fn render(
     suspects: &[Suspect],
     stats: &AgentStats,
     top_k: usize,
+    const_labels: &BTreeMap<String, String>,
 ) -> Result<String> {
-    let mut registry = Registry::with_prefix("leakbpf");
+    // The crate writes label values as they are: escape them here.
+    let mut registry = Registry::with_prefix_and_labels(
+        "leakbpf",
+        const_labels
+            .iter()
+            .map(|(k, v)| (Cow::Owned(k.clone()), Cow::Owned(escape_label_value(v)))),
+    );
     let open = Family::<SocketLabels, Gauge>::default();
     registry.register(
         "open_sockets",
@@ -106,7 +113,7 @@ pub fn render(
         let (pid, comm, container) = if rank < top_k {
             (
                 process.pid.to_string(),
-                process.comm.clone(),
+                escape_label_value(&process.comm),
                 container_label(process.container_id.as_deref()),
             )
         } else {
@@ -186,7 +193,7 @@ fn outlook_series(
         };
         let labels = ProcessLabels {
             pid: process.pid.to_string(),
-            comm: process.comm.clone(),
+            comm: escape_label_value(&process.comm),
             container: container_label(process.container_id.as_deref()),
         };
         rate.get_or_create(&labels).set(outlook.leak_rate_per_hour);
@@ -338,6 +345,23 @@ pub fn classic_text(openmetrics: &str) -> String {
     out
 }
 
+/// A label value as the text formats want it: backslash, double quote and
+/// newline escaped (the crate writes values as they are). A command name
+/// can hold any of them: unescaped, one process would make the whole
+/// exposition unparseable.
+fn escape_label_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Containers by their short id, as `docker ps` shows them.
 fn container_label(id: Option<&str>) -> String {
     id.map(|id| id.chars().take(12).collect())
@@ -390,7 +414,7 @@ mod tests {
             processes: vec![process(1, 5), process(2, 3), process(3, 2)],
             ..Report::default()
         };
-        let text = render(&report, &[], &AgentStats::default(), 1).unwrap();
+        let text = render(&report, &[], &AgentStats::default(), 1, &BTreeMap::new()).unwrap();
         assert!(text.contains(
             "leakbpf_open_sockets{pid=\"1\",comm=\"p1\",container=\"\",direction=\"connect\",state=\"CLOSE_WAIT\"} 5"
         ), "{text}");
@@ -400,6 +424,50 @@ mod tests {
         assert!(!text.contains("pid=\"2\""));
         assert!(text.contains("leakbpf_suspects{class=\"growing\"} 0"));
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn constant_labels_come_first_on_every_series_escaped() {
+        let report = Report {
+            processes: vec![process(7, 2)],
+            ..Report::default()
+        };
+        let labels: BTreeMap<String, String> = [
+            ("node".to_owned(), "worker-1".to_owned()),
+            ("pod".to_owned(), "a\"b\\c\nd".to_owned()),
+        ]
+        .into();
+        let text = render(&report, &[], &AgentStats::default(), 5, &labels).unwrap();
+        let prefix = "node=\"worker-1\",pod=\"a\\\"b\\\\c\\nd\"";
+        assert!(text.contains(&format!(
+            "leakbpf_open_sockets{{{prefix},pid=\"7\",comm=\"p7\",container=\"\",direction=\"connect\",state=\"CLOSE_WAIT\"}} 2\n"
+        )), "{text}");
+        assert!(
+            text.contains(&format!("leakbpf_complete{{{prefix}}} 0\n")),
+            "{text}"
+        );
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        // 1 open + 4 suspects + 6 lost + 4 tracked + 3 evictions + 2 fixes + complete, RSS, CPU.
+        assert_eq!(samples.len(), 23, "{text}");
+        for line in samples {
+            assert!(line.starts_with("leakbpf_"), "{line}");
+            assert!(line.contains(&format!("{{{prefix}")), "{line}");
+        }
+    }
+
+    #[test]
+    fn a_command_name_with_quotes_and_backslashes_is_escaped() {
+        let mut odd = process(9, 1);
+        odd.comm = "we\"ird\\".to_owned();
+        let report = Report {
+            processes: vec![odd],
+            ..Report::default()
+        };
+        let text = render(&report, &[], &AgentStats::default(), 5, &BTreeMap::new()).unwrap();
+        assert!(
+            text.contains("leakbpf_open_sockets{pid=\"9\",comm=\"we\\\"ird\\\\\",container=\"\""),
+            "{text}"
+        );
     }
 
     #[test]

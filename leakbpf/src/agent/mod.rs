@@ -261,6 +261,7 @@ impl Agent {
             &evaluation.suspects,
             &self.stats,
             self.settings.top_k,
+            &self.settings.metric_labels,
         )?;
         Ok(Published {
             report,

@@ -69,5 +69,6 @@ fn settings(args: &AgentArgs) -> Result<Settings> {
     if let Some(n) = args.max_sockets {
         s.max_sockets = n;
     }
+    s.metric_labels.extend(args.metric_labels.iter().cloned());
     Ok(s)
 }
