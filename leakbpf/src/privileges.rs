@@ -67,6 +67,26 @@ pub fn has(eff: u64, cap: Capability) -> bool {
     cap.number < 64 && eff & (1 << cap.number) != 0
 }
 
+/// `CAP_CHECKPOINT_RESTORE` (Linux 5.9): the symbolizer opens other
+/// processes' binaries through `/proc/PID/map_files`, which takes it (or
+/// CAP_SYS_ADMIN). Not required: without it stacks stay raw addresses.
+pub const SYMBOLS: Capability = Capability {
+    name: "CAP_CHECKPOINT_RESTORE",
+    number: 40,
+    why: "symbolize other processes' stacks through /proc/PID/map_files",
+};
+
+/// A warning when `eff` can trace but not name the frames of other
+/// processes' stacks.
+pub fn symbols_warning(eff: u64) -> Option<String> {
+    (!has(eff, SYMBOLS) && !has(eff, MOUNT)).then(|| {
+        format!(
+            "missing {} ({}): user stacks will be unsymbolized addresses",
+            SYMBOLS.name, SYMBOLS.why
+        )
+    })
+}
+
 /// Fails, in one line, on the first of `needed` missing from `eff`.
 pub fn require(eff: u64, needed: &[Capability]) -> Result<()> {
     if let Some(missing) = needed.iter().find(|cap| !has(eff, **cap)) {
@@ -93,6 +113,19 @@ mod tests {
             assert!(has(eff, cap), "{}", cap.name);
         }
         assert!(!has(eff, MOUNT));
+    }
+
+    #[test]
+    fn stacks_need_checkpoint_restore_or_sys_admin() {
+        let five: u64 = (1 << 39) | (1 << 38) | (1 << 12) | (1 << 19) | (1 << 2);
+        let warning = symbols_warning(five).expect("a warning with the five only");
+        assert!(
+            warning.starts_with("missing CAP_CHECKPOINT_RESTORE"),
+            "{warning}"
+        );
+        assert_eq!(symbols_warning(five | (1 << 40)), None);
+        assert_eq!(symbols_warning(five | (1 << 21)), None);
+        assert_eq!(symbols_warning(u64::MAX), None);
     }
 
     #[test]

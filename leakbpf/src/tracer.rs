@@ -296,7 +296,12 @@ fn resolve_cookies(out: &mut Vec<Event>, from: usize) -> u64 {
 /// The capabilities tracing needs (see [`crate::privileges`]): one line
 /// naming a missing one instead of an EPERM later.
 pub fn require_root() -> Result<()> {
-    crate::privileges::require(crate::privileges::effective(), &crate::privileges::TRACING)
+    let eff = crate::privileges::effective();
+    crate::privileges::require(eff, &crate::privileges::TRACING)?;
+    if let Some(warning) = crate::privileges::symbols_warning(eff) {
+        eprintln!("leakbpf: warning: {warning}");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
