@@ -16,13 +16,13 @@ use crate::Run as _;
 const CHURN: &str = "20000";
 // Both ends are held: 2 * HOLD fds, under the 20000 hard limit here.
 const HOLD: &str = "9000";
-const HOLDERS: usize = 3;
+/// 6 holders of 2 * 9000 sockets: 108,000 open sockets, the scale run.
+const HOLDERS: usize = 6;
 const ROUNDS: usize = 5;
 
 pub fn bench(root: &Path, leakbpf: &Path) -> Result<()> {
     let connbench = build_connbench(root)?;
     churn_table(&connbench, leakbpf)?;
-    kernel_table(&connbench, leakbpf)?;
     memory_table(&connbench, leakbpf)
 }
 
@@ -38,95 +38,185 @@ fn build_connbench(root: &Path) -> Result<PathBuf> {
     Ok(connbench)
 }
 
-/// ns per connection with no tracer and under each command, median of
-/// [`ROUNDS`], with leakbpf's CPU per event and its losses.
+/// What runs during a churn round.
+#[derive(Clone, Copy)]
+enum Setting {
+    Untraced,
+    Leakbpf(&'static str, &'static [&'static str]),
+    /// The bpftrace program a user would write instead (`PEER_SCRIPT`).
+    Bpftrace,
+}
+
+impl Setting {
+    fn label(self) -> &'static str {
+        match self {
+            Setting::Untraced => "nothing attached",
+            Setting::Leakbpf(label, _) => label,
+            Setting::Bpftrace => "bpftrace: opener ustack per socket, deleted at destroy",
+        }
+    }
+}
+
+const SETTINGS: [Setting; 5] = [
+    Setting::Untraced,
+    Setting::Leakbpf(
+        "`leakbpf trace`",
+        &["trace", "--format", "json", "--output", "/dev/null"],
+    ),
+    Setting::Leakbpf(
+        "`leakbpf agent`",
+        &["agent", "--listen", "127.0.0.1:0", "--interval", "10s"],
+    ),
+    Setting::Leakbpf(
+        "`leakbpf events --format json`",
+        &["events", "--format", "json"],
+    ),
+    Setting::Bpftrace,
+];
+
+/// The peer: each socket's opener user stack, kept until the socket is
+/// destroyed (what someone would write with bpftrace for the same question).
+const PEER_SCRIPT: &str = "tracepoint:sock:inet_sock_set_state
+/args->protocol == IPPROTO_TCP && args->oldstate == TCP_CLOSE && args->newstate == TCP_SYN_SENT/
+{ @open[args->skaddr] = ustack; }
+tracepoint:tcp:tcp_destroy_sock { delete(@open[args->skaddr]); }
+";
+
+/// One round of one setting.
+struct Round {
+    ns_per_connection: f64,
+    /// leakbpf's CPU per event (trace, events), its events and losses.
+    cpu_per_event: Option<f64>,
+    events: u64,
+    lost: u64,
+    /// Program name -> (run ns, runs) over the churn (bpf_stats).
+    programs: std::collections::BTreeMap<String, (u64, u64)>,
+}
+
+/// Interleaved rounds (A B C D E, A B C D E, ...) of the churn under each
+/// setting: throughput against the untraced round of the same pass (median
+/// and range), leakbpf's CPU per event and losses, and each setting's
+/// kernel-side cost per program from bpf_stats.
 fn churn_table(connbench: &Path, leakbpf: &Path) -> Result<()> {
+    Command::new("sysctl")
+        .args(["-qw", "kernel.bpf_stats_enabled=1"])
+        .run()?;
+    let script = std::env::temp_dir().join("leakbpf-bench-peer.bt");
+    std::fs::write(&script, PEER_SCRIPT)?;
+    let mut rounds: Vec<Vec<Round>> = SETTINGS.iter().map(|_| Vec::new()).collect();
+    for _ in 0..ROUNDS {
+        for (index, setting) in SETTINGS.iter().enumerate() {
+            rounds[index].push(round(*setting, connbench, leakbpf, &script)?);
+        }
+    }
     println!(
-        "| setting | ns per connection (median of {ROUNDS}) | overhead | leakbpf CPU per event | events | lost |"
+        "| attached | ns per connection (median of {ROUNDS}) | throughput vs untraced (median, min–max) | leakbpf CPU per event | events | lost |"
     );
     println!("|---|---|---|---|---|---|");
-    let baseline = median(
-        (0..ROUNDS)
-            .map(|_| churn(connbench))
-            .collect::<Result<_>>()?,
-    );
-    println!("| no tracer | {baseline:.0} | - | - | - | - |");
-    for (label, args) in [
-        (
-            "`leakbpf trace` (tracepoint set)",
-            vec!["trace", "--format", "json", "--output", "/dev/null"],
-        ),
-        (
-            "`leakbpf events --format json`",
-            vec!["events", "--format", "json"],
-        ),
-    ] {
-        let mut times = Vec::new();
-        let mut cpu_per_event = Vec::new();
-        let mut events = 0;
-        let mut lost = 0;
-        for _ in 0..ROUNDS {
-            let tracer = Tracer::start(leakbpf, &args)?;
-            times.push(churn(connbench)?);
-            let cpu = tracer.cpu_seconds()?;
-            let summary = tracer.stop()?;
-            events = summary.events;
-            lost = summary.lost;
-            cpu_per_event.push(cpu * 1e9 / summary.events.max(1) as f64);
-        }
-        let median_ns = median(times);
+    let base: Vec<f64> = rounds[0].iter().map(|r| r.ns_per_connection).collect();
+    for (setting, done) in SETTINGS.iter().zip(&rounds) {
+        let mut ratios: Vec<f64> = done
+            .iter()
+            .zip(&base)
+            .map(|(r, b)| b / r.ns_per_connection)
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let cpu: Vec<f64> = done.iter().filter_map(|r| r.cpu_per_event).collect();
+        let final_round = done.last().context("no rounds")?;
+        let (cpu, events, lost) = if cpu.is_empty() {
+            ("-".to_owned(), "-".to_owned(), "-".to_owned())
+        } else {
+            (
+                format!("{:.0} ns", median(cpu)),
+                final_round.events.to_string(),
+                final_round.lost.to_string(),
+            )
+        };
         println!(
-            "| {label} | {median_ns:.0} | {:+.1}% | {:.0} ns | {events} | {lost} |",
-            (median_ns / baseline - 1.0) * 100.0,
-            median(cpu_per_event),
+            "| {} | {:.0} | {:.3} ({:.3}–{:.3}) | {cpu} | {events} | {lost} |",
+            setting.label(),
+            median(done.iter().map(|r| r.ns_per_connection).collect()),
+            median(ratios.clone()),
+            ratios[0],
+            ratios[ratios.len() - 1],
         );
+    }
+    let connections: f64 = CHURN.parse::<f64>()? * ROUNDS as f64;
+    for (setting, done) in SETTINGS.iter().zip(&rounds).skip(1) {
+        println!();
+        println!(
+            "| {} program | runs per connection | ns per run | ns per connection |",
+            setting.label()
+        );
+        println!("|---|---|---|---|");
+        let mut totals: std::collections::BTreeMap<&str, (u64, u64)> =
+            std::collections::BTreeMap::new();
+        for r in done {
+            for (name, (ns, runs)) in &r.programs {
+                let total = totals.entry(name.as_str()).or_default();
+                total.0 += ns;
+                total.1 += runs;
+            }
+        }
+        let mut sum = 0.0;
+        for (name, (ns, runs)) in totals {
+            if runs == 0 {
+                continue;
+            }
+            sum += ns as f64 / connections;
+            println!(
+                "| {name} | {:.2} | {:.0} | {:.0} |",
+                runs as f64 / connections,
+                ns as f64 / runs as f64,
+                ns as f64 / connections
+            );
+        }
+        println!("| **total** | | | **{sum:.0}** |");
     }
     Ok(())
 }
 
-/// The kernel side's own cost, per program, from `bpf_stats` (run time and
-/// run count of each program, `bpftool prog show`), over one churn under
-/// `leakbpf trace`: the table every kernel-side change is judged by.
-fn kernel_table(connbench: &Path, leakbpf: &Path) -> Result<()> {
-    Command::new("sysctl")
-        .args(["-qw", "kernel.bpf_stats_enabled=1"])
-        .run()?;
-    let connections: f64 = CHURN.parse()?;
-    println!();
-    println!("| `leakbpf trace` program | runs per connection | ns per run | ns per connection |");
-    println!("|---|---|---|---|");
+/// Runs one churn under `setting`.
+fn round(setting: Setting, connbench: &Path, leakbpf: &Path, script: &Path) -> Result<Round> {
     let existing = prog_stats()?;
-    let tracer = Tracer::start(
-        leakbpf,
-        &["trace", "--format", "json", "--output", "/dev/null"],
-    )?;
+    let mut done = Round {
+        ns_per_connection: 0.0,
+        cpu_per_event: None,
+        events: 0,
+        lost: 0,
+        programs: std::collections::BTreeMap::new(),
+    };
+    let tracer = match setting {
+        Setting::Untraced => None,
+        Setting::Leakbpf(_, args) => Some(Tracer::start(leakbpf, args)?),
+        Setting::Bpftrace => Some(Tracer::start_bpftrace(script, &existing)?),
+    };
     // Its programs: those loaded since (nothing else loads any meanwhile).
     let before: Vec<(u64, ProgStats)> = prog_stats()?
         .into_iter()
         .filter(|(id, _)| !existing.contains_key(id))
         .collect();
-    churn(connbench)?;
+    done.ns_per_connection = churn(connbench)?;
     let after = prog_stats()?;
-    tracer.stop()?;
-    let mut total = 0.0;
     for (id, start) in before {
-        let Some(end) = after.get(&id) else { continue };
-        let runs = end.runs.saturating_sub(start.runs) as f64;
-        let ns = end.ns.saturating_sub(start.ns) as f64;
-        if runs == 0.0 {
-            continue;
+        if let Some(end) = after.get(&id) {
+            let entry = done.programs.entry(end.name.clone()).or_default();
+            entry.0 += end.ns.saturating_sub(start.ns);
+            entry.1 += end.runs.saturating_sub(start.runs);
         }
-        total += ns / connections;
-        println!(
-            "| {} | {:.2} | {:.0} | {:.0} |",
-            end.name,
-            runs / connections,
-            ns / runs,
-            ns / connections
-        );
     }
-    println!("| **total** | | | **{total:.0}** |");
-    Ok(())
+    if let Some(tracer) = tracer {
+        let cpu = tracer.cpu_seconds()?;
+        let summary = tracer.stop()?;
+        if let Setting::Leakbpf(_, args) = setting
+            && args[0] != "agent"
+        {
+            done.events = summary.events;
+            done.lost = summary.lost;
+            done.cpu_per_event = Some(cpu * 1e9 / summary.events.max(1) as f64);
+        }
+    }
+    Ok(done)
 }
 
 struct ProgStats {
@@ -205,6 +295,10 @@ fn memory_table(connbench: &Path, leakbpf: &Path) -> Result<()> {
     );
     println!("| report of {sockets} sockets (SIGINT to exit) | {report_s:.2} s |");
     println!(
+        "| peak RSS, tracking them and reporting (VmHWM) | {} KiB |",
+        summary.peak_kib
+    );
+    println!(
         "| events / lost in that run | {} / {} |",
         summary.events, summary.lost
     );
@@ -256,6 +350,7 @@ struct Tracer {
 struct Summary {
     events: u64,
     lost: u64,
+    peak_kib: u64,
 }
 
 impl Drop for Tracer {
@@ -284,6 +379,33 @@ impl Tracer {
         Ok(Tracer { child })
     }
 
+    /// bpftrace running `script`, once its programs are loaded.
+    fn start_bpftrace(
+        script: &Path,
+        existing: &std::collections::BTreeMap<u64, ProgStats>,
+    ) -> Result<Tracer> {
+        let child = Command::new("bpftrace")
+            .arg(script)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting bpftrace (Debian's bpftrace package)")?;
+        let tracer = Tracer { child };
+        let started = Instant::now();
+        while prog_stats()?
+            .keys()
+            .filter(|id| !existing.contains_key(id))
+            .count()
+            < 2
+        {
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("bpftrace loaded no programs within 30 s");
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        Ok(tracer)
+    }
+
     fn stat(&self, file: &str) -> Result<String> {
         std::fs::read_to_string(format!("/proc/{}/{file}", self.child.id()))
             .with_context(|| format!("reading /proc/{}/{file}", self.child.id()))
@@ -303,6 +425,15 @@ impl Tracer {
         Ok(ticks / 100.0)
     }
 
+    fn peak_rss_kib(&self) -> Result<u64> {
+        let status = self.stat("status")?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .context("VmHWM")
+    }
+
     fn rss_kib(&self) -> Result<u64> {
         let status = self.stat("status")?;
         status
@@ -317,6 +448,13 @@ impl Tracer {
         Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
             .run()?;
+        // The peak RSS, report included: VmHWM until the process lets go of
+        // its memory (its status then has no Vm lines).
+        let mut peak_kib = 0;
+        while let Ok(kib) = self.peak_rss_kib() {
+            peak_kib = peak_kib.max(kib);
+            thread::sleep(Duration::from_millis(5));
+        }
         let mut stderr = String::new();
         self.child
             .stderr
@@ -344,6 +482,7 @@ impl Tracer {
         Ok(Summary {
             events: number_before(" events in"),
             lost,
+            peak_kib,
         })
     }
 }
