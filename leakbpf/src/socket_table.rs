@@ -9,7 +9,10 @@
 //! SCM_RIGHTS hand sockets to other processes. The table therefore keeps
 //! only the *opener* (where the leak was born); who holds a socket *now*
 //! comes from the fd tables at report time ([`crate::snapshot`]).
-use std::collections::HashMap;
+
+/// The table's maps hash small integer keys (kernel-made cookies, pids):
+/// FxHash, not SipHash. Nothing here is keyed by input an attacker picks.
+type FastMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
 use crate::event::{
     Close, Direction, Endpoints, Event, Exit, Open, Stack, StateChange, Task, TcpState,
@@ -150,14 +153,14 @@ pub struct TableStats {
 
 #[derive(Debug, Default)]
 pub struct SocketTable {
-    sockets: HashMap<u64, Socket>,
-    groups: HashMap<GroupKey, GroupCounts>,
+    sockets: FastMap<u64, Socket>,
+    groups: FastMap<GroupKey, GroupCounts>,
     /// Openers that exited since the last sweep: their group counts go once
     /// none of their sockets is open any more.
     exited: Vec<(u32, u64)>,
     /// Open sockets per opener (pid, start): what an exit needs to know
     /// without scanning every socket.
-    open_by_opener: HashMap<(u32, u64), u32>,
+    open_by_opener: FastMap<(u32, u64), u32>,
     limits: Limits,
     stats: TableStats,
 }
@@ -165,10 +168,10 @@ pub struct SocketTable {
 impl SocketTable {
     pub fn new(limits: Limits) -> Self {
         SocketTable {
-            sockets: HashMap::new(),
-            groups: HashMap::new(),
+            sockets: FastMap::default(),
+            groups: FastMap::default(),
             exited: Vec::new(),
-            open_by_opener: HashMap::new(),
+            open_by_opener: FastMap::default(),
             limits,
             stats: TableStats::default(),
         }
@@ -207,7 +210,7 @@ impl SocketTable {
     }
 
     /// `socket` is no longer open (closed, destroyed or forgotten).
-    fn uncount_open(open_by_opener: &mut HashMap<(u32, u64), u32>, socket: &Socket) {
+    fn uncount_open(open_by_opener: &mut FastMap<(u32, u64), u32>, socket: &Socket) {
         let key = (socket.opener.pid, socket.opener.start_ns);
         if let Some(n) = open_by_opener.get_mut(&key) {
             *n -= 1;
@@ -911,7 +914,7 @@ mod tests {
                         prop_assert!(counts.closed <= counts.opened, "{counts:?}");
                     }
                     // The per-opener index agrees with a full scan.
-                    let mut by_opener: HashMap<(u32, u64), u32> = HashMap::new();
+                    let mut by_opener: FastMap<(u32, u64), u32> = FastMap::default();
                     for socket in table.open_sockets() {
                         *by_opener.entry((socket.opener.pid, socket.opener.start_ns)).or_default() += 1;
                     }
