@@ -207,7 +207,54 @@ fn bad_input_gets_one_line_and_a_non_zero_exit() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let dir_path = dir.path().to_str().expect("UTF-8").to_owned();
     let missing_dir = format!("{dir_path}/no/such/dir/report.json");
+    let typo_config = format!("{dir_path}/agent.toml");
+    std::fs::write(&typo_config, "intervall = \"30s\"\n").expect("writing a config file");
+    let missing_config = format!("{dir_path}/none.toml");
+    // A port somebody else holds.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a port");
+    let taken_addr = taken.local_addr().expect("its address").to_string();
     let cases: Vec<(Vec<&str>, &str, i32)> = vec![
+        (
+            vec!["agent", "--window", "1"],
+            "the growing window takes 2 to 1000 intervals, not 1",
+            2,
+        ),
+        (
+            vec!["agent", "--max-sockets", "10"],
+            "tracked sockets can be capped from 1000",
+            2,
+        ),
+        (vec!["agent", "--top-k", "0"], "must be at least 1", 2),
+        (
+            vec!["agent", "--listen", "nowhere"],
+            "invalid value 'nowhere' for '--listen",
+            2,
+        ),
+        (
+            vec!["agent", "--interval", "0"],
+            "must be longer than zero",
+            2,
+        ),
+        (
+            vec!["agent", "--metric-label", "1node=x"],
+            "is not a Prometheus label name",
+            2,
+        ),
+        (
+            vec!["agent", "--config", &missing_config],
+            "reading the config file",
+            1,
+        ),
+        (
+            vec!["agent", "--config", &typo_config],
+            "unknown field `intervall`",
+            1,
+        ),
+        (
+            vec!["agent", "--listen", &taken_addr],
+            "listening on 127.0.0.1:",
+            1,
+        ),
         (
             vec!["trace", "--duration", "300000000000y"],
             "longer than leakbpf takes",
