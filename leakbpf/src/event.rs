@@ -28,6 +28,27 @@ pub enum Event {
 }
 
 impl Event {
+    /// The kinds' names, as `events` prints them and metrics label them,
+    /// in the order of [`Event::kind_index`].
+    pub const KINDS: [&'static str; 6] = ["open", "state", "close", "destroy", "exit", "stack"];
+
+    /// This event's place in [`Event::KINDS`] (a counter per kind needs no
+    /// string on the hot path).
+    pub fn kind_index(&self) -> usize {
+        match self {
+            Event::Open(_) => 0,
+            Event::State(_) => 1,
+            Event::Close(_) => 2,
+            Event::Destroy(_) => 3,
+            Event::Exit(_) => 4,
+            Event::Stack(_) => 5,
+        }
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        Event::KINDS[self.kind_index()]
+    }
+
     pub fn time_ns(&self) -> u64 {
         match self {
             Event::Open(e) => e.time_ns,

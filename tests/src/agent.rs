@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{TIMEOUT, hooks_args, leakbpf_bin, unused_port, watch_stderr};
+use crate::{Fixture, TIMEOUT, hooks_args, leakbpf_bin, python, unused_port, watch_stderr};
 
 pub struct Agent {
     child: Child,
@@ -193,4 +193,40 @@ pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64>
             .all(|(k, v)| label_text.split(',').any(|l| l == format!("{k}=\"{v}\"")))
             .then(|| value.trim().parse().ok())?
     })
+}
+
+/// `agent_leaker.py serve HOST`: accepts and closes at once (the client's
+/// sockets go to CLOSE_WAIT); its port.
+pub fn leak_server(host: &str) -> (Fixture, u16) {
+    let mut server = Fixture::spawn({
+        let mut c = python("agent_leaker.py");
+        c.args(["serve", host]);
+        c
+    });
+    let port = server.port();
+    server.ready();
+    (server, port)
+}
+
+/// `agent_leaker.py client HOST PORT [--nofile N]`, ready for commands.
+pub fn leak_client(host: &str, port: u16, nofile: Option<u32>) -> Fixture {
+    let mut client = Fixture::spawn({
+        let mut c = python("agent_leaker.py");
+        c.args(["client", host, &port.to_string()]);
+        if let Some(n) = nofile {
+            c.args(["--nofile", &n.to_string()]);
+        }
+        c
+    });
+    client.ready();
+    client
+}
+
+/// Has `client` open and keep `n` more sockets; returns how many it keeps.
+pub fn open_more(client: &mut Fixture, n: usize) -> usize {
+    client.send_line(&format!("open {n}"));
+    let line = client.read_line();
+    line.strip_prefix("open ")
+        .and_then(|total| total.parse().ok())
+        .unwrap_or_else(|| panic!("the client said {line:?}, not `open TOTAL`"))
 }

@@ -5,8 +5,8 @@ use std::{process::Command, time::Duration};
 
 use leakbpf_tests::{
     Fixture,
-    agent::{Agent, sample},
-    c_fixture_linked, go_tool_pprof, python, symbols,
+    agent::{Agent, leak_client, leak_server, open_more, sample},
+    c_fixture_linked, go_tool_pprof, symbols,
 };
 use serde_json::Value;
 
@@ -20,33 +20,8 @@ fn agent(extra: &[&str]) -> Agent {
     Agent::start(&args)
 }
 
-fn server(host: &str) -> (Fixture, u16) {
-    let mut server = Fixture::spawn({
-        let mut c = python("agent_leaker.py");
-        c.args(["serve", host]);
-        c
-    });
-    let port = server.port();
-    server.ready();
-    (server, port)
-}
-
-fn client(host: &str, port: u16, nofile: Option<u32>) -> Fixture {
-    let mut client = Fixture::spawn({
-        let mut c = python("agent_leaker.py");
-        c.args(["client", host, &port.to_string()]);
-        if let Some(n) = nofile {
-            c.args(["--nofile", &n.to_string()]);
-        }
-        c
-    });
-    client.ready();
-    client
-}
-
 fn open(client: &mut Fixture, n: usize) {
-    client.send_line(&format!("open {n}"));
-    assert!(client.read_line().starts_with("open "));
+    assert!(open_more(client, n) >= n);
 }
 
 fn process(report: &Value, pid: u32) -> Option<&Value> {
@@ -64,8 +39,8 @@ fn open_of(report: &Value, pid: u32) -> u64 {
 #[test]
 fn a_leak_shows_in_metrics_and_leaks_with_its_stack_and_clears_when_the_process_exits() {
     let agent = agent(&[]);
-    let (_server, port) = server("127.0.0.1");
-    let mut client = client("127.0.0.1", port, None);
+    let (_server, port) = leak_server("127.0.0.1");
+    let mut client = leak_client("127.0.0.1", port, None);
     let pid = client.pid();
     open(&mut client, 4);
     let window = Duration::from_secs(2 * INTERVAL_S);
@@ -136,9 +111,9 @@ fn a_leak_shows_in_metrics_and_leaks_with_its_stack_and_clears_when_the_process_
 #[test]
 fn a_steady_leak_gets_its_fd_exhaustion_predicted_within_a_quarter() {
     let agent = agent(&[]);
-    let (_server, port) = server("127.0.0.1");
+    let (_server, port) = leak_server("127.0.0.1");
     let limit = 160;
-    let mut client = client("127.0.0.1", port, Some(limit));
+    let mut client = leak_client("127.0.0.1", port, Some(limit));
     let pid = client.pid();
     // Ten sockets a second: from a handful of fds to 160 in about 15 s.
     client.send_line("drip 0.1");
@@ -296,8 +271,8 @@ fn sockets_inside_another_network_namespace_are_listed_with_its_addresses() {
 fn lost_events_are_healed_by_reconciliation_and_counted() {
     // The smallest ring: a stopped reader loses a burst.
     let agent = agent(&["--ring-bytes", "4096"]);
-    let (_server, port) = server("127.0.0.1");
-    let mut client = client("127.0.0.1", port, None);
+    let (_server, port) = leak_server("127.0.0.1");
+    let mut client = leak_client("127.0.0.1", port, None);
     let pid = client.pid();
     open(&mut client, 10);
     let query = format!("?pid={pid}");
@@ -413,8 +388,8 @@ fn sigterm_exits_within_two_seconds_and_leaves_nothing_attached() {
 #[test]
 fn curl_pprof_and_promtool_accept_the_outputs() {
     let agent = agent(&[]);
-    let (_server, port) = server("127.0.0.1");
-    let mut client = client("127.0.0.1", port, None);
+    let (_server, port) = leak_server("127.0.0.1");
+    let mut client = leak_client("127.0.0.1", port, None);
     let pid = client.pid();
     open(&mut client, 2);
     agent.wait_leaks(

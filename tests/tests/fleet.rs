@@ -16,8 +16,8 @@ use std::{
 
 use leakbpf_tests::{
     Fixture,
-    agent::{Agent, sample},
-    hooks_args, leakbpf_bin, python, unused_port,
+    agent::{Agent, leak_client, leak_server, open_more, sample},
+    hooks_args, leakbpf_bin, unused_port,
 };
 use serde_json::Value;
 
@@ -141,33 +141,8 @@ fn unit_value(unit: &str, key: &str) -> String {
     values[0].clone()
 }
 
-fn leak_server() -> (Fixture, u16) {
-    let mut server = Fixture::spawn({
-        let mut c = python("agent_leaker.py");
-        c.args(["serve", "127.0.0.1"]);
-        c
-    });
-    let port = server.port();
-    server.ready();
-    (server, port)
-}
-
-fn leak_client(port: u16, nofile: Option<u32>) -> Fixture {
-    let mut client = Fixture::spawn({
-        let mut c = python("agent_leaker.py");
-        c.args(["client", "127.0.0.1", &port.to_string()]);
-        if let Some(n) = nofile {
-            c.args(["--nofile", &n.to_string()]);
-        }
-        c
-    });
-    client.ready();
-    client
-}
-
 fn open(client: &mut Fixture, n: usize) {
-    client.send_line(&format!("open {n}"));
-    assert_eq!(client.read_line(), format!("open {n}"));
+    assert_eq!(open_more(client, n), n);
 }
 
 /// The systemd unit: `systemd-analyze verify` finds nothing to say about
@@ -211,8 +186,8 @@ fn the_systemd_unit_verifies_and_its_user_and_capabilities_run_the_agent() {
         .args(["--interval", "1s", "--window", "3"])
         .args(hooks_args());
     let agent = Agent::start_command(command, port);
-    let (_server, server_port) = leak_server();
-    let mut client = leak_client(server_port, None);
+    let (_server, server_port) = leak_server("127.0.0.1");
+    let mut client = leak_client("127.0.0.1", server_port, None);
     let pid = client.pid();
     open(&mut client, 3);
     let status = read(Path::new(&format!("/proc/{}/status", agent.pid())));
@@ -755,8 +730,8 @@ fn one_series(result: &[Value], pid: u32) -> Option<Value> {
 fn prometheus_scrapes_the_leak_with_its_labels_and_the_constant_labels() {
     let agent = agent_with_node_label();
     let prometheus = Prometheus::start(&agent);
-    let (_server, port) = leak_server();
-    let mut client = leak_client(port, None);
+    let (_server, port) = leak_server("127.0.0.1");
+    let mut client = leak_client("127.0.0.1", port, None);
     let pid = client.pid();
     open(&mut client, 4);
     let query = format!("leakbpf_open_sockets{{pid=\"{pid}\"}}");
@@ -826,8 +801,8 @@ fn alert_expr(rules: &Value, name: &str) -> String {
 fn a_growing_leak_fires_the_alert_expressions_and_feeds_every_dashboard_panel() {
     let agent = agent_with_node_label();
     let prometheus = Prometheus::start(&agent);
-    let (_server, port) = leak_server();
-    let mut client = leak_client(port, Some(4096));
+    let (_server, port) = leak_server("127.0.0.1");
+    let mut client = leak_client("127.0.0.1", port, Some(4096));
     let pid = client.pid();
     client.send_line("drip 0.2");
     let rules = &yaml_docs(&deploy("prometheus/rules.yml"))[0];

@@ -240,28 +240,14 @@ mod tests {
     }
 
     fn process(pid: u32, comm: &str, sockets: Vec<SocketReport>) -> ProcessReport {
+        let count = sockets.len();
         ProcessReport {
             pid,
             comm: comm.into(),
-            open: sockets.len(),
+            open: count,
             groups: vec![Group {
-                direction: Direction::Connect,
-                count: sockets.len(),
-                opener: None,
-                holder_found: true,
-                shared: 0,
-                oldest_age_s: 0.0,
-                newest_age_s: 0.0,
-                states: [(TcpState::CloseWait, sockets.len())].into(),
-                classes: Vec::new(),
-                evidence: Vec::new(),
-                hints: Vec::new(),
-                remotes: Vec::new(),
-                opened_during_trace: 0,
-                closed_during_trace: 0,
-                stack: Vec::new(),
-                kernel_stack: Vec::new(),
                 sockets,
+                ..Group::for_tests(Direction::Connect, count)
             }],
             ..ProcessReport::default()
         }
@@ -278,34 +264,29 @@ mod tests {
         }
     }
 
+    fn query(query: &LeakQuery) -> anyhow::Result<Report> {
+        view(&report(), query)
+    }
+
     #[test]
     fn filters_by_pid_comm_and_age_and_recounts() {
-        let by_pid = view(
-            &report(),
-            &LeakQuery {
-                pid: Some(2),
-                ..LeakQuery::default()
-            },
-        )
+        let by_pid = query(&LeakQuery {
+            pid: Some(2),
+            ..LeakQuery::default()
+        })
         .unwrap();
         assert_eq!(by_pid.processes.len(), 1);
         assert_eq!(by_pid.open_sockets, 1);
-        let by_comm = view(
-            &report(),
-            &LeakQuery {
-                comm: Some("a".into()),
-                ..LeakQuery::default()
-            },
-        )
+        let by_comm = query(&LeakQuery {
+            comm: Some("a".into()),
+            ..LeakQuery::default()
+        })
         .unwrap();
         assert_eq!((by_comm.processes[0].pid, by_comm.open_sockets), (1, 2));
-        let old = view(
-            &report(),
-            &LeakQuery {
-                min_age: Some("10s".into()),
-                ..LeakQuery::default()
-            },
-        )
+        let old = query(&LeakQuery {
+            min_age: Some("10s".into()),
+            ..LeakQuery::default()
+        })
         .unwrap();
         assert_eq!(old.processes.len(), 1);
         assert_eq!(old.processes[0].open, 1);

@@ -14,13 +14,13 @@ use prometheus_client::{
 };
 
 use super::suspects::Suspect;
-use crate::{completeness::LostCounts, report::model::Report};
+use crate::{completeness::LostCounts, event::Event, report::model::Report};
 
 /// The agent's own counters, besides the report.
 #[derive(Clone, Debug, Default)]
 pub struct AgentStats {
-    /// Lifecycle events read, by kind (open, state, close, destroy, exit).
-    pub events: BTreeMap<&'static str, u64>,
+    /// Lifecycle events read, by kind (indexed like [`Event::KINDS`]).
+    pub events: [u64; Event::KINDS.len()],
     pub lost: LostCounts,
     pub tracked_sockets: usize,
     pub tracked_processes: usize,
@@ -38,7 +38,6 @@ pub struct AgentStats {
     /// reported (their open was lost).
     pub reconciled_removed: u64,
     pub reconciled_added: u64,
-    pub reconciliations: u64,
     pub rss_bytes: u64,
     pub cpu_seconds: f64,
 }
@@ -214,7 +213,7 @@ fn agent_series(registry: &mut Registry, report: &Report, stats: &AgentStats) {
         "Lifecycle events read from the kernel, by kind",
         events.clone(),
     );
-    for (kind, count) in &stats.events {
+    for (kind, count) in Event::KINDS.iter().zip(&stats.events) {
         events
             .get_or_create(&KindLabels {
                 kind: (*kind).to_owned(),
@@ -376,7 +375,7 @@ fn to_i64(n: usize) -> i64 {
 mod tests {
     use super::*;
     use crate::{
-        event::{Direction, TcpState},
+        event::Direction,
         report::model::{Group, ProcessReport},
     };
 
@@ -385,25 +384,7 @@ mod tests {
             pid,
             comm: format!("p{pid}"),
             open,
-            groups: vec![Group {
-                direction: Direction::Connect,
-                count: open,
-                opener: None,
-                holder_found: true,
-                shared: 0,
-                oldest_age_s: 0.0,
-                newest_age_s: 0.0,
-                states: [(TcpState::CloseWait, open)].into(),
-                classes: Vec::new(),
-                evidence: Vec::new(),
-                hints: Vec::new(),
-                remotes: Vec::new(),
-                opened_during_trace: 0,
-                closed_during_trace: 0,
-                stack: Vec::new(),
-                kernel_stack: Vec::new(),
-                sockets: Vec::new(),
-            }],
+            groups: vec![Group::for_tests(Direction::Connect, open)],
             ..ProcessReport::default()
         }
     }
@@ -447,8 +428,9 @@ mod tests {
             "{text}"
         );
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        // 1 open + 4 suspects + 6 lost + 4 tracked + 3 evictions + 2 fixes + complete, RSS, CPU.
-        assert_eq!(samples.len(), 23, "{text}");
+        // 1 open + 4 suspects + 6 event kinds (each counted from 0) + 6 lost
+        // + 4 tracked + 3 evictions + 2 fixes + complete, RSS, CPU.
+        assert_eq!(samples.len(), 29, "{text}");
         for line in samples {
             assert!(line.starts_with("leakbpf_"), "{line}");
             assert!(line.contains(&format!("{{{prefix}")), "{line}");

@@ -208,7 +208,7 @@ impl Agent {
 
     fn apply(&mut self, tracer: &Tracer, batch: &mut Vec<Event>) {
         for mut event in batch.drain(..) {
-            *self.stats.events.entry(kind(&event)).or_default() += 1;
+            self.stats.events[event.kind_index()] += 1;
             self.stacks.observe(tracer, &mut event);
             self.table.apply(&event);
         }
@@ -289,7 +289,6 @@ impl Agent {
         let preexisting = self.table.stats().preexisting;
         self.stats.reconciled_added += preexisting - self.preexisting_seen;
         self.preexisting_seen = preexisting;
-        self.stats.reconciliations += 1;
         if !partial {
             self.healed = lost_before;
         }
@@ -342,7 +341,7 @@ impl Agent {
             time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             hooks: tracer.hooks().name().to_owned(),
             duration_s: self.started.elapsed().as_secs_f64(),
-            events: self.stats.events.values().sum(),
+            events: self.stats.events.iter().sum(),
             lost_events: lost.events(),
             lost_stacks: lost.stacks(),
             complete: incomplete.is_empty(),
@@ -470,17 +469,6 @@ fn outlook_of(report: &Report, pid: u32) -> Option<Outlook> {
         .iter()
         .find(|p| p.pid == pid)
         .and_then(|p| p.outlook.clone())
-}
-
-fn kind(event: &Event) -> &'static str {
-    match event {
-        Event::Open(_) => "open",
-        Event::State(_) => "state",
-        Event::Close(_) => "close",
-        Event::Destroy(_) => "destroy",
-        Event::Exit(_) => "exit",
-        Event::Stack(_) => "stack",
-    }
 }
 
 /// One JSON line on stdout (journald keeps it as the message).

@@ -95,11 +95,11 @@ impl Suspects {
     /// the window's verdict) at `at_s` seconds on any monotonic clock.
     pub fn evaluate(&mut self, report: &mut Report, at_s: f64) -> Evaluation {
         let mut found = Evaluation::default();
-        let mut seen = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for process in &mut report.processes {
             for group in &mut process.groups {
                 let key = group_key(process.pid, group);
-                seen.push(key);
+                seen.insert(key);
                 let tracked = self.groups.entry(key).or_insert_with(|| Tracked {
                     samples: VecDeque::new(),
                     classes: Vec::new(),
@@ -169,11 +169,7 @@ impl Suspects {
         found
     }
 
-    /// Groups followed now (bounded by the report's groups).
-    pub fn len(&self) -> usize {
-        self.groups.len()
-    }
-
+    /// Whether no group is followed (all of them left the report).
     pub fn is_empty(&self) -> bool {
         self.groups.is_empty()
     }
@@ -252,23 +248,14 @@ mod tests {
                 comm: "leaky".into(),
                 open: count,
                 groups: vec![Group {
-                    direction: Direction::Connect,
-                    count,
-                    opener: None,
-                    holder_found: true,
-                    shared: 0,
                     oldest_age_s: 1.0,
                     newest_age_s: 1.0,
                     states: std::collections::BTreeMap::new(),
                     classes: classes.to_vec(),
                     evidence: classes.iter().map(|c| c.name().to_owned()).collect(),
-                    hints: Vec::new(),
-                    remotes: Vec::new(),
                     opened_during_trace: opened,
                     closed_during_trace: closed,
-                    stack: Vec::new(),
-                    kernel_stack: Vec::new(),
-                    sockets: Vec::new(),
+                    ..Group::for_tests(Direction::Connect, count)
                 }],
                 ..ProcessReport::default()
             }],

@@ -247,14 +247,7 @@ impl<W: std::io::Write> Printer<W> {
     ) -> Record<'a> {
         let task = actor(event, socket);
         let mut record = Record {
-            event: match event {
-                Event::Open(_) => "open",
-                Event::State(_) => "state",
-                Event::Close(_) => "close",
-                Event::Destroy(_) => "destroy",
-                Event::Exit(_) => "exit",
-                Event::Stack(_) => "stack",
-            },
+            event: event.kind_name(),
             time: humantime::format_rfc3339_micros(self.clock.wall(event.time_ns())).to_string(),
             time_ns: event.time_ns(),
             pid: task.pid,

@@ -128,6 +128,33 @@ pub struct Outlook {
     pub memory_exhaustion_s: Option<f64>,
 }
 
+#[cfg(test)]
+impl Group {
+    /// `count` CLOSE_WAIT sockets opened by `direction`, nothing else known
+    /// (the unit tests' starting point).
+    pub(crate) fn for_tests(direction: Direction, count: usize) -> Group {
+        Group {
+            direction,
+            count,
+            opener: None,
+            holder_found: true,
+            shared: 0,
+            oldest_age_s: 0.0,
+            newest_age_s: 0.0,
+            states: [(TcpState::CloseWait, count)].into(),
+            classes: Vec::new(),
+            evidence: Vec::new(),
+            hints: Vec::new(),
+            remotes: Vec::new(),
+            opened_during_trace: 0,
+            closed_during_trace: 0,
+            stack: Vec::new(),
+            kernel_stack: Vec::new(),
+            sockets: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Opener {
     pub pid: u32,

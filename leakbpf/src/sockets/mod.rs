@@ -69,20 +69,17 @@ pub struct ScanStats {
 /// TCP sockets with a file (inode != 0) that some process holds, with
 /// their owners.
 pub fn scan(options: &ScanOptions) -> Result<Vec<OwnedSocket>> {
-    scan_with_stats(options).map(|(sockets, _)| sockets)
-}
-
-/// [`scan`], also saying what it could not see (fd tables it was refused,
-/// undecodable messages), so a caller can warn that the list is partial.
-pub fn scan_with_stats(options: &ScanOptions) -> Result<(Vec<OwnedSocket>, ScanStats)> {
-    scan_full(options).map(|(sockets, stats, _)| (sockets, stats))
+    scan_full(options).map(|(sockets, _, _)| sockets)
 }
 
 /// Socket fds (pid, fd) whose socket the kernel's TCP list did not have:
 /// other kinds of sockets, listeners, and TCP sockets in CLOSE (unhashed).
 pub type Unlisted = std::collections::HashSet<(u32, i32)>;
 
-/// [`scan_with_stats`], also returning the socket fds nothing listed.
+/// [`scan`], also saying what it could not see (fd tables it was refused,
+/// undecodable messages, namespaces it could not enter), so a caller can
+/// warn that the list is partial, and returning the socket fds nothing
+/// listed.
 pub fn scan_full(options: &ScanOptions) -> Result<(Vec<OwnedSocket>, ScanStats, Unlisted)> {
     let (dump, namespaces) = netns::dump_everywhere(options.states)?;
     let (mut owners, walk) =
