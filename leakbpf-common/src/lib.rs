@@ -140,6 +140,26 @@ pub const STACK_NOT_TAKEN: StackId = -61;
 /// before this open (beyond every errno, which stops at 4095).
 pub const STACK_INLINE: StackId = -4096;
 
+/// The Go request site (`net/http` dials on a goroutine of its own; entry
+/// uprobes on the Transport tie that goroutine back to the caller's stack).
+pub mod go {
+    use super::StackId;
+
+    /// `request_stack_id` of an open that has no request site to look for:
+    /// an accept, or a process whose binary leakbpf does not probe.
+    pub const NOT_PROBED: StackId = super::STACK_NOT_TAKEN;
+    /// A probed Go process connected from a goroutine no request was seen
+    /// dialing from (not net/http, a request made before the probes were
+    /// attached, a cgo dial). `-ENOENT`.
+    pub const UNJOINED: StackId = -2;
+
+    /// The attach cookie of every Go uprobe: where the goroutine id lives in
+    /// that binary's `runtime.g` (byte offset).
+    pub const fn cookie(goid_offset: u32) -> u64 {
+        goid_offset as u64
+    }
+}
+
 /// Frames a stack holds at most (the kernel's default `perf_event_max_stack`).
 pub const MAX_STACK_DEPTH: usize = 127;
 
@@ -168,6 +188,11 @@ pub struct OpenEvent {
     pub fd: i32,
     pub user_stack_id: StackId,
     pub kernel_stack_id: StackId,
+    /// A Go connect's request site: the user stack of the goroutine that
+    /// asked net/http for this connection (see [`go`]), or one of
+    /// [`go::NOT_PROBED`], [`go::UNJOINED`], `-errno` of that stack.
+    pub request_stack_id: StackId,
+    pub _pad2: u32,
     /// User stack pointer (0 if unknown) and the words above it.
     pub user_sp: u64,
     pub user_stack_top: [u64; USER_STACK_TOP_WORDS],
@@ -243,6 +268,9 @@ pub struct KernelOffsets {
     pub task_comm: u32,
     pub task_group_leader: u32,
     pub task_start_boottime: u32,
+    /// `task_struct.thread.fsbase` (x86-64): a Go thread's TLS base; the
+    /// current goroutine's `g` is the word just below it.
+    pub task_fsbase: u32,
     // tracepoint records
     /// `ret` in `syscalls:sys_exit_accept{,4}`.
     pub accept_exit_ret: u32,
@@ -277,6 +305,9 @@ pub struct HookConfig {
     /// pid; a state change after the connect carries no tuple). 0: every
     /// fact, for `events`.
     pub lean: u32,
+    /// 1: look up the Go request site of each connect (the Go uprobes are
+    /// loaded; `--no-go-uprobes` clears it).
+    pub go_requests: u32,
 }
 
 /// The transitions the socket table needs for `trace` and the agent.

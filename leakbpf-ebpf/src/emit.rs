@@ -169,6 +169,11 @@ pub fn submit_open<C: StackIdContext>(
     // Stacks first: an inline user stack must precede its open in the ring.
     let kernel_stack = kernel_stack && HOOKS.load().kernel_stacks != 0;
     let (user_stack_id, kernel_stack_id) = stack_ids(ctx, kernel_stack, cookie);
+    let request_stack_id = if direction == leakbpf_common::direction::CONNECT {
+        crate::go_request::request_stack_id()
+    } else {
+        leakbpf_common::go::NOT_PROBED
+    };
     let Some(mut entry) = EVENTS.reserve::<OpenEvent>(0) else {
         count_lost(lost::RINGBUF_FULL);
         return;
@@ -185,6 +190,8 @@ pub fn submit_open<C: StackIdContext>(
         (*event).fd = fd;
         (*event).user_stack_id = user_stack_id;
         (*event).kernel_stack_id = kernel_stack_id;
+        (*event).request_stack_id = request_stack_id;
+        (*event)._pad2 = 0;
         (*event).user_sp = 0;
         let top = &raw mut (*event).user_stack_top;
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as u64;

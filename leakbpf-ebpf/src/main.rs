@@ -11,6 +11,9 @@
 //! - [`tracepoint_set`]: stable tracepoints + a cgroup socket hook; needs
 //!   neither kprobes nor BPF trampolines.
 //!
+//! and, with any set, [`go_request`]: uprobes that find the Go request site
+//! of a connect.
+//!
 //! Rare failure paths log through aya-log (user space shows them with
 //! `--log-kernel` and otherwise sets the level to off before load).
 #![no_std]
@@ -22,6 +25,7 @@
 #![allow(clippy::needless_pass_by_value)]
 
 mod emit;
+mod go_request;
 mod kprobe_set;
 mod shared;
 mod sock;

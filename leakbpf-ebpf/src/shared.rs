@@ -31,6 +31,7 @@ pub static HOOKS: Global<HookConfig> = Global::new(HookConfig {
     state_mask: u32::MAX,
     kernel_stacks: 1,
     lean: 0,
+    go_requests: 0,
 });
 
 /// `inet_sock_set_state(sk, oldstate, newstate)`, fired before `sk_state`
@@ -163,6 +164,7 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     if pid == tgid {
+        crate::go_request::forget_process(tgid);
         submit(ExitEvent {
             header: header(kind::EXIT, 0),
             task: Task {

@@ -232,6 +232,11 @@ pub struct TracerArgs {
     /// same for every socket, and each walk costs the traced process).
     #[arg(long)]
     pub kernel_stacks: bool,
+    /// Do not attach uprobes to Go programs. By default leakbpf probes net/http's Transport in
+    /// every Go binary it sees (entry uprobes on four functions, about a microsecond per
+    /// request) to name the request site: the function whose request dialed the connection.
+    #[arg(long)]
+    pub no_go_uprobes: bool,
 }
 
 impl TracerArgs {
@@ -244,6 +249,7 @@ impl TracerArgs {
             cgroup_root: self.cgroup_root.clone(),
             all_facts: false,
             kernel_stacks: self.kernel_stacks,
+            go_uprobes: !self.no_go_uprobes,
         }
     }
 }

@@ -84,6 +84,11 @@ pub struct Open {
     pub fd: Option<i32>,
     pub user_stack: Stack,
     pub kernel_stack: Stack,
+    /// A Go connect's request site (see [`crate::go_requests`]): the user
+    /// stack of the goroutine whose request dialed it; [`Stack::NOT_PROBED`]
+    /// where there is none to look for, [`Stack::UNJOINED`] for a probed Go
+    /// process's connect no request was seen to ask for.
+    pub request_stack: Stack,
     /// User stack pointer at the syscall and the words above it (see
     /// [`crate::unwind`]); 0 and zeros when unknown.
     pub user_sp: u64,
@@ -265,6 +270,13 @@ pub enum Stack {
 }
 
 impl Stack {
+    /// No request site to look for: an accept, a process leakbpf does not
+    /// probe, or the Go uprobes are off.
+    pub const NOT_PROBED: Stack = Stack::Missing(-common::go::NOT_PROBED);
+    /// A probed Go process connected from a goroutine no request was seen
+    /// to dial from.
+    pub const UNJOINED: Stack = Stack::Missing(-common::go::UNJOINED);
+
     /// The stack map id, if the stack was recorded.
     pub fn id(self) -> Option<u32> {
         match self {
@@ -432,6 +444,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 fd: (raw.fd >= 0).then_some(raw.fd),
                 user_stack: stack(raw.user_stack_id),
                 kernel_stack: stack(raw.kernel_stack_id),
+                request_stack: stack(raw.request_stack_id),
                 user_sp: raw.user_sp,
                 user_stack_top: raw.user_stack_top,
                 leaf_caller: None,
@@ -587,7 +600,7 @@ mod tests {
         assert_eq!(size_of::<common::EventHeader>(), 24);
         assert_eq!(size_of::<common::Task>(), 40);
         assert_eq!(size_of::<common::Endpoints>(), 40);
-        assert_eq!(size_of::<common::OpenEvent>(), 256);
+        assert_eq!(size_of::<common::OpenEvent>(), 264);
         assert_eq!(size_of::<common::StateEvent>(), 72);
         assert_eq!(size_of::<common::CloseEvent>(), 72);
         assert_eq!(size_of::<common::DestroyEvent>(), 24);
@@ -611,6 +624,8 @@ mod tests {
             fd: -1,
             user_stack_id: 5,
             kernel_stack_id: -17,
+            request_stack_id: 11,
+            _pad2: 0,
             user_sp: 0x7ffd_0000,
             user_stack_top: [7; common::USER_STACK_TOP_WORDS],
         };
@@ -631,6 +646,7 @@ mod tests {
         assert_eq!(open.endpoints.state, TcpState::Established);
         assert_eq!(open.user_stack, Stack::Id(5));
         assert_eq!(open.kernel_stack, Stack::Missing(17));
+        assert_eq!(open.request_stack, Stack::Id(11));
         assert_eq!(open.user_sp, 0x7ffd_0000);
         assert_eq!(open.user_stack_top[15], 7);
         assert_eq!(open.leaf_caller, None);

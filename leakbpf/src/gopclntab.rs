@@ -112,6 +112,13 @@ impl GoSymbols {
         self.layout.lookup(&self.data, vaddr)
     }
 
+    /// The entry address (ELF virtual address) of the function named
+    /// `name` exactly (`net/http.(*Transport).queueForDial`); a linear scan,
+    /// for the few functions leakbpf probes.
+    pub fn entry_of(&self, name: &str) -> Option<u64> {
+        self.layout.entry_of(&self.data, name.as_bytes())
+    }
+
     /// Addresses covered by the function table: the Go text.
     pub fn text_range(&self) -> Range<u64> {
         self.layout.text_range(&self.data).unwrap_or(0..0)
@@ -123,10 +130,17 @@ impl GoSymbols {
             _ => return Ok(None),
         }
         let file = object::File::parse(data).map_err(|e| anyhow!("parsing ELF: {e}"))?;
-        let Some((pclntab, address)) = find_pclntab(&file)? else {
+        Self::from_object(&file)
+    }
+
+    /// Like [`GoSymbols::from_elf_path`], for an ELF file already parsed.
+    pub fn from_object<'data, R: ReadRef<'data>>(
+        file: &object::File<'data, R>,
+    ) -> Result<Option<GoSymbols>> {
+        let Some((pclntab, address)) = find_pclntab(file)? else {
             return Ok(None);
         };
-        let text_start = relocated_text_start(&file, pclntab, address);
+        let text_start = relocated_text_start(file, pclntab, address);
         Self::from_pclntab(pclntab, text_start).map(Some)
     }
 }
@@ -368,6 +382,15 @@ impl Layout {
             .checked_add(self.entry_size())?
             .checked_add((n - 1) * 4)?;
         read_u32(data, off, self.big_endian)
+    }
+
+    fn entry_of(&self, data: &[u8], name: &[u8]) -> Option<u64> {
+        (0..self.nfunc).find_map(|i| {
+            let func = self.func(data, i)?;
+            let name_off = self.func_field(data, func, FIELD_NAMEOFF)?;
+            let found = c_str(data, self.funcnametab.checked_add(name_off as usize)?)?;
+            (found == name).then(|| self.pc(data, i)).flatten()
+        })
     }
 
     fn lookup(&self, data: &[u8], vaddr: u64) -> Option<GoFrame> {

@@ -13,6 +13,7 @@ pub mod completeness;
 pub mod containers;
 pub mod event;
 pub mod filter;
+pub mod go_requests;
 pub mod gopclntab;
 pub mod hooks;
 pub mod kernel;

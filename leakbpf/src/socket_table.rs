@@ -37,6 +37,8 @@ pub struct Socket {
     /// The caller frame-pointer unwinding skipped (see [`crate::unwind`]).
     pub leaf_caller: Option<u64>,
     pub kernel_stack: Stack,
+    /// A Go connect's request site ([`Open::request_stack`]).
+    pub request_stack: Stack,
     pub closed: Option<Closed>,
 }
 
@@ -65,6 +67,9 @@ pub struct GroupKey {
     pub direction: Direction,
     pub user_stack: Option<u32>,
     pub leaf_caller: Option<u64>,
+    /// Two request sites that dialed from the same Transport code are two
+    /// groups: each is a line to fix.
+    pub request_stack: Option<u32>,
 }
 
 impl Socket {
@@ -75,6 +80,7 @@ impl Socket {
             direction: self.direction,
             user_stack: self.user_stack.id(),
             leaf_caller: self.leaf_caller,
+            request_stack: self.request_stack.id(),
         }
     }
 }
@@ -263,6 +269,7 @@ impl SocketTable {
             user_stack: open.user_stack,
             leaf_caller: open.leaf_caller,
             kernel_stack: open.kernel_stack,
+            request_stack: open.request_stack,
             closed: None,
         };
         self.groups.entry(socket.group_key()).or_default().opened += 1;
@@ -307,6 +314,7 @@ impl SocketTable {
                 user_stack: Stack::Missing(0),
                 leaf_caller: None,
                 kernel_stack: Stack::Missing(0),
+                request_stack: Stack::NOT_PROBED,
                 closed: None,
             },
         );
@@ -474,6 +482,7 @@ mod tests {
             user_stack: Stack::Id(1),
             kernel_stack: Stack::Id(2),
             user_sp: 0,
+            request_stack: Stack::NOT_PROBED,
             user_stack_top: [0; leakbpf_common::USER_STACK_TOP_WORDS],
             leaf_caller: None,
         })
@@ -741,7 +750,8 @@ mod tests {
                 start_ns: 100_000,
                 direction: Direction::Connect,
                 user_stack: Some(1),
-                leaf_caller: None
+                leaf_caller: None,
+                request_stack: None,
             }
         );
         assert_eq!(

@@ -97,7 +97,11 @@ impl StackResolver {
             };
         }
         // After an inline stack got its id: that id is in use too.
-        for id in [open.user_stack.id(), open.kernel_stack.id()]
+        for id in [
+            open.user_stack.id(),
+            open.kernel_stack.id(),
+            open.request_stack.id(),
+        ]
             .into_iter()
             .flatten()
         {
@@ -136,6 +140,23 @@ impl StackResolver {
                     .insert(key, Slot::Pending(pending));
             }
             self.kernel_frames(source, open.kernel_stack);
+            // The request site, taken at the request by the same process.
+            if let Stack::Id(request) = open.request_stack {
+                let key = (pid, open.task.start_ns, request, None);
+                let frames = self
+                    .user_frames
+                    .get_mut()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if !frames.contains_key(&key)
+                    && let Some(ips) = self.user_ips(source, open.request_stack, None)
+                {
+                    let pending = self.symbolizer.submit_user(pid, &ips);
+                    self.user_frames
+                        .get_mut()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(key, Slot::Pending(pending));
+                }
+            }
         }
     }
 
@@ -340,6 +361,13 @@ impl crate::report::assemble::FrameSource for Frames<'_> {
             .map(|frames| frames.to_vec())
             .unwrap_or_default()
     }
+
+    fn request(&self, socket: &crate::socket_table::Socket) -> Vec<Frame> {
+        self.stacks
+            .user_frames(self.tracer, &socket.opener, socket.request_stack, None)
+            .map(|frames| frames.to_vec())
+            .unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
@@ -385,6 +413,7 @@ mod tests {
             user_stack: stack,
             kernel_stack: Stack::Missing(0),
             user_sp: 0,
+            request_stack: Stack::NOT_PROBED,
             user_stack_top: [0; leakbpf_common::USER_STACK_TOP_WORDS],
             leaf_caller: None,
         })

@@ -11,6 +11,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 pub use crate::completeness::LostCounts;
 use crate::{
     event::{self, Event},
+    go_requests::{self, GoBinaryStatus, GoProbes},
     hooks::{Capabilities, HookChoice, HookSet},
     kernel::{offsets, tracefs, verifier::MissingHelper},
 };
@@ -32,6 +33,9 @@ pub struct TracerOptions {
     /// needs (see `HookConfig::lean`; that table must then forget sockets
     /// at their close: `Limits::forget_closed`).
     pub all_facts: bool,
+    /// Name the Go request site of connects ([`crate::go_requests`]);
+    /// `--no-go-uprobes` clears it.
+    pub go_uprobes: bool,
 }
 
 pub struct Tracer {
@@ -45,6 +49,10 @@ pub struct Tracer {
     /// With `--log-kernel`: the reader of the kernel side's aya-log records.
     kernel_log: Option<aya_log::EbpfLogger<KernelLog>>,
     unresolved_cookies: u64,
+    /// The Go uprobes, when on.
+    go: Option<GoProbes>,
+    /// Why the Go uprobes are off although asked for.
+    go_off: Option<String>,
 }
 
 /// How often the reader drains the ring without being woken: the latency
@@ -81,6 +89,12 @@ impl Tracer {
         let hooks = caps.choose(options.hooks)?;
         let btf = btf.context("reading kernel BTF (/sys/kernel/btf/vmlinux)")?;
         let offsets = offsets::read_offsets().context("reading kernel offsets")?;
+        let go_off = (options.go_uprobes && !go_requests::uprobes_available()).then(|| {
+            "Go request sites are not named: this kernel has no uprobes \
+             (/sys/bus/event_source/devices/uprobe)"
+                .to_owned()
+        });
+        let go_on = options.go_uprobes && go_off.is_none();
         let ring_bytes = options
             .ring_bytes
             .unwrap_or(leakbpf_common::DEFAULT_RING_BYTES);
@@ -96,6 +110,7 @@ impl Tracer {
             },
             kernel_stacks: u32::from(options.kernel_stacks),
             lean: u32::from(!options.all_facts),
+            go_requests: u32::from(go_on),
         };
 
         let mut loader = EbpfLoader::new();
@@ -122,6 +137,18 @@ impl Tracer {
                 ),
                 None => err.context(format!("attaching the {hooks} hook set")),
             })?;
+
+        let (go, go_off) = if go_on {
+            match GoProbes::start(&mut ebpf) {
+                Ok(go) => (Some(go), go_off),
+                Err(err) => (
+                    None,
+                    Some(format!("Go request sites are not named: {err:#}")),
+                ),
+            }
+        } else {
+            (None, go_off)
+        };
 
         let kernel_log = if options.log_kernel {
             Some(
@@ -153,6 +180,8 @@ impl Tracer {
             undecodable: 0,
             kernel_log,
             unresolved_cookies: 0,
+            go,
+            go_off,
         })
     }
 
@@ -173,6 +202,7 @@ impl Tracer {
         guard.clear_ready();
         self.flush_kernel_log();
         self.unresolved_cookies += resolve_cookies(out, from);
+        self.observe_processes(&out[from..]);
         Ok(())
     }
 
@@ -183,6 +213,34 @@ impl Tracer {
         self.undecodable += drain_into(self.ring.get_mut(), out);
         self.flush_kernel_log();
         self.unresolved_cookies += resolve_cookies(out, from);
+        self.observe_processes(&out[from..]);
+    }
+
+    /// Probes the binary of each process at its first socket, and lets go
+    /// of binaries whose processes ended (Go request sites).
+    fn observe_processes(&mut self, events: &[Event]) {
+        let Some(go) = &mut self.go else { return };
+        for event in events {
+            match event {
+                Event::Open(open) => go.observe(&mut self._ebpf, open.task.pid),
+                Event::Exit(exit) => go.exit(&mut self._ebpf, exit.task.pid),
+                _ => {}
+            }
+        }
+    }
+
+    /// The Go binaries probed so far, and warnings about the Go request
+    /// sites (binaries that could not be probed, uprobes unavailable).
+    pub fn go_status(&self) -> (Vec<GoBinaryStatus>, Vec<String>) {
+        let mut warnings: Vec<String> = self.go_off.iter().cloned().collect();
+        let binaries = match &self.go {
+            Some(go) => {
+                warnings.extend(go.warnings().iter().cloned());
+                go.binaries().to_vec()
+            }
+            None => Vec::new(),
+        };
+        (binaries, warnings)
     }
 
     /// Prints the kernel log records that arrived (`--log-kernel`).
@@ -352,6 +410,7 @@ mod tests {
             user_stack: Stack::Id(1),
             kernel_stack: Stack::Id(2),
             user_sp: 0,
+            request_stack: Stack::NOT_PROBED,
             user_stack_top: [0; leakbpf_common::USER_STACK_TOP_WORDS],
             leaf_caller: None,
         })

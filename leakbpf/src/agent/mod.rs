@@ -426,15 +426,15 @@ impl Agent {
         for socket in self.table.sockets() {
             live.extend(socket.user_stack.id());
             live.extend(socket.kernel_stack.id());
-            if socket.is_open()
-                && let Some(id) = socket.user_stack.id()
-            {
-                needed.insert((
-                    socket.opener.pid,
-                    socket.opener.start_ns,
-                    id,
-                    socket.leaf_caller,
-                ));
+            live.extend(socket.request_stack.id());
+            if socket.is_open() {
+                let (pid, start) = (socket.opener.pid, socket.opener.start_ns);
+                if let Some(id) = socket.user_stack.id() {
+                    needed.insert((pid, start, id, socket.leaf_caller));
+                }
+                if let Some(id) = socket.request_stack.id() {
+                    needed.insert((pid, start, id, None));
+                }
             }
         }
         let recent = self.stacks.recent_ids();

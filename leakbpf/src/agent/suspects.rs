@@ -137,7 +137,9 @@ impl Suspects {
                     count: group.count,
                     evidence: group.evidence.clone(),
                     top_frames: group.stack.iter().take(5).map(frame_text).collect(),
-                    request_site: None,
+                    request_site: crate::report::classify::request_site_text(
+                        &group.request_stack,
+                    ),
                     outlook: None,
                     id: format!("{key:016x}"),
                 };
@@ -222,7 +224,7 @@ fn group_key(pid: u32, group: &Group) -> u64 {
     group.direction.hash(&mut hasher);
     group.holder_found.hash(&mut hasher);
     group.opener.as_ref().map(|o| o.pid).hash(&mut hasher);
-    for frame in &group.stack {
+    for frame in group.stack.iter().chain(&group.request_stack) {
         frame.address.hash(&mut hasher);
     }
     hasher.finish()

@@ -325,11 +325,14 @@ impl crate::pump::Consumer for Collector {
         let needed: HashSet<UserStackKey> = self
             .table
             .open_sockets()
-            .filter_map(|s| {
-                s.user_stack
-                    .id()
-                    .map(|id| (s.opener.pid, s.opener.start_ns, id, s.leaf_caller))
+            .flat_map(|s| {
+                let (pid, start) = (s.opener.pid, s.opener.start_ns);
+                [
+                    s.user_stack.id().map(|id| (pid, start, id, s.leaf_caller)),
+                    s.request_stack.id().map(|id| (pid, start, id, None)),
+                ]
             })
+            .flatten()
             .collect();
         self.stacks.retain_user(|key| needed.contains(key));
         if self.progress {

@@ -74,6 +74,8 @@ const STRUCT_MEMBERS: &[StructMember] = &[
     member!(task_comm: "task_struct"."comm", 16),
     member!(task_group_leader: "task_struct"."group_leader", POINTER),
     member!(task_start_boottime: "task_struct"."start_boottime", 8),
+    // x86-64's user TLS base: a Go thread keeps its current goroutine there.
+    member!(task_fsbase: "task_struct"."thread.fsbase", 8),
 ];
 
 /// Reads every offset from the running kernel: BTF from

@@ -21,6 +21,10 @@ use crate::{
 pub trait FrameSource {
     fn user(&self, socket: &Socket) -> Vec<Frame>;
     fn kernel(&self, socket: &Socket) -> Vec<Frame>;
+    /// The Go request site's stack; empty where there is none.
+    fn request(&self, _socket: &Socket) -> Vec<Frame> {
+        Vec::new()
+    }
 }
 
 /// Everything besides the table that shapes the report.
@@ -251,6 +255,7 @@ fn group(
     let first = held[0].socket;
     let counts = table.group_counts(&key.opened);
     let stack = frames.user(first);
+    let request_stack = frames.request(first);
     let found = classify::classify(&reports, direction, counts, options.thresholds);
     let ages = reports.iter().map(|r| r.age_s);
     Group {
@@ -268,7 +273,7 @@ fn group(
         states,
         classes: found.iter().map(|(class, _)| *class).collect(),
         evidence: found.into_iter().map(|(_, evidence)| evidence).collect(),
-        hints: classify::hints(&stack),
+        hints: classify::hints(&stack, &request_stack),
         remotes,
         opened_during_trace: counts.opened,
         closed_during_trace: counts.closed,
@@ -278,6 +283,7 @@ fn group(
             frames.kernel(first)
         },
         stack,
+        request_stack,
         sockets: reports,
     }
 }
@@ -362,6 +368,7 @@ mod tests {
             user_stack: Stack::Id(stack),
             kernel_stack: Stack::Id(9),
             user_sp: 0,
+            request_stack: Stack::NOT_PROBED,
             user_stack_top: [0; leakbpf_common::USER_STACK_TOP_WORDS],
             leaf_caller: None,
         })

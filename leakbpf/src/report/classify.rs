@@ -86,8 +86,52 @@ pub fn classify(
     found
 }
 
-/// Advice that depends on the code that opened the sockets.
-pub fn hints(stack: &[Frame]) -> Vec<String> {
+/// True for a frame of the program's own code in a Go stack: package
+/// `main`, or a package whose import path starts with a domain
+/// (`github.com/...`), not the standard library or the runtime.
+fn is_go_user_code(symbol: &str) -> bool {
+    match symbol.rfind('/') {
+        Some(_) => symbol.split('/').next().is_some_and(|first| first.contains('.')),
+        None => symbol.split('.').next() == Some("main"),
+    }
+}
+
+/// The request site of a Go connect: the innermost frame of the program's
+/// own code in its request stack, and the frame of its own code that
+/// called that one (when there is one).
+pub fn request_site(request: &[Frame]) -> Vec<&Frame> {
+    request
+        .iter()
+        .filter(|f| f.symbol.as_deref().is_some_and(is_go_user_code))
+        .take(2)
+        .collect()
+}
+
+/// `main.fetchUser (handler.go:41) ← main.handler (handler.go:20)`.
+pub fn request_site_text(request: &[Frame]) -> Option<String> {
+    let site = request_site(request);
+    if site.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = site
+        .iter()
+        .map(|frame| {
+            let symbol = frame.symbol.as_deref().unwrap_or("?");
+            match (&frame.file, frame.line) {
+                (Some(file), Some(line)) => {
+                    let base = file.rsplit('/').next().unwrap_or(file);
+                    format!("{symbol} ({base}:{line})")
+                }
+                _ => symbol.to_owned(),
+            }
+        })
+        .collect();
+    Some(parts.join(" \u{2190} "))
+}
+
+/// Advice that depends on the code that opened the sockets (`stack`) and,
+/// for Go, the code that requested them (`request`).
+pub fn hints(stack: &[Frame], request: &[Frame]) -> Vec<String> {
     let has = |needle: &str| {
         stack
             .iter()
@@ -95,7 +139,16 @@ pub fn hints(stack: &[Frame]) -> Vec<String> {
             .any(|s| s.starts_with(needle))
     };
     let mut hints = Vec::new();
-    if has("net/http.(*Transport).dialConn") || has("net/http.(*Transport).queueForDial") {
+    let http = has("net/http.(*Transport).dialConn") || has("net/http.(*Transport).queueForDial");
+    if http && let Some(site) = request_site_text(request) {
+        hints.push(format!(
+            "requested from {site}; each connection also pins persistConn.readLoop/writeLoop \
+             goroutines. Usual causes: a Response.Body that is never closed (connections pile \
+             up, CLOSE_WAIT once the server gives up) or an http.Transport (or http.Client with \
+             its own Transport) created per request with keep-alives on and no IdleConnTimeout \
+             (idle ESTABLISHED connections)."
+        ));
+    } else if http {
         hints.push(
             "Go net/http dials on its own goroutine, so this stack ends in the Transport, not in \
              your code: the caller is on another goroutine. Each of these connections also pins \
@@ -211,10 +264,10 @@ mod tests {
             frame("net/http.(*Transport).dialConn"),
             frame("net/http.(*Transport).dialConnFor"),
         ];
-        let hints = hints(&stack);
+        let hints = hints(&stack, &[]);
         assert_eq!(hints.len(), 1);
         assert!(hints[0].contains("persistConn.readLoop"));
-        assert!(super::hints(&[frame("main.main")]).is_empty());
+        assert!(super::hints(&[frame("main.main")], &[]).is_empty());
     }
 
     #[test]

@@ -34,7 +34,9 @@ pub fn encode(report: &Report) -> String {
             out.push_str(&root);
             out.push(';');
             out.push_str(&sanitize(&direction_frame_name(group.direction)));
-            for frame in group.stack.iter().rev() {
+            // The request site below the dial: main -> handler -> fetchUser
+            // -> ... -> dialConn reads top-down in a flame graph.
+            for frame in group.stack.iter().chain(&group.request_stack).rev() {
                 out.push(';');
                 out.push_str(&sanitize(&frame_name(frame)));
             }

@@ -105,6 +105,11 @@ pub struct Group {
     /// User stack, innermost frame first; empty for pre-existing sockets.
     pub stack: Vec<Frame>,
     pub kernel_stack: Vec<Frame>,
+    /// Go connects dialed by net/http: the stack of the goroutine whose
+    /// request dialed them (innermost first; the request site is its first
+    /// frame of the program's own code). Absent where there is none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub request_stack: Vec<Frame>,
     /// Oldest first.
     pub sockets: Vec<SocketReport>,
 }
@@ -150,6 +155,7 @@ impl Group {
             closed_during_trace: 0,
             stack: Vec::new(),
             kernel_stack: Vec::new(),
+            request_stack: Vec::new(),
             sockets: Vec::new(),
         }
     }

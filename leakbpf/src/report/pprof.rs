@@ -138,6 +138,7 @@ impl Builder {
                 for frame in group
                     .stack
                     .iter()
+                    .chain(&group.request_stack)
                     .filter(|f| f.module.as_ref() == Some(exe))
                 {
                     self.mapping(process.pid, exe, frame);
@@ -148,9 +149,11 @@ impl Builder {
         for process in &report.processes {
             let root = self.synthetic_location(&process_frame_name(process));
             for group in &process.groups {
+                // Leaf first; the request site's frames below the dial's.
                 let mut location_id: Vec<u64> = group
                     .stack
                     .iter()
+                    .chain(&group.request_stack)
                     .map(|frame| self.frame_location(process.pid, frame))
                     .collect();
                 if location_id.is_empty() {

@@ -95,6 +95,9 @@ fn render_group(out: &mut String, group: &Group) {
         .map(|r| format!("{} ({})", r.addr, r.count))
         .collect();
     let _ = writeln!(out, "#   to {}", remotes.join(", "));
+    if let Some(site) = crate::report::classify::request_site_text(&group.request_stack) {
+        let _ = writeln!(out, "#   requested from {site}");
+    }
     if let Some(opener) = &group.opener {
         let _ = writeln!(
             out,
@@ -129,6 +132,16 @@ fn render_group(out: &mut String, group: &Group) {
     }
     for hint in &group.hints {
         let _ = writeln!(out, "#   hint: {hint}");
+    }
+    if !group.request_stack.is_empty() {
+        let _ = writeln!(
+            out,
+            "#   request (the goroutine whose request dialed these connections):"
+        );
+        for frame in &group.request_stack {
+            let _ = writeln!(out, "#\t{}", frame_line(frame));
+        }
+        let _ = writeln!(out, "#   dial:");
     }
     if group.stack.is_empty() {
         let _ = writeln!(out, "#   (opened before tracing: no stack)");

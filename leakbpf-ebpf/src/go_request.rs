@@ -1,0 +1,208 @@
+//! The Go request site. net/http dials each new connection on a goroutine of
+//! its own, so a connect's stack ends in the Transport, not in the code that
+//! made the request. Entry uprobes (never uretprobes: they break Go stacks)
+//! on four functions tie the two goroutines together, user space attaches
+//! them per Go binary (`leakbpf/src/go_requests/`):
+//!
+//! - `net/http.(*Transport).queueForDial`, on the caller's goroutine: its
+//!   user stack is the request site, kept by the `*wantConn` (BX);
+//! - `net/http.(*Transport).dialConnFor`, on the dial goroutine: that
+//!   goroutine's id -> the same `*wantConn` (BX);
+//! - `net.(*sysDialer).dialParallel` (dial goroutine) and `dialSerial`
+//!   (Happy Eyeballs racers, or the dial goroutine itself): the
+//!   `*sysDialer` (AX) carries the `*wantConn` over to the racers.
+//!
+//! At a connect, [`request_stack_id`] reads the current goroutine's id
+//! through the thread's TLS and follows the chain. Every handler only
+//! overwrites entries with the same values, so a function that restarts its
+//! entry after a stack growth does no harm. Goroutine ids, not `g`
+//! pointers, key the dials: `g`s are reused, ids never. Registers are Go's
+//! internal ABI on amd64: AX, BX first arguments, R14 the current `g`.
+use aya_ebpf::{
+    EbpfContext,
+    bindings::BPF_F_USER_STACK,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_user,
+        generated::{bpf_get_attach_cookie, bpf_get_current_task_btf},
+    },
+    macros::{map, uprobe},
+    maps::LruHashMap,
+    programs::{ProbeContext, tracing::StackIdContext},
+};
+use leakbpf_common::{StackId, go, lost};
+
+use crate::{
+    emit::{STACKS, count_lost},
+    shared::HOOKS,
+    sock::{offsets, read},
+};
+
+/// A per-process key: goroutine ids and Go pointers mean nothing across
+/// processes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GoKey {
+    tgid: u32,
+    _pad: u32,
+    value: u64,
+}
+
+/// `*wantConn` -> the user stack id of the goroutine that asked for it.
+#[map]
+static GO_REQUESTS: LruHashMap<GoKey, StackId> = LruHashMap::with_max_entries(16384, 0);
+
+/// Goroutine id of a dial goroutine or a racer -> its `*wantConn`.
+#[map]
+static GO_DIALS: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// `*sysDialer` -> the `*wantConn` it dials for.
+#[map]
+static GO_DIALERS: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Process -> where its binary keeps the goroutine id in `runtime.g`, set
+/// by its first probe hit: the connect hook needs it and has no cookie.
+#[map]
+static GO_PROCESSES: LruHashMap<u32, u32> = LruHashMap::with_max_entries(8192, 0);
+
+#[inline(always)]
+fn key(tgid: u32, value: u64) -> GoKey {
+    GoKey {
+        tgid,
+        _pad: 0,
+        value,
+    }
+}
+
+#[inline(always)]
+fn tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// (process, goid offset from the attach cookie), remembered for the
+/// connect hook.
+#[inline(always)]
+fn probed(ctx: &ProbeContext) -> (u32, u32) {
+    let tgid = tgid();
+    let goid_offset = go_cookie(ctx);
+    if unsafe { GO_PROCESSES.get(&tgid) }.is_none_or(|known| *known != goid_offset) {
+        let _ = GO_PROCESSES.insert(&tgid, &goid_offset, 0);
+    }
+    (tgid, goid_offset)
+}
+
+#[inline(always)]
+fn go_cookie(ctx: &ProbeContext) -> u32 {
+    (unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }) as u32
+}
+
+/// The goroutine id of the `g` at `g`.
+#[inline(always)]
+fn goid(g: u64, goid_offset: u32) -> Option<u64> {
+    unsafe { bpf_probe_read_user((g + u64::from(goid_offset)) as *const u64) }.ok()
+}
+
+#[inline(always)]
+fn regs(ctx: &ProbeContext) -> (u64, u64, u64) {
+    // SAFETY: a uprobe's context is the task's saved user registers.
+    unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).r14) }
+}
+
+/// `(*Transport).queueForDial(w *wantConn)`: the request site.
+#[uprobe]
+pub fn go_queue_for_dial(ctx: ProbeContext) -> u32 {
+    let (tgid, _) = probed(&ctx);
+    let (_, want_conn, _) = regs(&ctx);
+    let stack = match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
+        Ok(id) => id as StackId,
+        Err(err) => {
+            count_lost(lost::USER_STACK);
+            err as StackId
+        }
+    };
+    let _ = GO_REQUESTS.insert(&key(tgid, want_conn), &stack, 0);
+    0
+}
+
+/// `(*Transport).dialConnFor(w *wantConn)`, first thing on the dial
+/// goroutine.
+#[uprobe]
+pub fn go_dial_conn_for(ctx: ProbeContext) -> u32 {
+    let (tgid, goid_offset) = probed(&ctx);
+    let (_, want_conn, g) = regs(&ctx);
+    if let Some(goid) = goid(g, goid_offset) {
+        let _ = GO_DIALS.insert(&key(tgid, goid), &want_conn, 0);
+    }
+    0
+}
+
+/// `(*sysDialer).dialParallel`: on the dial goroutine, before any racer
+/// starts.
+#[uprobe]
+pub fn go_dial_parallel(ctx: ProbeContext) -> u32 {
+    let (tgid, goid_offset) = probed(&ctx);
+    let (dialer, _, g) = regs(&ctx);
+    let Some(goid) = goid(g, goid_offset) else {
+        return 0;
+    };
+    if let Some(want_conn) = unsafe { GO_DIALS.get(&key(tgid, goid)) } {
+        let want_conn = *want_conn;
+        let _ = GO_DIALERS.insert(&key(tgid, dialer), &want_conn, 0);
+    }
+    0
+}
+
+/// `(*sysDialer).dialSerial`: on a racer (or the dial goroutine), which
+/// connects next.
+#[uprobe]
+pub fn go_dial_serial(ctx: ProbeContext) -> u32 {
+    let (tgid, goid_offset) = probed(&ctx);
+    let (dialer, _, g) = regs(&ctx);
+    let Some(goid) = goid(g, goid_offset) else {
+        return 0;
+    };
+    if let Some(want_conn) = unsafe { GO_DIALERS.get(&key(tgid, dialer)) } {
+        let want_conn = *want_conn;
+        let _ = GO_DIALS.insert(&key(tgid, goid), &want_conn, 0);
+    }
+    0
+}
+
+/// At a connect, in the connecting task: the request site's stack id, or
+/// [`go::NOT_PROBED`] / [`go::UNJOINED`].
+#[inline(always)]
+pub fn request_stack_id() -> StackId {
+    if HOOKS.load().go_requests == 0 {
+        return go::NOT_PROBED;
+    }
+    let tgid = tgid();
+    let Some(goid_offset) = (unsafe { GO_PROCESSES.get(&tgid) }) else {
+        return go::NOT_PROBED;
+    };
+    let goid_offset = *goid_offset;
+    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    // The current goroutine: Go keeps `g` in the TLS word below fs base.
+    let Ok(fsbase) = (unsafe { read::<u64>(task, offsets().task_fsbase) }) else {
+        return go::UNJOINED;
+    };
+    let Ok(g) = (unsafe { bpf_probe_read_user((fsbase - 8) as *const u64) }) else {
+        return go::UNJOINED;
+    };
+    let Some(goid) = goid(g, goid_offset) else {
+        return go::UNJOINED;
+    };
+    let Some(want_conn) = (unsafe { GO_DIALS.get(&key(tgid, goid)) }) else {
+        return go::UNJOINED;
+    };
+    match unsafe { GO_REQUESTS.get(&key(tgid, *want_conn)) } {
+        Some(stack) => *stack,
+        None => go::UNJOINED,
+    }
+}
+
+/// A process ended: a later process with its pid is not this Go binary.
+#[inline(always)]
+pub fn forget_process(tgid: u32) {
+    if HOOKS.load().go_requests != 0 {
+        let _ = GO_PROCESSES.remove(&tgid);
+    }
+}

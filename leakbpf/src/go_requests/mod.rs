@@ -1,0 +1,258 @@
+//! The Go request site: which user function asked net/http for a connection.
+//!
+//! net/http dials on a goroutine of its own, so the connect's stack ends in
+//! the Transport. The kernel side (`leakbpf-ebpf/src/go_request.rs`) joins
+//! that goroutine to the caller's stack with entry uprobes on four functions
+//! of each Go binary; this module finds the Go binaries, reads what the
+//! probes need from each ([`binary`]) and attaches them once per binary (by
+//! inode), for every process running it. A binary whose last observed
+//! process ends is detached.
+//!
+//! Processes are observed at start-up (every running one) and at their first
+//! socket; a Go process that started after leakbpf is probed from its first
+//! socket on, so that first connection has no request site (the report says
+//! how many dials went unnamed).
+pub mod binary;
+
+use std::{
+    collections::{HashMap, HashSet},
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf,
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+    },
+};
+
+use binary::{GoBinary, GoidSource, PROBED};
+
+/// True if this kernel can attach uprobes (the uprobe PMU is registered).
+pub fn uprobes_available() -> bool {
+    Path::new("/sys/bus/event_source/devices/uprobe/type").exists()
+}
+
+/// A binary, identified as the kernel's uprobes identify it.
+type Inode = (u64, u64);
+
+enum Known {
+    /// Not Go, or Go without net/http's Transport: nothing to probe.
+    Nothing,
+    /// Go with net/http, but something stops the probes (said once).
+    Refused,
+    Probed(Probed),
+}
+
+struct Probed {
+    links: Vec<(&'static str, UProbeLinkId)>,
+    pids: HashSet<u32>,
+}
+
+/// One Go binary as the report shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoBinaryStatus {
+    pub exe: String,
+    pub version: Option<String>,
+    /// `dwarf` or `version table`.
+    pub goid_from: &'static str,
+    /// Functions probed (queueForDial, dialConnFor, and the Happy Eyeballs
+    /// bridge when present).
+    pub probes: usize,
+}
+
+/// Attaches and detaches the Go uprobes as processes come and go.
+pub struct GoProbes {
+    known: HashMap<Inode, Known>,
+    /// Observed processes and their binary.
+    pids: HashMap<u32, Inode>,
+    /// Binaries probed so far (for the report), by path.
+    probed: Vec<GoBinaryStatus>,
+    /// Why a Go binary could not be probed, once each.
+    warnings: Vec<String>,
+}
+
+impl GoProbes {
+    /// Loads the uprobe programs into `ebpf` (they attach per binary later)
+    /// and probes the Go processes running now.
+    pub fn start(ebpf: &mut Ebpf) -> Result<GoProbes> {
+        for (_, program) in PROBED {
+            let probe: &mut UProbe = ebpf
+                .program_mut(program)
+                .with_context(|| format!("program {program} is missing"))?
+                .try_into()?;
+            probe
+                .load()
+                .with_context(|| format!("loading the Go uprobe {program}"))?;
+        }
+        let mut probes = GoProbes {
+            known: HashMap::new(),
+            pids: HashMap::new(),
+            probed: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let pids: Vec<u32> = std::fs::read_dir("/proc")
+            .context("listing /proc")?
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        for pid in pids {
+            probes.observe(ebpf, pid);
+        }
+        Ok(probes)
+    }
+
+    /// Looks at process `pid` once: probes its binary if it is a Go program
+    /// using net/http and is not probed yet.
+    pub fn observe(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        if self.pids.contains_key(&pid) || pid == std::process::id() {
+            return;
+        }
+        let exe = format!("/proc/{pid}/exe");
+        // A kernel thread or a process already gone: nothing to probe.
+        let Ok(meta) = std::fs::metadata(&exe) else {
+            return;
+        };
+        let inode = (meta.dev(), meta.ino());
+        self.pids.insert(pid, inode);
+        if !self.known.contains_key(&inode) {
+            let known = self.probe(ebpf, pid, &exe);
+            self.known.insert(inode, known);
+        }
+        if let Some(Known::Probed(probed)) = self.known.get_mut(&inode) {
+            probed.pids.insert(pid);
+        }
+    }
+
+    /// Process `pid` ended: detaches its binary if no observed process
+    /// runs it any more.
+    pub fn exit(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        let Some(inode) = self.pids.remove(&pid) else {
+            return;
+        };
+        let Some(Known::Probed(probed)) = self.known.get_mut(&inode) else {
+            return;
+        };
+        probed.pids.remove(&pid);
+        if probed.pids.is_empty()
+            && let Some(Known::Probed(probed)) = self.known.remove(&inode)
+        {
+            for (program, link) in probed.links {
+                if let Ok(probe) = program_mut(ebpf, program) {
+                    let _ = probe.detach(link);
+                }
+            }
+        }
+    }
+
+    /// Go binaries probed during the run.
+    pub fn binaries(&self) -> &[GoBinaryStatus] {
+        &self.probed
+    }
+
+    /// Go binaries that could not be probed, and why.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Binaries probed now.
+    pub fn attached(&self) -> usize {
+        self.known
+            .values()
+            .filter(|known| matches!(known, Known::Probed(_)))
+            .count()
+    }
+
+    fn probe(&mut self, ebpf: &mut Ebpf, pid: u32, exe: &str) -> Known {
+        let name = std::fs::read_link(exe)
+            .map_or_else(|_| exe.to_owned(), |path| path.display().to_string());
+        let binary = match binary::inspect(Path::new(exe)) {
+            Ok(Some(binary)) if binary.dials_http() => binary,
+            Ok(_) => return Known::Nothing,
+            Err(err) => {
+                self.warn(format!(
+                    "Go request sites: cannot read {name} (pid {pid}): {err:#}"
+                ));
+                return Known::Refused;
+            }
+        };
+        let (goid, source) = match &binary.goid {
+            Ok(found) => *found,
+            Err(why) => {
+                self.warn(format!(
+                    "Go request sites of {name} (pid {pid}) are not named: {why}"
+                ));
+                return Known::Refused;
+            }
+        };
+        match attach(ebpf, exe, &binary, goid) {
+            Ok(links) => {
+                self.probed.push(GoBinaryStatus {
+                    exe: name,
+                    version: binary.version.clone(),
+                    goid_from: match source {
+                        GoidSource::Dwarf => "dwarf",
+                        GoidSource::VersionTable => "version table",
+                    },
+                    probes: links.len(),
+                });
+                Known::Probed(Probed {
+                    links,
+                    pids: HashSet::new(),
+                })
+            }
+            Err(err) => {
+                self.warn(format!(
+                    "Go request sites of {name} (pid {pid}) are not named: attaching uprobes: {err:#}"
+                ));
+                Known::Refused
+            }
+        }
+    }
+
+    fn warn(&mut self, warning: String) {
+        if !self.warnings.contains(&warning) {
+            self.warnings.push(warning);
+        }
+    }
+}
+
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
+    Ok(ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} is missing"))?
+        .try_into()?)
+}
+
+/// Attaches each probed function the binary has; all or nothing.
+fn attach(
+    ebpf: &mut Ebpf,
+    exe: &str,
+    binary: &GoBinary,
+    goid: u32,
+) -> Result<Vec<(&'static str, UProbeLinkId)>> {
+    let mut links = Vec::new();
+    for ((function, program), offset) in PROBED.iter().zip(binary.functions) {
+        let Some(offset) = offset else { continue };
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(offset),
+            cookie: Some(leakbpf_common::go::cookie(goid)),
+        };
+        match program_mut(ebpf, program)
+            .and_then(|probe| Ok(probe.attach([point], exe, UProbeScope::AllProcesses)?))
+        {
+            Ok(link) => links.push((*program, link)),
+            Err(err) => {
+                for (program, link) in links {
+                    if let Ok(probe) = program_mut(ebpf, program) {
+                        let _ = probe.detach(link);
+                    }
+                }
+                return Err(err.context(format!("{function} at file offset {offset:#x}")));
+            }
+        }
+    }
+    Ok(links)
+}
