@@ -229,6 +229,11 @@ impl Tracer {
         }
     }
 
+    /// True while the Go uprobes are on.
+    pub fn probing_go(&self) -> bool {
+        self.go.is_some()
+    }
+
     /// The Go binaries probed so far, and warnings about the Go request
     /// sites (binaries that could not be probed, uprobes unavailable).
     pub fn go_status(&self) -> (Vec<GoBinaryStatus>, Vec<String>) {

@@ -353,7 +353,7 @@ impl Agent {
             tracer,
             stacks: &self.stacks,
         };
-        assemble(
+        let mut report = assemble(
             header,
             &self.table,
             snapshot,
@@ -367,7 +367,9 @@ impl Agent {
                     idle_s: self.settings.idle.as_secs_f64(),
                 },
             },
-        )
+        );
+        crate::go_requests::annotate(&mut report, &tracer.go_status().1, tracer.probing_go());
+        report
     }
 
     /// Fills in the outlook of every process with a growing suspect.

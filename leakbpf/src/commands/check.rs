@@ -45,6 +45,14 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         );
     }
     println!(
+        "uprobe PMU        {}",
+        if crate::go_requests::uprobes_available() {
+            "yes (Go request sites are named)"
+        } else {
+            "no (Go request sites are not named)"
+        }
+    );
+    println!(
         "BPF trampolines   {}",
         match &caps.trampolines {
             Trampolines::Work => "yes".to_owned(),

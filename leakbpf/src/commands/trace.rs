@@ -280,7 +280,7 @@ fn build_report(
         tracer,
         stacks: &collector.stacks,
     };
-    assemble(
+    let mut report = assemble(
         header,
         &collector.table,
         snapshot,
@@ -294,7 +294,9 @@ fn build_report(
                 idle_s: args.idle.as_secs_f64(),
             },
         },
-    )
+    );
+    crate::go_requests::annotate(&mut report, &tracer.go_status().1, tracer.probing_go());
+    report
 }
 
 /// Keeps the socket table up to date while tracing.

@@ -256,3 +256,46 @@ fn attach(
     }
     Ok(links)
 }
+
+/// Adds to `report` what it must say about Go request sites: binaries that
+/// could not be probed, and, per executable, the net/http connections in
+/// the report that have no request site (`probing`: the Go uprobes ran).
+pub fn annotate(report: &mut crate::report::model::Report, warnings: &[String], probing: bool) {
+    report.warnings.extend(warnings.iter().cloned());
+    if !probing {
+        return;
+    }
+    let mut unnamed: Vec<(String, usize)> = Vec::new();
+    for process in &report.processes {
+        let count: usize = process
+            .groups
+            .iter()
+            .filter(|group| {
+                group.direction == crate::event::Direction::Connect
+                    && group.request_stack.is_empty()
+                    && group.stack.iter().any(|frame| {
+                        frame.symbol.as_deref() == Some("net/http.(*Transport).dialConn")
+                    })
+            })
+            .map(|group| group.count)
+            .sum();
+        if count == 0 {
+            continue;
+        }
+        let exe = process
+            .exe
+            .clone()
+            .unwrap_or_else(|| format!("pid {}", process.pid));
+        match unnamed.iter_mut().find(|(e, _)| *e == exe) {
+            Some((_, n)) => *n += count,
+            None => unnamed.push((exe, count)),
+        }
+    }
+    for (exe, count) in unnamed {
+        report.warnings.push(format!(
+            "{count} connections net/http dialed in {exe} have no request site (requested before \
+             leakbpf probed that binary, which happens at a process's first socket when it starts \
+             after leakbpf, or dialed from cgo)"
+        ));
+    }
+}
