@@ -52,14 +52,31 @@ pub struct GoFrame {
     /// The function's first instruction (ELF virtual address).
     pub entry: u64,
     /// Source file as recorded at build time (usually an absolute path).
+    /// In code inlined into `function`, the inlined source's position (as
+    /// `go tool addr2line` says).
     pub file: Option<String>,
     pub line: Option<u32>,
+    /// The position in `function` itself: for inlined code, the line that
+    /// called what was inlined there (followed out through every level of
+    /// inlining); `file` and `line` otherwise, or when the binary's inline
+    /// trees cannot be found.
+    pub function_file: Option<String>,
+    pub function_line: Option<u32>,
 }
 
 /// The function table of one Go binary, read from its pclntab.
 pub struct GoSymbols {
     data: Vec<u8>,
     layout: Layout,
+    /// The binary's `go:func.*` data, which holds the inline trees.
+    gofunc: Option<GoFunc>,
+}
+
+/// `go:func.*`: function data (inline trees among it) that `_func`s locate
+/// by offset from its start (`runtime.moduledata.gofunc`).
+struct GoFunc {
+    /// From its start to the end of the section holding it.
+    bytes: Vec<u8>,
 }
 
 impl fmt::Debug for GoSymbols {
@@ -99,6 +116,7 @@ impl GoSymbols {
         Ok(GoSymbols {
             data: pclntab.to_vec(),
             layout,
+            gofunc: None,
         })
     }
 
@@ -109,7 +127,8 @@ impl GoSymbols {
     /// Code inlined into a function is reported under the function it was
     /// inlined into, but with the file and line of the inlined source.
     pub fn lookup(&self, vaddr: u64) -> Option<GoFrame> {
-        self.layout.lookup(&self.data, vaddr)
+        self.layout
+            .lookup(&self.data, vaddr, self.gofunc.as_ref().map(|g| &g.bytes[..]))
     }
 
     /// The entry address (ELF virtual address) of the function named
@@ -141,7 +160,9 @@ impl GoSymbols {
             return Ok(None);
         };
         let text_start = relocated_text_start(file, pclntab, address);
-        Self::from_pclntab(pclntab, text_start).map(Some)
+        let mut symbols = Self::from_pclntab(pclntab, text_start)?;
+        symbols.gofunc = find_gofunc(file, &symbols.layout, address);
+        Ok(Some(symbols))
     }
 }
 
@@ -250,7 +271,13 @@ fn read_varint(data: &[u8], off: usize) -> Option<(u32, usize)> {
 const FIELD_NAMEOFF: usize = 1;
 const FIELD_PCFILE: usize = 5;
 const FIELD_PCLN: usize = 6;
+const FIELD_NPCDATA: usize = 7;
 const FIELD_CUOFFSET: usize = 8;
+/// `_PCDATA_InlTreeIndex` and `_FUNCDATA_InlTree` (runtime/symtab.go).
+const PCDATA_INL_TREE_INDEX: usize = 2;
+const FUNCDATA_INL_TREE: usize = 3;
+/// Levels of inlining followed out at most (Go inlines a few deep).
+const MAX_INLINE_DEPTH: usize = 64;
 
 impl Layout {
     /// Parses and checks the header and function table, so that lookups
@@ -393,7 +420,73 @@ impl Layout {
         })
     }
 
-    fn lookup(&self, data: &[u8], vaddr: u64) -> Option<GoFrame> {
+    /// Offset of the bytes after `_func`'s `u32` fields: `funcID`, `flag`,
+    /// a pad byte and `nfuncdata`, then the pcdata and funcdata offsets.
+    fn func_tail(&self, func: usize) -> Option<usize> {
+        let words = if self.version == Version::Go120 { 9 } else { 8 };
+        func.checked_add(self.entry_size())?.checked_add(words * 4)
+    }
+
+    /// `_func`'s pcdata table `i` (an offset into `pctab`).
+    fn pcdata(&self, data: &[u8], func: usize, i: usize) -> Option<u32> {
+        let npcdata = self.func_field(data, func, FIELD_NPCDATA)? as usize;
+        if i >= npcdata {
+            return None;
+        }
+        let off = self.func_tail(func)?.checked_add(4 + i * 4)?;
+        read_u32(data, off, self.big_endian).filter(|&table| table != 0)
+    }
+
+    /// `_func`'s funcdata `i` (an offset from `go:func.*`).
+    fn funcdata(&self, data: &[u8], func: usize, i: usize) -> Option<u32> {
+        let tail = self.func_tail(func)?;
+        let nfuncdata = usize::from(*data.get(tail + 3)?);
+        if i >= nfuncdata {
+            return None;
+        }
+        let npcdata = self.func_field(data, func, FIELD_NPCDATA)? as usize;
+        let off = tail.checked_add(4 + npcdata * 4 + i * 4)?;
+        read_u32(data, off, self.big_endian).filter(|&off| off != u32::MAX)
+    }
+
+    /// The pc in the function itself that `vaddr`'s inlined code stands
+    /// for: each inlined call's `parentPc`, outwards (runtime's
+    /// `inlineUnwinder`). `vaddr` itself when it is not inlined code.
+    fn outermost_pc(&self, data: &[u8], func: usize, entry: u64, vaddr: u64, gofunc: &[u8]) -> u64 {
+        // Go 1.18/1.19 `inlinedCall`: parent i16, funcID u8, pad, file i32,
+        // line i32, func i32, parentPc i32; 1.20+: funcID u8, pad [3],
+        // nameOff i32, parentPc i32, startLine i32.
+        let (size, parent_pc_at) = match self.version {
+            Version::Go116 => return vaddr,
+            Version::Go118 => (20, 16),
+            Version::Go120 => (16, 8),
+        };
+        let (Some(index_table), Some(tree)) = (
+            self.pcdata(data, func, PCDATA_INL_TREE_INDEX),
+            self.funcdata(data, func, FUNCDATA_INL_TREE),
+        ) else {
+            return vaddr;
+        };
+        let mut pc = vaddr;
+        for _ in 0..MAX_INLINE_DEPTH {
+            let Some(index) = self.pcvalue(data, index_table, entry, pc) else {
+                break;
+            };
+            let Ok(index) = usize::try_from(index) else {
+                break; // -1: not inlined code
+            };
+            let parent = (tree as usize)
+                .checked_add(index * size + parent_pc_at)
+                .and_then(|off| read_u32(gofunc, off, self.big_endian));
+            match parent.and_then(|p| entry.checked_add(u64::from(p))) {
+                Some(parent) if parent != pc => pc = parent,
+                _ => break,
+            }
+        }
+        pc
+    }
+
+    fn lookup(&self, data: &[u8], vaddr: u64, gofunc: Option<&[u8]>) -> Option<GoFrame> {
         let text = self.text_range(data)?;
         if !text.contains(&vaddr) {
             return None;
@@ -417,11 +510,25 @@ impl Layout {
             .func_field(data, func, FIELD_PCLN)
             .and_then(|table| self.pcvalue(data, table, entry, vaddr))
             .and_then(|line| u32::try_from(line).ok());
+        let file = self.file(data, func, entry, vaddr);
+        let outer = gofunc.map_or(vaddr, |g| self.outermost_pc(data, func, entry, vaddr, g));
+        let (function_file, function_line) = if outer == vaddr {
+            (file.clone(), line)
+        } else {
+            (
+                self.file(data, func, entry, outer),
+                self.func_field(data, func, FIELD_PCLN)
+                    .and_then(|table| self.pcvalue(data, table, entry, outer))
+                    .and_then(|line| u32::try_from(line).ok()),
+            )
+        };
         Some(GoFrame {
             function: String::from_utf8_lossy(name).into_owned(),
             entry,
-            file: self.file(data, func, entry, vaddr),
+            file,
             line,
+            function_file,
+            function_line,
         })
     }
 
@@ -551,6 +658,62 @@ fn scan<'data, R: ReadRef<'data>>(
         text.iter()
             .any(|t| t.start <= functions.start && functions.end <= t.end)
             .then_some((candidate, at))
+    })
+}
+
+/// Offset of `gofunc` in `runtime.moduledata`, by pclntab format: Go
+/// 1.18/1.19, and 1.20+ (which added `covctrs` and `ecovctrs` before it).
+/// Read from the DWARF of Debian's Go 1.19 and 1.23 builds.
+const MODULEDATA_GOFUNC: [(Version, usize); 2] = [(Version::Go118, 304), (Version::Go120, 320)];
+
+/// `go:func.*`, found through `runtime.firstmoduledata` (in `.noptrdata`),
+/// whose first word points at the pclntab and second at its function name
+/// table; in a PIE those words are dynamic relocations.
+fn find_gofunc<'data, R: ReadRef<'data>>(
+    file: &object::File<'data, R>,
+    layout: &Layout,
+    pclntab_address: u64,
+) -> Option<GoFunc> {
+    let gofunc_at = MODULEDATA_GOFUNC
+        .iter()
+        .find(|(version, _)| *version == layout.version)?
+        .1;
+    if layout.ptr_size != 8 || layout.big_endian {
+        return None;
+    }
+    let noptrdata = file.section_by_name(".noptrdata")?;
+    let bytes = noptrdata.data().ok()?;
+    let base = noptrdata.address();
+    // Words the loader fills in (PIE): address -> value.
+    let relocated: std::collections::HashMap<u64, u64> = file
+        .dynamic_relocations()
+        .map(|relocations| {
+            relocations
+                .filter(|(offset, _)| (base..base + bytes.len() as u64).contains(offset))
+                .filter_map(|(offset, r)| Some((offset, u64::try_from(r.addend()).ok()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let word = |off: usize| -> Option<u64> {
+        let stored = read_word(bytes, off, 8, false)?;
+        Some(if stored == 0 {
+            relocated.get(&(base + off as u64)).copied().unwrap_or(0)
+        } else {
+            stored
+        })
+    };
+    let names = pclntab_address.checked_add(layout.funcnametab as u64)?;
+    let moduledata = (0..bytes.len().saturating_sub(gofunc_at + 8))
+        .step_by(8)
+        .find(|&off| word(off) == Some(pclntab_address) && word(off + 8) == Some(names))?;
+    let gofunc = word(moduledata + gofunc_at)?;
+    let section = file
+        .sections()
+        .find(|s| (s.address()..s.address() + s.size()).contains(&gofunc))?;
+    let data = section.data().ok()?;
+    let start = usize::try_from(gofunc - section.address()).ok()?;
+    Some(GoFunc {
+        bytes: data.get(start..)?.to_vec(),
     })
 }
 

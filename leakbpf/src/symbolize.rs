@@ -231,8 +231,10 @@ impl Worker {
             let (vaddr, function) = found;
             frame.symbol = Some(function.function);
             frame.offset = Some(vaddr - function.entry);
-            frame.file = function.file;
-            frame.line = function.line;
+            // The named function's own line (a call it inlined reads as
+            // the line that called it), as DWARF-based symbolization says.
+            frame.file = function.function_file;
+            frame.line = function.function_line;
         }
     }
 
@@ -269,17 +271,26 @@ fn unresolved(addresses: &[u64]) -> Vec<Frame> {
 }
 
 fn symbolize(blaze: &Blaze, source: &Source<'_>, addresses: &[u64]) -> Vec<Frame> {
-    let Ok(symbolized) = blaze.symbolize(source, Input::AbsAddr(addresses)) else {
+    // Outer frames hold return addresses, which may belong to the line
+    // after the call: look up the call instruction (a byte before).
+    let back = |index: usize, address: u64| u64::from(index > 0 && address > 0);
+    let calls: Vec<u64> = addresses
+        .iter()
+        .enumerate()
+        .map(|(index, &address)| address - back(index, address))
+        .collect();
+    let Ok(symbolized) = blaze.symbolize(source, Input::AbsAddr(&calls)) else {
         return unresolved(addresses);
     };
     addresses
         .iter()
+        .enumerate()
         .zip(symbolized)
-        .map(|(&address, symbolized)| match symbolized {
+        .map(|((index, &address), symbolized)| match symbolized {
             Symbolized::Sym(sym) => Frame {
                 address,
                 symbol: Some(sym.name.into_owned()),
-                offset: Some(sym.offset as u64),
+                offset: Some(sym.offset as u64 + back(index, address)),
                 module: sym.module.map(|m| m.to_string_lossy().into_owned()),
                 file: sym.code_info.as_ref().map(|info| {
                     let file = info.file.to_string_lossy();
