@@ -68,6 +68,8 @@ fn records(connections: u64) -> Vec<Vec<u8>> {
             fd: 5,
             user_stack_id: 7,
             kernel_stack_id: -1,
+            request_stack_id: common::go::NOT_PROBED,
+            _pad2: 0,
             user_sp: 0x7ffd_0000,
             user_stack_top: [0; common::USER_STACK_TOP_WORDS],
         };

@@ -822,7 +822,7 @@ mod tests {
             decode(&bytes_of(&header)),
             Err(DecodeError::Short {
                 what: "open record",
-                need: 256,
+                need: 264,
                 got: 24
             })
         );

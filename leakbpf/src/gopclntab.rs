@@ -83,6 +83,7 @@ impl fmt::Debug for GoSymbols {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GoSymbols")
             .field("bytes", &self.data.len())
+            .field("gofunc_bytes", &self.gofunc.as_ref().map(|g| g.bytes.len()))
             .field("layout", &self.layout)
             .finish()
     }
@@ -127,8 +128,11 @@ impl GoSymbols {
     /// Code inlined into a function is reported under the function it was
     /// inlined into, but with the file and line of the inlined source.
     pub fn lookup(&self, vaddr: u64) -> Option<GoFrame> {
-        self.layout
-            .lookup(&self.data, vaddr, self.gofunc.as_ref().map(|g| &g.bytes[..]))
+        self.layout.lookup(
+            &self.data,
+            vaddr,
+            self.gofunc.as_ref().map(|g| &g.bytes[..]),
+        )
     }
 
     /// The entry address (ELF virtual address) of the function named
@@ -1366,6 +1370,8 @@ mod tests {
                 entry,
                 file: Some(file.into()),
                 line: Some(line),
+                function_file: Some(file.into()),
+                function_line: Some(line),
             };
             assert_eq!(symbols.lookup(t), Some(frame("pkg.a", t, "dir/a.go", 10)));
             assert_eq!(

@@ -530,10 +530,11 @@ mod tests {
     }
 
     /// Every tracked socket costs this much plus the hash map's slack: keep
-    /// it small (BENCHMARKS.md measures the whole).
+    /// it small (BENCHMARKS.md measures the whole). 208 since the Go request
+    /// site (8 bytes) joined it.
     #[test]
     fn a_socket_stays_small() {
-        assert!(size_of::<Socket>() <= 200, "{}", size_of::<Socket>());
+        assert!(size_of::<Socket>() <= 208, "{}", size_of::<Socket>());
     }
 
     #[test]

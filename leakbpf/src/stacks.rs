@@ -102,8 +102,8 @@ impl StackResolver {
             open.kernel_stack.id(),
             open.request_stack.id(),
         ]
-            .into_iter()
-            .flatten()
+        .into_iter()
+        .flatten()
         {
             self.last_seen.insert(id, self.epoch);
         }

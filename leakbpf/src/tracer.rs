@@ -17,6 +17,8 @@ use crate::{
 };
 
 /// Knobs shared by every command that traces.
+// Each bool is a command-line switch of its own, not a state.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Clone, Debug, Default)]
 pub struct TracerOptions {
     pub hooks: HookChoice,
@@ -40,7 +42,7 @@ pub struct TracerOptions {
 
 pub struct Tracer {
     // Owns the programs and their links: dropping it detaches everything.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     hooks: HookSet,
     ring: AsyncFd<RingBuf<MapData>>,
     stacks: StackTraceMap<MapData>,
@@ -172,7 +174,7 @@ impl Tracer {
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|err| anyhow::anyhow!("registering the ring buffer with tokio: {err}"))?;
         Ok(Tracer {
-            _ebpf: ebpf,
+            ebpf,
             hooks,
             ring,
             stacks,
@@ -222,8 +224,8 @@ impl Tracer {
         let Some(go) = &mut self.go else { return };
         for event in events {
             match event {
-                Event::Open(open) => go.observe(&mut self._ebpf, open.task.pid),
-                Event::Exit(exit) => go.exit(&mut self._ebpf, exit.task.pid),
+                Event::Open(open) => go.observe(&mut self.ebpf, open.task.pid),
+                Event::Exit(exit) => go.exit(&mut self.ebpf, exit.task.pid),
                 _ => {}
             }
         }

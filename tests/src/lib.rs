@@ -529,6 +529,59 @@ pub fn go_binary_stripped(name: &str) -> PathBuf {
     go_build(name, true)
 }
 
+/// A Go toolchain the fixtures are built with: Debian's default `go`
+/// (1.19), or a versioned one from bookworm-backports (`1.23`:
+/// /usr/lib/go-1.23/bin/go, installed by `./x setup`).
+pub fn go_toolchain(version: &str) -> PathBuf {
+    if version == "1.19" {
+        return PathBuf::from("go");
+    }
+    let go = PathBuf::from(format!("/usr/lib/go-{version}/bin/go"));
+    assert!(
+        go.is_file(),
+        "Go {version} is not installed at {} (./x setup installs golang-{version}-go from bookworm-backports)",
+        go.display()
+    );
+    go
+}
+
+/// A Go fixture `fixtures/NAME.go` built with Go `version` (see
+/// [`go_toolchain`]), stripped (`-s -w`) or not, into
+/// `target/fixtures/NAME-goVERSION[-stripped]`.
+pub fn go_binary_with(name: &str, version: &str, stripped: bool) -> PathBuf {
+    static BUILT: OnceLock<Mutex<std::collections::HashSet<PathBuf>>> = OnceLock::new();
+    let mut out_name = format!("{name}-go{version}");
+    if stripped {
+        out_name.push_str("-stripped");
+    }
+    let out = build_dir().join(&out_name);
+    if prebuilt(&out) {
+        return out;
+    }
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if built.contains(&out) {
+        return out;
+    }
+    let mut go = Command::new(go_toolchain(version));
+    go.arg("build");
+    if stripped {
+        go.arg("-ldflags=-s -w");
+    }
+    go.arg("-o")
+        .arg(&out)
+        .arg(fixture_source(&format!("{name}.go")))
+        .env("GO111MODULE", "off")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOCACHE", build_dir().join(format!("go-cache-{version}")))
+        .env("HOME", build_dir());
+    run_build(go, &format!("Go fixture {out_name} (go build)"));
+    built.insert(out.clone());
+    out
+}
+
 fn go_build(name: &str, stripped: bool) -> PathBuf {
     static BUILT: OnceLock<Mutex<std::collections::HashMap<String, PathBuf>>> = OnceLock::new();
     let mut built = BUILT

@@ -124,6 +124,11 @@ fn go_body_never_closed_is_close_wait() {
     );
     assert!(has_class(group, "close_wait"), "{group:#}");
     assert_eq!(group["states"], json!({"CLOSE_WAIT": 5}), "{group:#}");
+    let request = symbols(&group["request_stack"]);
+    assert!(
+        request.iter().any(|s| s == "main.postOnce"),
+        "request stack without main.postOnce: {request:?}"
+    );
     assert_eq!(
         group["remotes"],
         json!([{"addr": format!("127.0.0.1:{port}"), "count": 5}]),
@@ -172,6 +177,19 @@ fn go_transport_per_call_is_idle() {
     assert!(
         stack.iter().any(|s| s == "net/http.(*Transport).dialConn"),
         "connect stack without net/http.(*Transport).dialConn: {stack:?}"
+    );
+    // The request site: the function that built a Transport per call.
+    let request = symbols(&group["request_stack"]);
+    assert!(
+        request.iter().any(|s| s == "main.getWithNewTransport"),
+        "request stack without main.getWithNewTransport: {request:?}"
+    );
+    assert!(
+        strs(&group["hints"])
+            .iter()
+            .any(|h| h.starts_with("requested from main.getWithNewTransport (httpleak.go:")),
+        "hints: {}",
+        group["hints"]
     );
     for socket in sockets(group) {
         let idle = socket["idle_s"]

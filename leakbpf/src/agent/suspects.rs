@@ -137,9 +137,7 @@ impl Suspects {
                     count: group.count,
                     evidence: group.evidence.clone(),
                     top_frames: group.stack.iter().take(5).map(frame_text).collect(),
-                    request_site: crate::report::classify::request_site_text(
-                        &group.request_stack,
-                    ),
+                    request_site: crate::report::classify::request_site_text(&group.request_stack),
                     outlook: None,
                     id: format!("{key:016x}"),
                 };

@@ -87,9 +87,8 @@ fn inspect_elf<'data, R: ReadRef<'data>>(data: R) -> Result<Option<GoBinary>> {
                 .find(|symbol| symbol.name() == Ok(name))
                 .map(|symbol| symbol.address())
         } else {
-            let symbols = pclntab.get_or_insert_with(|| {
-                GoSymbols::from_object(&file).ok().flatten()
-            });
+            let symbols =
+                pclntab.get_or_insert_with(|| GoSymbols::from_object(&file).ok().flatten());
             symbols.as_ref().and_then(|symbols| symbols.entry_of(name))
         };
         *slot = vaddr.and_then(|vaddr| file_offset(&file, vaddr));
@@ -177,9 +176,8 @@ fn dwarf_goid_offset<'data, R: ReadRef<'data>>(
         match compressed.format {
             CompressionFormat::None => Ok(std::borrow::Cow::Borrowed(compressed.data)),
             CompressionFormat::Zlib => {
-                let mut out = Vec::with_capacity(
-                    usize::try_from(compressed.uncompressed_size).unwrap_or(0),
-                );
+                let mut out =
+                    Vec::with_capacity(usize::try_from(compressed.uncompressed_size).unwrap_or(0));
                 flate2::read::ZlibDecoder::new(compressed.data)
                     .read_to_end(&mut out)
                     .with_context(|| format!("decompressing {}", id.name()))?;
@@ -267,5 +265,58 @@ mod tests {
         // This test binary is Rust, with neither Go section.
         let exe = std::env::current_exe().unwrap();
         assert_eq!(inspect(&exe).unwrap(), None);
+    }
+
+    /// The request-site fixture built by Debian's Go 1.19 and by Go 1.23,
+    /// with and without `-s -w`: every probed function is found (symtab or
+    /// pclntab), the version is read, and the version table gives the
+    /// offset DWARF gives.
+    #[test]
+    #[ignore = "host: builds Go binaries (golang-go, golang-1.23-go); `./x test` runs it"]
+    fn probes_what_each_toolchain_builds() {
+        let source = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/gorequests.go"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        for (go, version) in [("go", "go1.19"), ("/usr/lib/go-1.23/bin/go", "go1.23")] {
+            let mut found = Vec::new();
+            for stripped in [false, true] {
+                let out = dir.path().join(format!("{version}-{stripped}"));
+                let mut build = std::process::Command::new(go);
+                build.arg("build");
+                if stripped {
+                    build.arg("-ldflags=-s -w");
+                }
+                let status = build
+                    .arg("-o")
+                    .arg(&out)
+                    .arg(source)
+                    .env("GO111MODULE", "off")
+                    .env("GOTOOLCHAIN", "local")
+                    .env("GOCACHE", dir.path().join("cache"))
+                    .env("HOME", dir.path())
+                    .status()
+                    .unwrap_or_else(|e| panic!("running {go} (./x setup installs it): {e}"));
+                assert!(status.success(), "{go} build failed");
+                let binary = inspect(&out).unwrap().expect("a Go binary");
+                assert!(
+                    binary.version.as_deref().unwrap().starts_with(version),
+                    "{binary:?}"
+                );
+                assert!(binary.functions.iter().all(Option::is_some), "{binary:?}");
+                assert!(binary.dials_http());
+                assert_eq!(binary.symtab, !stripped);
+                found.push(binary.goid.clone().unwrap());
+            }
+            let table = table_goid_offset(version).unwrap();
+            assert_eq!(
+                found,
+                [
+                    (table, GoidSource::Dwarf),
+                    (table, GoidSource::VersionTable)
+                ]
+            );
+        }
     }
 }

@@ -299,3 +299,61 @@ pub fn annotate(report: &mut crate::report::model::Report, warnings: &[String], 
         ));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        event::Direction,
+        report::model::{Group, ProcessReport, Report},
+        symbolize::Frame,
+    };
+
+    fn group(stack: &str, request: bool, count: usize) -> Group {
+        let mut group = Group::for_tests(Direction::Connect, count);
+        group.stack = vec![Frame {
+            symbol: Some(stack.to_owned()),
+            ..Frame::default()
+        }];
+        if request {
+            group.request_stack = vec![Frame {
+                symbol: Some("main.fetch".to_owned()),
+                ..Frame::default()
+            }];
+        }
+        group
+    }
+
+    /// net/http connections without a request site are counted per
+    /// executable; named ones and other connects are not; nothing is said
+    /// while the probes are off.
+    #[test]
+    fn unnamed_dials_are_counted_per_executable() {
+        let dial = "net/http.(*Transport).dialConn";
+        let process = |pid, groups| ProcessReport {
+            pid,
+            exe: Some("/srv/api".to_owned()),
+            groups,
+            ..ProcessReport::default()
+        };
+        let report = Report {
+            processes: vec![
+                process(1, vec![group(dial, false, 2), group(dial, true, 5)]),
+                process(2, vec![group(dial, false, 1), group("main.dial", false, 7)]),
+            ],
+            ..Report::default()
+        };
+        let mut off = report.clone();
+        annotate(&mut off, &["uprobes: none".to_owned()], false);
+        assert_eq!(off.warnings, ["uprobes: none"]);
+        let mut on = report;
+        annotate(&mut on, &[], true);
+        assert_eq!(on.warnings.len(), 1, "{:?}", on.warnings);
+        assert!(
+            on.warnings[0]
+                .starts_with("3 connections net/http dialed in /srv/api have no request site"),
+            "{:?}",
+            on.warnings
+        );
+    }
+}

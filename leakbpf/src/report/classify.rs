@@ -91,7 +91,10 @@ pub fn classify(
 /// (`github.com/...`), not the standard library or the runtime.
 fn is_go_user_code(symbol: &str) -> bool {
     match symbol.rfind('/') {
-        Some(_) => symbol.split('/').next().is_some_and(|first| first.contains('.')),
+        Some(_) => symbol
+            .split('/')
+            .next()
+            .is_some_and(|first| first.contains('.')),
         None => symbol.split('.').next() == Some("main"),
     }
 }
@@ -139,7 +142,14 @@ pub fn hints(stack: &[Frame], request: &[Frame]) -> Vec<String> {
             .any(|s| s.starts_with(needle))
     };
     let mut hints = Vec::new();
-    let http = has("net/http.(*Transport).dialConn") || has("net/http.(*Transport).queueForDial");
+    // A Happy Eyeballs racer's stack ends in net's dialParallel: the
+    // request stack still says net/http asked.
+    let requested = request
+        .iter()
+        .any(|f| f.symbol.as_deref() == Some("net/http.(*Transport).queueForDial"));
+    let http = requested
+        || has("net/http.(*Transport).dialConn")
+        || has("net/http.(*Transport).queueForDial");
     if http && let Some(site) = request_site_text(request) {
         hints.push(format!(
             "requested from {site}; each connection also pins persistConn.readLoop/writeLoop \
@@ -268,6 +278,49 @@ mod tests {
         assert_eq!(hints.len(), 1);
         assert!(hints[0].contains("persistConn.readLoop"));
         assert!(super::hints(&[frame("main.main")], &[]).is_empty());
+    }
+
+    #[test]
+    fn the_request_site_is_the_programs_own_code() {
+        let frame = |name: &str, line| Frame {
+            symbol: Some(name.to_owned()),
+            file: Some(format!("/src/{}.go", name.len())),
+            line: Some(line),
+            ..Frame::default()
+        };
+        let request = [
+            frame("net/http.(*Transport).queueForDial", 1),
+            frame("net/http.(*Client).Post", 2),
+            frame("vendor/golang.org/x/net/http2.x", 3),
+            frame("github.com/acme/api.(*Client).FetchUser", 41),
+            frame("main.handler", 20),
+            frame("main.main", 9),
+            frame("runtime.main", 250),
+        ];
+        let site: Vec<&str> = request_site(&request)
+            .iter()
+            .filter_map(|f| f.symbol.as_deref())
+            .collect();
+        assert_eq!(
+            site,
+            ["github.com/acme/api.(*Client).FetchUser", "main.handler"]
+        );
+        assert_eq!(
+            request_site_text(&request).as_deref(),
+            Some(
+                "github.com/acme/api.(*Client).FetchUser (39.go:41) \u{2190} main.handler (12.go:20)"
+            )
+        );
+        assert_eq!(request_site_text(&request[..3]), None);
+        // A racer's stack (net only) with a request: still net/http's hint.
+        let racer = [frame("net.(*sysDialer).dialSerial", 1)];
+        let hints = hints(&racer, &request);
+        assert_eq!(hints.len(), 1);
+        assert!(
+            hints[0].starts_with("requested from github.com/acme/api"),
+            "{hints:?}"
+        );
+        assert!(super::hints(&racer, &[]).is_empty());
     }
 
     #[test]

@@ -82,6 +82,32 @@ mod tests {
         assert_eq!(encode(&report), "a:b c (pid 100);[connect];Lfoo:bar:   3\n");
     }
 
+    /// The request site below the dial: a flame graph reads main ->
+    /// handler -> ... -> dialConn.
+    #[test]
+    fn request_frames_sit_below_the_dial() {
+        let mut report = sample_report();
+        report.processes.truncate(1);
+        let group = &mut report.processes[0].groups[0];
+        group.stack.truncate(1);
+        let frame = |name: &str| Frame {
+            address: 1,
+            symbol: Some(name.to_string()),
+            ..Frame::default()
+        };
+        group.stack = vec![frame("dialConn")];
+        group.request_stack = vec![
+            frame("queueForDial"),
+            frame("main.fetchUser"),
+            frame("main.main"),
+        ];
+        report.processes[0].groups.truncate(1);
+        assert_eq!(
+            encode(&report),
+            "server (pid 100);[connect];main.main;main.fetchUser;queueForDial;dialConn 3\n"
+        );
+    }
+
     #[test]
     fn empty() {
         assert_eq!(encode(&Report::default()), "");

@@ -482,6 +482,7 @@ pub(crate) mod tests {
             closed_during_trace: 0,
             stack,
             kernel_stack: vec![frame(0xffff_ffff_8100_0000, Some("__sys_connect"), None)],
+            request_stack: Vec::new(),
             sockets: vec![],
         }
     }

@@ -133,22 +133,7 @@ fn render_group(out: &mut String, group: &Group) {
     for hint in &group.hints {
         let _ = writeln!(out, "#   hint: {hint}");
     }
-    if !group.request_stack.is_empty() {
-        let _ = writeln!(
-            out,
-            "#   request (the goroutine whose request dialed these connections):"
-        );
-        for frame in &group.request_stack {
-            let _ = writeln!(out, "#\t{}", frame_line(frame));
-        }
-        let _ = writeln!(out, "#   dial:");
-    }
-    if group.stack.is_empty() {
-        let _ = writeln!(out, "#   (opened before tracing: no stack)");
-    }
-    for frame in &group.stack {
-        let _ = writeln!(out, "#\t{}", frame_line(frame));
-    }
+    render_stacks(out, group);
     let shown = group.sockets.len().min(SOCKETS_SHOWN);
     let _ = writeln!(
         out,
@@ -176,6 +161,26 @@ fn render_group(out: &mut String, group: &Group) {
                 format!(" (also held by pid {})", pids.join(", "))
             }
         );
+    }
+}
+
+/// The request stack first (the code to fix), then the connect's own.
+fn render_stacks(out: &mut String, group: &Group) {
+    if !group.request_stack.is_empty() {
+        let _ = writeln!(
+            out,
+            "#   request (the goroutine whose request dialed these connections):"
+        );
+        for frame in &group.request_stack {
+            let _ = writeln!(out, "#\t{}", frame_line(frame));
+        }
+        let _ = writeln!(out, "#   dial:");
+    }
+    if group.stack.is_empty() {
+        let _ = writeln!(out, "#   (opened before tracing: no stack)");
+    }
+    for frame in &group.stack {
+        let _ = writeln!(out, "#\t{}", frame_line(frame));
     }
 }
 
@@ -237,6 +242,7 @@ mod tests {
             }],
             opened_during_trace: 2,
             closed_during_trace: 0,
+            request_stack: vec![],
             stack: vec![Frame {
                 address: 0x004f_3a21,
                 symbol: Some("main.httpSend".to_owned()),
@@ -295,5 +301,48 @@ leakbpf: 2 open sockets in 1 processes after 10.0s (hooks: tracepoint, 42 events
 #     7 5 101 127.0.0.1:50000 -> 127.0.0.1:8080 CLOSE_WAIT 2m0s - 0 (also held by pid 102)
 ";
         assert_eq!(text, expected);
+    }
+
+    fn go_frame(symbol: &str, file: &str, line: u32) -> Frame {
+        Frame {
+            address: 0x40_1000,
+            symbol: Some(symbol.to_owned()),
+            offset: Some(0x10),
+            module: None,
+            file: Some(file.to_owned()),
+            line: Some(line),
+        }
+    }
+
+    /// The request site comes first: its line right under the count, its
+    /// stack before the dial's.
+    #[test]
+    fn the_request_site_comes_first() {
+        let mut group = Group::for_tests(Direction::Connect, 3);
+        group.stack = vec![go_frame(
+            "net/http.(*Transport).dialConn",
+            "/usr/lib/go/src/net/http/transport.go",
+            1565,
+        )];
+        group.request_stack = vec![
+            go_frame(
+                "net/http.(*Client).Post",
+                "/usr/lib/go/src/net/http/client.go",
+                825,
+            ),
+            go_frame("main.fetchUser", "/src/app/handler.go", 41),
+            go_frame("main.handler", "/src/app/handler.go", 20),
+        ];
+        let mut out = String::new();
+        render_group(&mut out, &group);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[1], "3 @ connect");
+        assert_eq!(
+            lines[4],
+            "#   requested from main.fetchUser (handler.go:41) \u{2190} main.handler (handler.go:20)"
+        );
+        let request = out.find("main.fetchUser+0x10").unwrap();
+        let dial = out.find("dialConn+0x10").unwrap();
+        assert!(request < dial, "{out}");
     }
 }
