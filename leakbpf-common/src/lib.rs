@@ -153,10 +153,11 @@ pub mod go {
     /// attached, a cgo dial). `-ENOENT`.
     pub const UNJOINED: StackId = -2;
 
-    /// The attach cookie of every Go uprobe: where the goroutine id lives in
-    /// that binary's `runtime.g` (byte offset).
-    pub const fn cookie(goid_offset: u32) -> u64 {
-        goid_offset as u64
+    /// The attach cookie of every Go uprobe: where that binary's `runtime.g`
+    /// keeps the goroutine id (low half) and, on Go 1.21+, the id of the
+    /// goroutine that started it, `parentGoid` (high half; 0: none).
+    pub const fn cookie(goid_offset: u32, parent_goid_offset: u32) -> u64 {
+        goid_offset as u64 | (parent_goid_offset as u64) << 32
     }
 }
 

@@ -8,9 +8,13 @@
 //!   user stack is the request site, kept by the `*wantConn` (BX);
 //! - `net/http.(*Transport).dialConnFor`, on the dial goroutine: that
 //!   goroutine's id -> the same `*wantConn` (BX);
-//! - `net.(*sysDialer).dialParallel` (dial goroutine) and `dialSerial`
-//!   (Happy Eyeballs racers, or the dial goroutine itself): the
-//!   `*sysDialer` (AX) carries the `*wantConn` over to the racers.
+//! - Happy Eyeballs racers connect on goroutines the dial goroutine starts.
+//!   On Go 1.21+ a racer's `g.parentGoid` is the dial goroutine; before,
+//!   two more probes bridge them, `net.(*sysDialer).dialParallel` (dial
+//!   goroutine) and `dialSerial` (racers, or the dial goroutine itself),
+//!   whose `*sysDialer` (AX) carries the `*wantConn` over. Each probe hit
+//!   costs the program a trap: user space attaches those two only where
+//!   there is no `parentGoid`.
 //!
 //! At a connect, [`request_stack_id`] reads the current goroutine's id
 //! through the thread's TLS and follows the chain. Every handler only
@@ -59,10 +63,11 @@ static GO_DIALS: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(16384, 0)
 #[map]
 static GO_DIALERS: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(16384, 0);
 
-/// Process -> where its binary keeps the goroutine id in `runtime.g`, set
-/// by its first probe hit: the connect hook needs it and has no cookie.
+/// Process -> its binary's attach cookie ([`leakbpf_common::go::cookie`]:
+/// where `runtime.g` keeps the goroutine id and parentGoid), set by its
+/// first probe hit: the connect hook needs it and has no cookie.
 #[map]
-static GO_PROCESSES: LruHashMap<u32, u32> = LruHashMap::with_max_entries(8192, 0);
+static GO_PROCESSES: LruHashMap<u32, u64> = LruHashMap::with_max_entries(8192, 0);
 
 #[inline(always)]
 fn key(tgid: u32, value: u64) -> GoKey {
@@ -78,26 +83,21 @@ fn tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
-/// (process, goid offset from the attach cookie), remembered for the
-/// connect hook.
+/// (process, goid offset from the attach cookie); the cookie is
+/// remembered for the connect hook.
 #[inline(always)]
 fn probed(ctx: &ProbeContext) -> (u32, u32) {
     let tgid = tgid();
-    let goid_offset = go_cookie(ctx);
-    if unsafe { GO_PROCESSES.get(&tgid) }.is_none_or(|known| *known != goid_offset) {
-        let _ = GO_PROCESSES.insert(&tgid, &goid_offset, 0);
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    if unsafe { GO_PROCESSES.get(&tgid) }.is_none_or(|known| *known != cookie) {
+        let _ = GO_PROCESSES.insert(&tgid, &cookie, 0);
     }
-    (tgid, goid_offset)
+    (tgid, cookie as u32)
 }
 
+/// A goroutine id (`goid`, `parentGoid`) of the `g` at `g`.
 #[inline(always)]
-fn go_cookie(ctx: &ProbeContext) -> u32 {
-    (unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }) as u32
-}
-
-/// The goroutine id of the `g` at `g`.
-#[inline(always)]
-fn goid(g: u64, goid_offset: u32) -> Option<u64> {
+fn read_id(g: u64, goid_offset: u32) -> Option<u64> {
     unsafe { bpf_probe_read_user((g + u64::from(goid_offset)) as *const u64) }.ok()
 }
 
@@ -129,7 +129,7 @@ pub fn go_queue_for_dial(ctx: ProbeContext) -> u32 {
 pub fn go_dial_conn_for(ctx: ProbeContext) -> u32 {
     let (tgid, goid_offset) = probed(&ctx);
     let (_, want_conn, g) = regs(&ctx);
-    if let Some(goid) = goid(g, goid_offset) {
+    if let Some(goid) = read_id(g, goid_offset) {
         let _ = GO_DIALS.insert(&key(tgid, goid), &want_conn, 0);
     }
     0
@@ -141,7 +141,7 @@ pub fn go_dial_conn_for(ctx: ProbeContext) -> u32 {
 pub fn go_dial_parallel(ctx: ProbeContext) -> u32 {
     let (tgid, goid_offset) = probed(&ctx);
     let (dialer, _, g) = regs(&ctx);
-    let Some(goid) = goid(g, goid_offset) else {
+    let Some(goid) = read_id(g, goid_offset) else {
         return 0;
     };
     if let Some(want_conn) = unsafe { GO_DIALS.get(&key(tgid, goid)) } {
@@ -157,7 +157,7 @@ pub fn go_dial_parallel(ctx: ProbeContext) -> u32 {
 pub fn go_dial_serial(ctx: ProbeContext) -> u32 {
     let (tgid, goid_offset) = probed(&ctx);
     let (dialer, _, g) = regs(&ctx);
-    let Some(goid) = goid(g, goid_offset) else {
+    let Some(goid) = read_id(g, goid_offset) else {
         return 0;
     };
     if let Some(want_conn) = unsafe { GO_DIALERS.get(&key(tgid, dialer)) } {
@@ -175,10 +175,10 @@ pub fn request_stack_id() -> StackId {
         return go::NOT_PROBED;
     }
     let tgid = tgid();
-    let Some(goid_offset) = (unsafe { GO_PROCESSES.get(&tgid) }) else {
+    let Some(cookie) = (unsafe { GO_PROCESSES.get(&tgid) }) else {
         return go::NOT_PROBED;
     };
-    let goid_offset = *goid_offset;
+    let (goid_offset, parent_offset) = (*cookie as u32, (*cookie >> 32) as u32);
     let task = unsafe { bpf_get_current_task_btf() } as u64;
     // The current goroutine: Go keeps `g` in the TLS word below fs base.
     let Ok(fsbase) = (unsafe { read::<u64>(task, offsets().task_fsbase) }) else {
@@ -187,11 +187,23 @@ pub fn request_stack_id() -> StackId {
     let Ok(g) = (unsafe { bpf_probe_read_user((fsbase - 8) as *const u64) }) else {
         return go::UNJOINED;
     };
-    let Some(goid) = goid(g, goid_offset) else {
+    let Some(goid) = read_id(g, goid_offset) else {
         return go::UNJOINED;
     };
-    let Some(want_conn) = (unsafe { GO_DIALS.get(&key(tgid, goid)) }) else {
-        return go::UNJOINED;
+    let want_conn = match unsafe { GO_DIALS.get(&key(tgid, goid)) } {
+        Some(want_conn) => want_conn,
+        // A Happy Eyeballs racer (Go 1.21+): its parent is the dial
+        // goroutine.
+        None if parent_offset != 0 => {
+            let Some(parent) = read_id(g, parent_offset) else {
+                return go::UNJOINED;
+            };
+            match unsafe { GO_DIALS.get(&key(tgid, parent)) } {
+                Some(want_conn) => want_conn,
+                None => return go::UNJOINED,
+            }
+        }
+        None => return go::UNJOINED,
     };
     match unsafe { GO_REQUESTS.get(&key(tgid, *want_conn)) } {
         Some(stack) => *stack,

@@ -20,10 +20,142 @@ const HOLD: &str = "9000";
 const HOLDERS: usize = 6;
 const ROUNDS: usize = 5;
 
-pub fn bench(root: &Path, leakbpf: &Path) -> Result<()> {
+pub fn bench(root: &Path, leakbpf: &Path, only: &[String]) -> Result<()> {
+    if let Some(part) = only
+        .iter()
+        .find(|p| !["churn", "memory", "go"].contains(&p.as_str()))
+    {
+        bail!("--only takes churn, memory or go, not {part:?}");
+    }
+    let run = |part: &str| only.is_empty() || only.iter().any(|p| p == part);
     let connbench = build_connbench(root)?;
-    churn_table(&connbench, leakbpf)?;
-    memory_table(&connbench, leakbpf)
+    if run("churn") {
+        churn_table(&connbench, leakbpf)?;
+    }
+    if run("memory") {
+        memory_table(&connbench, leakbpf)?;
+    }
+    if run("go") {
+        // Go 1.19 has no parentGoid: four probes per dial; 1.23: two.
+        for (go, version) in [("go", "1.19"), ("/usr/lib/go-1.23/bin/go", "1.23")] {
+            go_table(&build_gobench(root, go, version)?, version, leakbpf)?;
+        }
+    }
+    Ok(())
+}
+
+/// Requests per Go round: each dials a connection of its own.
+const GO_REQUESTS: &str = "5000";
+const GO_ROUNDS: usize = 7;
+
+/// The Go request load (tests/fixtures/gobench.go), built by `go`.
+fn build_gobench(root: &Path, go: &str, version: &str) -> Result<PathBuf> {
+    let gobench = root.join(format!("target/fixtures/gobench-go{version}"));
+    Command::new(go)
+        .arg("build")
+        .arg("-o")
+        .arg(&gobench)
+        .arg(root.join("tests/fixtures/gobench.go"))
+        .env("GO111MODULE", "off")
+        .env("GOTOOLCHAIN", "local")
+        .env(
+            "GOCACHE",
+            root.join(format!("target/fixtures/go-cache-{version}")),
+        )
+        .run()?;
+    Ok(gobench)
+}
+
+/// What the Go request-site uprobes cost a Go program: interleaved rounds
+/// of net/http requests (one new connection each) untraced, under `trace
+/// --no-go-uprobes` and under `trace`; per request, the wall time and
+/// each Go uprobe program's bpf_stats. The uprobe's trap (int3, single
+/// step) is not in bpf_stats: the wall-time difference shows it.
+fn go_table(gobench: &Path, version: &str, leakbpf: &Path) -> Result<()> {
+    const TRACE: &[&str] = &["trace", "--format", "json", "--output", "/dev/null"];
+    let settings: [(&str, Option<Vec<&str>>); 3] = [
+        ("nothing attached", None),
+        (
+            "`leakbpf trace --no-go-uprobes`",
+            Some([TRACE, &["--no-go-uprobes"]].concat()),
+        ),
+        ("`leakbpf trace` (Go uprobes)", Some(TRACE.to_vec())),
+    ];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); settings.len()];
+    let mut programs: std::collections::BTreeMap<String, (u64, u64)> =
+        std::collections::BTreeMap::new();
+    for _ in 0..GO_ROUNDS {
+        for (index, (_, args)) in settings.iter().enumerate() {
+            let existing = prog_stats()?;
+            let tracer = match args {
+                Some(args) => Some(Tracer::start(leakbpf, args)?),
+                None => None,
+            };
+            let before: Vec<(u64, ProgStats)> = prog_stats()?
+                .into_iter()
+                .filter(|(id, _)| !existing.contains_key(id))
+                .collect();
+            let output = Command::new(gobench)
+                .arg(GO_REQUESTS)
+                .output()
+                .context("running gobench")?;
+            let text = String::from_utf8_lossy(&output.stdout);
+            times[index].push(
+                text.trim()
+                    .strip_prefix("ns_per_request ")
+                    .and_then(|n| n.parse().ok())
+                    .with_context(|| format!("gobench said {text:?}"))?,
+            );
+            if index == 2 {
+                let after = prog_stats()?;
+                for (id, start) in before {
+                    if let Some(end) = after.get(&id)
+                        && end.name.starts_with("go_")
+                    {
+                        let entry = programs.entry(end.name.clone()).or_default();
+                        entry.0 += end.ns.saturating_sub(start.ns);
+                        entry.1 += end.runs.saturating_sub(start.runs);
+                    }
+                }
+            }
+            if let Some(tracer) = tracer {
+                tracer.stop()?;
+            }
+        }
+    }
+    println!();
+    println!(
+        "| Go {version} requests, a new connection each | ns per request (median of {GO_ROUNDS}, min–max) | vs untraced |"
+    );
+    println!("|---|---|---|");
+    let base = median(times[0].clone());
+    for ((label, _), done) in settings.iter().zip(&times) {
+        let mut sorted = done.clone();
+        sorted.sort_by(f64::total_cmp);
+        println!(
+            "| {label} | {:.0} ({:.0}–{:.0}) | {:+.0} ns |",
+            median(done.clone()),
+            sorted[0],
+            sorted[sorted.len() - 1],
+            median(done.clone()) - base
+        );
+    }
+    let requests = GO_REQUESTS.parse::<f64>()? * GO_ROUNDS as f64;
+    println!();
+    println!(
+        "| Go {version} uprobe program | runs per request | ns per run (BPF only) | ns per request |"
+    );
+    println!("|---|---|---|---|");
+    // Programs not attached to this binary (the bridge on Go 1.21+) never run.
+    for (name, (ns, runs)) in programs.into_iter().filter(|(_, (_, runs))| *runs > 0) {
+        println!(
+            "| {name} | {:.2} | {:.0} | {:.0} |",
+            runs as f64 / requests,
+            ns as f64 / runs.max(1) as f64,
+            ns as f64 / requests
+        );
+    }
+    Ok(())
 }
 
 /// The loopback connect/accept/close load (tests/fixtures/connbench.c).

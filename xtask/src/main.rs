@@ -34,8 +34,13 @@ enum Task {
     Lint,
     /// Lint, unit tests, the privileged end-to-end tests, then the kernel matrix. Needs root.
     Test,
-    /// Measure leakbpf's cost on loopback connections and its memory per socket. Needs root.
-    Bench,
+    /// Measure leakbpf's cost on loopback connections, its memory per socket, and what the Go
+    /// request-site uprobes cost a Go program. Needs root.
+    Bench {
+        /// Only these parts: `churn`, `memory`, `go` (default: all three).
+        #[arg(long = "only", value_name = "PART")]
+        only: Vec<String>,
+    },
     /// Run every fuzz target (decoder, socket table, .gopclntab) for a bounded time.
     Fuzz {
         /// Seconds per target.
@@ -90,10 +95,10 @@ fn run(task: Task) -> Result<()> {
             require_root("the kernel matrix")?;
             run_matrix(&root, &binary, kernels, sets)
         }
-        Task::Bench => {
+        Task::Bench { only } => {
             let binary = build(&root)?;
             require_root("the benchmarks")?;
-            bench::bench(&root, &binary)
+            bench::bench(&root, &binary, &only)
         }
         Task::Fuzz { seconds } => fuzz::fuzz(&root, seconds),
         Task::Test => {

@@ -328,4 +328,28 @@ mod tests {
         assert_eq!(e.changes[0].1.count, 3);
         assert!(s.is_empty(), "no state kept for the exited process");
     }
+
+    /// A Go group's suspect line names its request site.
+    #[test]
+    fn the_suspect_line_carries_the_request_site() {
+        let mut s = Suspects::new(2);
+        let mut r = report(2, 2, 0, &[Class::CloseWait]);
+        r.processes[0].groups[0].request_stack = vec![crate::symbolize::Frame {
+            symbol: Some("main.fetchUser".to_owned()),
+            file: Some("/src/handler.go".to_owned()),
+            line: Some(41),
+            ..crate::symbolize::Frame::default()
+        }];
+        let e = run(&mut s, 0.0, &mut r);
+        assert_eq!(
+            e.changes[0].1.request_site.as_deref(),
+            Some("main.fetchUser (handler.go:41)")
+        );
+        let e = run(
+            &mut Suspects::new(2),
+            0.0,
+            &mut report(2, 2, 0, &[Class::CloseWait]),
+        );
+        assert_eq!(e.changes[0].1.request_site, None);
+    }
 }

@@ -12,7 +12,8 @@ use object::{
 use crate::gopclntab::GoSymbols;
 
 /// The probed functions, in the order of [`GoBinary::functions`] and of the
-/// eBPF programs that probe them.
+/// eBPF programs that probe them. The last two (the Happy Eyeballs bridge)
+/// are probed only where `runtime.g` has no `parentGoid` (before Go 1.21).
 pub const PROBED: [(&str, &str); 4] = [
     ("net/http.(*Transport).queueForDial", "go_queue_for_dial"),
     ("net/http.(*Transport).dialConnFor", "go_dial_conn_for"),
@@ -30,12 +31,17 @@ const GOID_OFFSETS: [(u32, u32, u32); 2] = [
     (23, 23, 160),
 ];
 
+/// The same for `parentGoid`, which Go 1.21 added.
+const PARENT_GOID_OFFSETS: [(u32, u32, u32); 2] = [(21, 22, 272), (23, 23, 280)];
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GoBinary {
     /// `go1.19.8`, from `.go.buildinfo` (`None` if it could not be read).
     pub version: Option<String>,
     /// Byte offset of `goid` in `runtime.g`, and where it came from.
     pub goid: Result<(u32, GoidSource), String>,
+    /// Byte offset of `parentGoid` (Go 1.21+), from the same source.
+    pub parent_goid: Option<u32>,
     /// File offsets of [`PROBED`] (`None`: not in this binary).
     pub functions: [Option<u64>; 4],
     /// The binary had a symbol table (else `.gopclntab` named the functions).
@@ -93,19 +99,26 @@ fn inspect_elf<'data, R: ReadRef<'data>>(data: R) -> Result<Option<GoBinary>> {
         };
         *slot = vaddr.and_then(|vaddr| file_offset(&file, vaddr));
     }
-    let goid = match dwarf_goid_offset(&file) {
-        Ok(Some(offset)) => Ok((offset, GoidSource::Dwarf)),
-        Ok(None) | Err(_) => match version.as_deref().and_then(table_goid_offset) {
-            Some(offset) => Ok((offset, GoidSource::VersionTable)),
-            None => Err(format!(
-                "no DWARF and a Go version leakbpf has no runtime.g layout for ({})",
-                version.as_deref().unwrap_or("unreadable .go.buildinfo")
-            )),
+    let (goid, parent_goid) = match dwarf_g_offsets(&file) {
+        Ok((Some(offset), parent)) => (Ok((offset, GoidSource::Dwarf)), parent),
+        _ => match version.as_deref().and_then(table_goid_offset) {
+            Some(offset) => (
+                Ok((offset, GoidSource::VersionTable)),
+                version.as_deref().and_then(table_parent_goid_offset),
+            ),
+            None => (
+                Err(format!(
+                    "no DWARF and a Go version leakbpf has no runtime.g layout for ({})",
+                    version.as_deref().unwrap_or("unreadable .go.buildinfo")
+                )),
+                None,
+            ),
         },
     };
     Ok(Some(GoBinary {
         version,
         goid,
+        parent_goid,
         functions,
         symtab,
     }))
@@ -146,25 +159,34 @@ pub fn buildinfo_version(section: &[u8]) -> Option<String> {
 /// The goroutine id offset for a Go version string (`go1.23.5`), from
 /// [`GOID_OFFSETS`].
 pub fn table_goid_offset(version: &str) -> Option<u32> {
+    by_minor(&GOID_OFFSETS, version)
+}
+
+/// The `parentGoid` offset for a Go version, from [`PARENT_GOID_OFFSETS`].
+pub fn table_parent_goid_offset(version: &str) -> Option<u32> {
+    by_minor(&PARENT_GOID_OFFSETS, version)
+}
+
+fn by_minor(table: &[(u32, u32, u32)], version: &str) -> Option<u32> {
     let minor: u32 = version
         .strip_prefix("go1.")?
         .split(|c: char| !c.is_ascii_digit())
         .next()?
         .parse()
         .ok()?;
-    GOID_OFFSETS
+    table
         .iter()
         .find(|(first, last, _)| (*first..=*last).contains(&minor))
         .map(|(.., offset)| *offset)
 }
 
-/// `runtime.g`'s `goid` member offset from the binary's DWARF; `Ok(None)`
-/// when there is no DWARF (stripped) or no such type.
-fn dwarf_goid_offset<'data, R: ReadRef<'data>>(
+/// `runtime.g`'s `goid` and `parentGoid` member offsets from the binary's
+/// DWARF; `None`s when there is no DWARF (stripped) or no such member.
+fn dwarf_g_offsets<'data, R: ReadRef<'data>>(
     file: &object::File<'data, R>,
-) -> Result<Option<u32>> {
+) -> Result<(Option<u32>, Option<u32>)> {
     if file.section_by_name(".debug_info").is_none() {
-        return Ok(None);
+        return Ok((None, None));
     }
     let load = |id: gimli::SectionId| -> Result<std::borrow::Cow<'data, [u8]>> {
         let Some(section) = file.section_by_name(id.name()) else {
@@ -193,19 +215,23 @@ fn dwarf_goid_offset<'data, R: ReadRef<'data>>(
         let unit = dwarf.unit(header)?;
         let mut entries = unit.entries();
         let mut g_depth: Option<isize> = None;
+        let mut found = (None, None);
         while let Some(entry) = entries.next_dfs()? {
             let depth = entry.depth();
             if let Some(g) = g_depth {
                 if depth <= g {
-                    g_depth = None;
-                } else if depth == g + 1
-                    && entry.tag() == gimli::DW_TAG_member
-                    && name_is(&dwarf, &unit, entry, "goid")
-                {
-                    return Ok(entry
+                    // The end of runtime.g's members.
+                    return Ok(found);
+                } else if depth == g + 1 && entry.tag() == gimli::DW_TAG_member {
+                    let offset = entry
                         .attr_value(gimli::DW_AT_data_member_location)
                         .and_then(|value| value.udata_value())
-                        .and_then(|offset| u32::try_from(offset).ok()));
+                        .and_then(|offset| u32::try_from(offset).ok());
+                    if name_is(&dwarf, &unit, entry, "goid") {
+                        found.0 = offset;
+                    } else if name_is(&dwarf, &unit, entry, "parentGoid") {
+                        found.1 = offset;
+                    }
                 }
             }
             if g_depth.is_none()
@@ -215,8 +241,11 @@ fn dwarf_goid_offset<'data, R: ReadRef<'data>>(
                 g_depth = Some(depth);
             }
         }
+        if g_depth.is_some() {
+            return Ok(found);
+        }
     }
-    Ok(None)
+    Ok((None, None))
 }
 
 fn name_is<R: gimli::Reader>(
@@ -258,6 +287,9 @@ mod tests {
         assert_eq!(table_goid_offset("go1.24.0"), None);
         assert_eq!(table_goid_offset("go1.18"), None);
         assert_eq!(table_goid_offset("devel +abc"), None);
+        assert_eq!(table_parent_goid_offset("go1.19.8"), None);
+        assert_eq!(table_parent_goid_offset("go1.21.13"), Some(272));
+        assert_eq!(table_parent_goid_offset("go1.23.5"), Some(280));
     }
 
     #[test]
@@ -307,14 +339,15 @@ mod tests {
                 assert!(binary.functions.iter().all(Option::is_some), "{binary:?}");
                 assert!(binary.dials_http());
                 assert_eq!(binary.symtab, !stripped);
-                found.push(binary.goid.clone().unwrap());
+                found.push((binary.goid.clone().unwrap(), binary.parent_goid));
             }
             let table = table_goid_offset(version).unwrap();
+            let parent = table_parent_goid_offset(version);
             assert_eq!(
                 found,
                 [
-                    (table, GoidSource::Dwarf),
-                    (table, GoidSource::VersionTable)
+                    ((table, GoidSource::Dwarf), parent),
+                    ((table, GoidSource::VersionTable), parent)
                 ]
             );
         }

@@ -234,11 +234,17 @@ fn attach(
     goid: u32,
 ) -> Result<Vec<(&'static str, UProbeLinkId)>> {
     let mut links = Vec::new();
-    for ((function, program), offset) in PROBED.iter().zip(binary.functions) {
+    // Go 1.21+ tells a racer's parent: the bridge's two probe hits per dial
+    // are not needed there.
+    let probed = if binary.parent_goid.is_some() { 2 } else { 4 };
+    for ((function, program), offset) in PROBED.iter().zip(binary.functions).take(probed) {
         let Some(offset) = offset else { continue };
         let point = UProbeAttachPoint {
             location: UProbeAttachLocation::AbsoluteOffset(offset),
-            cookie: Some(leakbpf_common::go::cookie(goid)),
+            cookie: Some(leakbpf_common::go::cookie(
+                goid,
+                binary.parent_goid.unwrap_or(0),
+            )),
         };
         match program_mut(ebpf, program)
             .and_then(|probe| Ok(probe.attach([point], exe, UProbeScope::AllProcesses)?))
