@@ -6,7 +6,8 @@
 use std::{path::PathBuf, process::Command, thread, time::Duration};
 
 use leakbpf_tests::{
-    Fixture, fixture_source, go_binary_with, groups, groups_in, process, symbols, trace_json,
+    Fixture, Leakbpf, fixture_source, go_binary_with, groups, groups_in, opens, process, symbols,
+    trace_json,
 };
 use serde_json::{Value, json};
 
@@ -273,4 +274,46 @@ fn without_go_uprobes_the_report_is_as_before() {
     let text = report.to_string();
     assert!(!text.contains("request_stack"), "{text}");
     assert!(!text.contains("no request site"), "{text}");
+}
+
+/// `events --stacks`: each connect of a Go client carries its request
+/// stack (3 from fetchUser, 2 from fetchOrder), accepts none.
+#[test]
+fn events_carry_the_request_stack() {
+    let binary = go_binary_with("gorequests", "1.19", false);
+    let (server, port) = server(&binary);
+    let events = Leakbpf::events(&["--stacks"]);
+    let url = format!("http://127.0.0.1:{port}/");
+    let mut client = Fixture::spawn(command(&binary, &["two-sites", &url, "3", "2"]));
+    client.ready();
+    let pid = client.pid();
+    events.wait_for("the client's 5 connects", |seen| {
+        opens(seen, pid, "connect").len() == 5
+    });
+    let stopped = events.stop();
+    let sites: Vec<String> = opens(&stopped.events, pid, "connect")
+        .iter()
+        .map(|open| {
+            let request = symbols(&open["request_stack"]);
+            assert!(open["request_stack_id"].is_u64(), "{open:#}");
+            request
+                .into_iter()
+                .find(|s| s.starts_with("main.fetch"))
+                .unwrap_or_else(|| panic!("no request site: {open:#}"))
+        })
+        .collect();
+    assert_eq!(
+        sites,
+        [
+            "main.fetchUser",
+            "main.fetchUser",
+            "main.fetchUser",
+            "main.fetchOrder",
+            "main.fetchOrder"
+        ]
+    );
+    for accept in opens(&stopped.events, server.pid(), "accept") {
+        assert!(accept.get("request_stack").is_none(), "{accept:#}");
+        assert!(accept.get("request_stack_id").is_none(), "{accept:#}");
+    }
 }

@@ -62,6 +62,11 @@ struct Record<'a> {
     user_stack: Option<std::sync::Arc<[Frame]>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     kernel_stack: Option<std::sync::Arc<[Frame]>>,
+    /// A Go connect's request site (see `trace`); absent when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_stack_id: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_stack: Option<std::sync::Arc<[Frame]>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -269,6 +274,8 @@ impl<W: std::io::Write> Printer<W> {
             kernel_stack_error: None,
             user_stack: None,
             kernel_stack: None,
+            request_stack_id: None,
+            request_stack: None,
         };
         match (event, applied) {
             (Event::Open(open), _) => {
@@ -277,7 +284,11 @@ impl<W: std::io::Write> Printer<W> {
                 record.kernel_stack_id = stack_id(open.kernel_stack);
                 record.user_stack_error = stack_error(open.user_stack);
                 record.kernel_stack_error = stack_error(open.kernel_stack);
+                record.request_stack_id = stack_id(open.request_stack);
                 if self.show_stacks {
+                    record.request_stack =
+                        self.stacks
+                            .user_frames(tracer, &open.task, open.request_stack, None);
                     record.user_stack = self.stacks.user_frames(
                         tracer,
                         &open.task,
@@ -322,7 +333,11 @@ impl<W: std::io::Write> Printer<W> {
             r.state.name(),
             detail
         )?;
-        for (label, frames) in [("user", &r.user_stack), ("kernel", &r.kernel_stack)] {
+        for (label, frames) in [
+            ("request", &r.request_stack),
+            ("user", &r.user_stack),
+            ("kernel", &r.kernel_stack),
+        ] {
             for frame in frames.iter().flat_map(|f| f.iter()) {
                 writeln!(
                     self.out,
