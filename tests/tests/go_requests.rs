@@ -317,3 +317,73 @@ fn events_carry_the_request_stack() {
         assert!(accept.get("request_stack_id").is_none(), "{accept:#}");
     }
 }
+
+/// Links of the loaded Go uprobe programs (`go_*`), as bpftool lists them.
+fn go_probe_links() -> usize {
+    let json = |args: &[&str]| -> Value {
+        let output = Command::new("bpftool")
+            .args(args)
+            .arg("--json")
+            .output()
+            .expect("running bpftool (Debian's bpftool package)");
+        assert!(output.status.success(), "bpftool {args:?} failed");
+        serde_json::from_slice(&output.stdout).expect("bpftool JSON")
+    };
+    let programs: Vec<u64> = json(&["prog", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("go_")))
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    json(&["link", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| {
+            l["prog_id"]
+                .as_u64()
+                .is_some_and(|id| programs.contains(&id))
+        })
+        .count()
+}
+
+/// Polls `done` until it holds or the test timeout passes.
+fn eventually(what: &str, done: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < *leakbpf_tests::TIMEOUT,
+            "timed out waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A Go binary no process ran when tracing started is probed at its first
+/// socket, once for all its processes, and let go when the last one exits.
+#[test]
+fn a_binary_is_probed_once_and_let_go_with_its_last_process() {
+    let dir = tempfile::tempdir().unwrap();
+    // A copy: an inode of its own, unknown to leakbpf at start-up.
+    let binary = dir.path().join("gorequests-copy");
+    std::fs::copy(go_binary_with("gorequests", "1.19", false), &binary).unwrap();
+    let trace = trace_json(&[]);
+    let before = go_probe_links();
+    let (mut server, port) = server(&binary);
+    let url = format!("http://127.0.0.1:{port}/");
+    let mut client = Fixture::spawn(command(&binary, &["two-sites", &url, "3", "2"]));
+    client.ready();
+    // Go 1.19 (no parentGoid): four probes, once for the client and the
+    // server together.
+    eventually("the binary's four probes", || {
+        go_probe_links() == before + 4
+    });
+    client.kill();
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(go_probe_links(), before + 4, "the server still runs it");
+    server.kill();
+    eventually("the probes let go", || go_probe_links() == before);
+    let report = trace.stop();
+    assert_eq!(report["complete"], true, "{report:#}");
+}
