@@ -152,7 +152,7 @@ impl Snapshot {
             };
             table.insert_preexisting(
                 owned.socket.cookie,
-                holder_task(first),
+                &holder_task(first),
                 endpoints,
                 Some(first.fd),
                 self.taken_ns,

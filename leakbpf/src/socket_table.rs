@@ -14,8 +14,10 @@
 /// FxHash, not SipHash. Nothing here is keyed by input an attacker picks.
 type FastMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
 use crate::event::{
-    Close, Direction, Endpoints, Event, Exit, Open, Stack, StateChange, Task, TcpState,
+    Close, Direction, Endpoints, Event, Exit, Family, Open, Stack, StateChange, Task, TcpState,
 };
 
 /// What the table knows of one socket.
@@ -157,9 +159,298 @@ pub struct TableStats {
     pub reconciled: u64,
 }
 
+/// What many sockets share: who opened them, how, and from which code.
+/// Interned once per distinct origin ([`Origins`]), so a socket costs a
+/// 4-byte index instead of ~100 bytes of opener and stacks.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Origin {
+    /// The opener with `tid` 0 (each socket keeps its own thread).
+    opener: TaskKey,
+    direction: Direction,
+    user_stack: Stack,
+    leaf_caller: Option<u64>,
+    kernel_stack: Stack,
+    request_stack: Stack,
+}
+
+/// [`Task`] as a hash key (its `comm` is inline and hashable).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct TaskKey {
+    pid: u32,
+    cgroup_id: u64,
+    comm: crate::event::Comm,
+    start_ns: u64,
+}
+
+impl TaskKey {
+    fn of(task: &Task) -> TaskKey {
+        TaskKey {
+            pid: task.pid,
+            cgroup_id: task.cgroup_id,
+            comm: task.comm,
+            start_ns: task.start_ns,
+        }
+    }
+
+    fn task(&self, tid: u32) -> Task {
+        Task {
+            pid: self.pid,
+            tid,
+            cgroup_id: self.cgroup_id,
+            comm: self.comm,
+            start_ns: self.start_ns,
+        }
+    }
+}
+
+/// The reference count of a freed [`Origins`] record.
+const FREED: u32 = u32::MAX;
+
+/// Interned [`Origin`]s, reference-counted by the sockets using them. One
+/// that no socket uses any more is freed at the next sweep, not at once: a
+/// churn from the same code would otherwise intern and free it again with
+/// every connection.
+#[derive(Debug, Default)]
+struct Origins {
+    records: Vec<(Origin, u32)>,
+    index: FastMap<Origin, u32>,
+    free: Vec<u32>,
+    /// Origins whose count reached 0 since the last sweep.
+    unused: Vec<u32>,
+    /// The origin interned last, per direction.
+    last: [Option<u32>; 3],
+}
+
+impl Origin {
+    fn of(open: &Open) -> Origin {
+        Origin {
+            opener: TaskKey::of(&open.task),
+            direction: open.direction,
+            user_stack: open.user_stack,
+            leaf_caller: open.leaf_caller,
+            kernel_stack: open.kernel_stack,
+            request_stack: open.request_stack,
+        }
+    }
+
+    /// Equal to `Origin::of(open)`, without building it.
+    fn matches(&self, open: &Open) -> bool {
+        let (o, t) = (&self.opener, &open.task);
+        o.pid == t.pid
+            && o.start_ns == t.start_ns
+            && self.user_stack == open.user_stack
+            && self.direction == open.direction
+            && self.leaf_caller == open.leaf_caller
+            && self.kernel_stack == open.kernel_stack
+            && self.request_stack == open.request_stack
+            && o.cgroup_id == t.cgroup_id
+            && o.comm == t.comm
+    }
+}
+
+impl Origins {
+    /// The origin of `open`, interned. Sockets come in runs from the same
+    /// code, connects and accepts interleaved: the last origin of each
+    /// direction is tried before hashing.
+    fn intern_open(&mut self, open: &Open) -> u32 {
+        let recent = match open.direction {
+            Direction::Connect => 0,
+            Direction::Accept => 1,
+            Direction::Preexisting => 2,
+        };
+        if let Some(id) = self.last[recent]
+            && let Some((origin, refs)) = self.records.get_mut(id as usize)
+            && *refs != FREED
+            && origin.matches(open)
+        {
+            *refs += 1;
+            return id;
+        }
+        let id = self.intern(Origin::of(open));
+        self.last[recent] = Some(id);
+        id
+    }
+
+    fn intern(&mut self, origin: Origin) -> u32 {
+        if let Some(&id) = self.index.get(&origin) {
+            self.records[id as usize].1 += 1;
+            return id;
+        }
+        let id = if let Some(id) = self.free.pop() {
+            self.records[id as usize] = (origin.clone(), 1);
+            id
+        } else {
+            self.records.push((origin.clone(), 1));
+            u32::try_from(self.records.len() - 1).unwrap_or(u32::MAX)
+        };
+        self.index.insert(origin, id);
+        id
+    }
+
+    fn release(&mut self, id: u32) {
+        let refs = &mut self.records[id as usize].1;
+        *refs -= 1;
+        if *refs == 0 {
+            self.unused.push(id);
+        }
+    }
+
+    /// Frees the origins still unused.
+    fn sweep(&mut self) {
+        for id in std::mem::take(&mut self.unused) {
+            let (origin, refs) = &self.records[id as usize];
+            // Used again since, or already freed (listed twice).
+            if *refs == 0 {
+                self.index.remove(origin);
+                self.records[id as usize].1 = FREED;
+                self.free.push(id);
+            }
+        }
+    }
+
+    fn get(&self, id: u32) -> &Origin {
+        &self.records[id as usize].0
+    }
+}
+
+/// One tracked socket as stored: 72 bytes. Its addresses are kept compact
+/// (two `SocketAddr`s and a state take 68 bytes): IPv4 in the first 4 bytes
+/// of each address.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    opened_ns: u64,
+    state_since_ns: u64,
+    local: [u8; 16],
+    remote: [u8; 16],
+    /// Index into [`Origins`].
+    origin: u32,
+    /// The opening thread.
+    tid: u32,
+    /// The opener's fd, or -1.
+    fd: i32,
+    /// IPv6 scope (sock_diag's interface of a link-local socket); both ends
+    /// share it.
+    scope_id: u32,
+    local_port: u16,
+    remote_port: u16,
+    v6: bool,
+    state: TcpState,
+    /// Released; its [`Closed`] is in `SocketTable::closed`.
+    closed: bool,
+}
+
+impl Slot {
+    fn new(origin: u32, tid: u32, fd: Option<i32>, time_ns: u64, endpoints: &Endpoints) -> Slot {
+        let mut slot = Slot {
+            opened_ns: time_ns,
+            state_since_ns: time_ns,
+            local: [0; 16],
+            remote: [0; 16],
+            origin,
+            tid,
+            fd: fd.unwrap_or(-1),
+            scope_id: 0,
+            local_port: 0,
+            remote_port: 0,
+            v6: false,
+            state: endpoints.state,
+            closed: false,
+        };
+        slot.set_endpoints(endpoints);
+        slot
+    }
+
+    fn set_endpoints(&mut self, endpoints: &Endpoints) {
+        let bytes = |addr: &SocketAddr| -> ([u8; 16], u32) {
+            match addr {
+                SocketAddr::V4(v4) => {
+                    let mut out = [0; 16];
+                    out[..4].copy_from_slice(&v4.ip().octets());
+                    (out, 0)
+                }
+                SocketAddr::V6(v6) => (v6.ip().octets(), v6.scope_id()),
+            }
+        };
+        let (local, local_scope) = bytes(&endpoints.local);
+        let (remote, remote_scope) = bytes(&endpoints.remote);
+        self.local = local;
+        self.remote = remote;
+        self.scope_id = local_scope.max(remote_scope);
+        self.local_port = endpoints.local.port();
+        self.remote_port = endpoints.remote.port();
+        self.v6 = endpoints.family == Family::Ipv6;
+        self.state = endpoints.state;
+    }
+
+    fn endpoints(&self) -> Endpoints {
+        let addr = |bytes: &[u8; 16], port: u16| -> SocketAddr {
+            if self.v6 {
+                SocketAddrV6::new(Ipv6Addr::from(*bytes), port, 0, self.scope_id).into()
+            } else {
+                SocketAddrV4::new(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]), port)
+                    .into()
+            }
+        };
+        Endpoints {
+            family: if self.v6 { Family::Ipv6 } else { Family::Ipv4 },
+            local: addr(&self.local, self.local_port),
+            remote: addr(&self.remote, self.remote_port),
+            state: self.state,
+        }
+    }
+}
+
+/// Slots in fixed-size chunks: growing never copies them, and at most one
+/// chunk is slack (a `Vec` that doubles can leave half of itself unused).
+#[derive(Debug, Default)]
+struct Slots {
+    chunks: Vec<Vec<Slot>>,
+    len: usize,
+    free: Vec<u32>,
+}
+
+const SLOT_CHUNK: usize = 4096;
+
+impl Slots {
+    fn insert(&mut self, slot: Slot) -> u32 {
+        if let Some(id) = self.free.pop() {
+            *self.get_mut(id) = slot;
+            return id;
+        }
+        if self.len.is_multiple_of(SLOT_CHUNK) {
+            self.chunks.push(Vec::with_capacity(SLOT_CHUNK));
+        }
+        if let Some(chunk) = self.chunks.last_mut() {
+            chunk.push(slot);
+        }
+        self.len += 1;
+        u32::try_from(self.len - 1).unwrap_or(u32::MAX)
+    }
+
+    fn remove(&mut self, id: u32) {
+        self.free.push(id);
+    }
+
+    fn get(&self, id: u32) -> &Slot {
+        let id = id as usize;
+        &self.chunks[id / SLOT_CHUNK][id % SLOT_CHUNK]
+    }
+
+    fn get_mut(&mut self, id: u32) -> &mut Slot {
+        let id = id as usize;
+        &mut self.chunks[id / SLOT_CHUNK][id % SLOT_CHUNK]
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct SocketTable {
-    sockets: FastMap<u64, Socket>,
+    /// Cookie -> slot: 16 bytes a bucket.
+    index: FastMap<u64, u32>,
+    slots: Slots,
+    origins: Origins,
+    /// How released sockets ended, while they wait for their destroy (only
+    /// `events` keeps them: the reports forget a socket at its close).
+    closed: FastMap<u64, Closed>,
     groups: FastMap<GroupKey, GroupCounts>,
     /// Openers that exited since the last sweep: their group counts go once
     /// none of their sockets is open any more.
@@ -174,12 +465,8 @@ pub struct SocketTable {
 impl SocketTable {
     pub fn new(limits: Limits) -> Self {
         SocketTable {
-            sockets: FastMap::default(),
-            groups: FastMap::default(),
-            exited: Vec::new(),
-            open_by_opener: FastMap::default(),
             limits,
-            stats: TableStats::default(),
+            ..SocketTable::default()
         }
     }
 
@@ -188,16 +475,14 @@ impl SocketTable {
             Event::Open(open) => self.open(open),
             Event::State(change) => self.state(change),
             Event::Close(close) => self.close(close),
-            Event::Destroy(destroy) => match self.sockets.remove(&destroy.cookie) {
-                Some(socket) => {
-                    if socket.is_open() {
-                        Self::uncount_open(&mut self.open_by_opener, &socket);
-                    }
+            Event::Destroy(destroy) => {
+                if self.remove(destroy.cookie) {
                     self.stats.destroyed += 1;
                     Applied::Destroyed
+                } else {
+                    Applied::Untracked
                 }
-                None => Applied::Untracked,
-            },
+            }
             Event::Exit(exit) => self.exit(exit),
             // The stack resolver's business.
             Event::Stack(_) => return Applied::Ignored,
@@ -208,20 +493,73 @@ impl SocketTable {
         applied
     }
 
-    fn count_open(&mut self, opener: &Task) {
-        *self
-            .open_by_opener
-            .entry((opener.pid, opener.start_ns))
-            .or_default() += 1;
+    /// The socket as the rest of leakbpf sees it.
+    fn view(&self, cookie: u64, slot: &Slot) -> Socket {
+        let origin = self.origins.get(slot.origin);
+        Socket {
+            cookie,
+            opener: origin.opener.task(slot.tid),
+            direction: origin.direction,
+            opened_ns: slot.opened_ns,
+            endpoints: slot.endpoints(),
+            state_since_ns: slot.state_since_ns,
+            fd: (slot.fd >= 0).then_some(slot.fd),
+            user_stack: origin.user_stack,
+            leaf_caller: origin.leaf_caller,
+            kernel_stack: origin.kernel_stack,
+            request_stack: origin.request_stack,
+            closed: if slot.closed {
+                self.closed.get(&cookie).cloned()
+            } else {
+                None
+            },
+        }
     }
 
-    /// `socket` is no longer open (closed, destroyed or forgotten).
-    fn uncount_open(open_by_opener: &mut FastMap<(u32, u64), u32>, socket: &Socket) {
-        let key = (socket.opener.pid, socket.opener.start_ns);
-        if let Some(n) = open_by_opener.get_mut(&key) {
+    fn group_key_of(&self, slot: &Slot) -> GroupKey {
+        let origin = self.origins.get(slot.origin);
+        GroupKey {
+            pid: origin.opener.pid,
+            start_ns: origin.opener.start_ns,
+            direction: origin.direction,
+            user_stack: origin.user_stack.id(),
+            leaf_caller: origin.leaf_caller,
+            request_stack: origin.request_stack.id(),
+        }
+    }
+
+    fn opener_of(&self, slot: &Slot) -> (u32, u64) {
+        let opener = &self.origins.get(slot.origin).opener;
+        (opener.pid, opener.start_ns)
+    }
+
+    /// Forgets socket `cookie`; false if it was not tracked.
+    fn remove(&mut self, cookie: u64) -> bool {
+        let Some(id) = self.index.remove(&cookie) else {
+            return false;
+        };
+        let slot = *self.slots.get(id);
+        if slot.closed {
+            self.closed.remove(&cookie);
+        } else {
+            let opener = self.opener_of(&slot);
+            Self::uncount_open(&mut self.open_by_opener, opener);
+        }
+        self.origins.release(slot.origin);
+        self.slots.remove(id);
+        true
+    }
+
+    fn count_open(&mut self, opener: (u32, u64)) {
+        *self.open_by_opener.entry(opener).or_default() += 1;
+    }
+
+    /// A socket of `opener` is no longer open (closed, destroyed or forgotten).
+    fn uncount_open(open_by_opener: &mut FastMap<(u32, u64), u32>, opener: (u32, u64)) {
+        if let Some(n) = open_by_opener.get_mut(&opener) {
             *n -= 1;
             if *n == 0 {
-                open_by_opener.remove(&key);
+                open_by_opener.remove(&opener);
             }
         }
     }
@@ -231,8 +569,13 @@ impl SocketTable {
     /// stacks would otherwise grow the counts without bound. A group that
     /// opens again starts from zero. Returns how many went.
     pub fn retain_groups(&mut self, keep: impl Fn(&GroupKey) -> bool) -> usize {
-        let open: std::collections::HashSet<GroupKey> =
-            self.open_sockets().map(Socket::group_key).collect();
+        let open: std::collections::HashSet<GroupKey> = self
+            .index
+            .values()
+            .map(|&id| self.slots.get(id))
+            .filter(|slot| !slot.closed)
+            .map(|slot| self.group_key_of(slot))
+            .collect();
         let before = self.groups.len();
         self.groups.retain(|key, _| open.contains(key) || keep(key));
         before - self.groups.len()
@@ -252,33 +595,27 @@ impl SocketTable {
     }
 
     fn open(&mut self, open: &Open) -> Applied {
-        if !self.sockets.contains_key(&open.cookie) && self.sockets.len() >= self.limits.max_sockets
-        {
+        if self.index.contains_key(&open.cookie) {
+            // A tracked socket that connects again starts over.
+            self.remove(open.cookie);
+        } else if self.index.len() >= self.limits.max_sockets {
             self.stats.dropped_full += 1;
             return Applied::DroppedFull;
         }
         self.stats.opened += 1;
-        let socket = Socket {
-            cookie: open.cookie,
-            opener: open.task.clone(),
-            direction: open.direction,
-            opened_ns: open.time_ns,
-            endpoints: open.endpoints,
-            state_since_ns: open.time_ns,
-            fd: open.fd,
-            user_stack: open.user_stack,
-            leaf_caller: open.leaf_caller,
-            kernel_stack: open.kernel_stack,
-            request_stack: open.request_stack,
-            closed: None,
-        };
-        self.groups.entry(socket.group_key()).or_default().opened += 1;
-        self.count_open(&socket.opener);
-        if let Some(old) = self.sockets.insert(open.cookie, socket)
-            && old.is_open()
-        {
-            Self::uncount_open(&mut self.open_by_opener, &old);
-        }
+        let origin = self.origins.intern_open(open);
+        let slot = Slot::new(
+            origin,
+            open.task.tid,
+            open.fd,
+            open.time_ns,
+            &open.endpoints,
+        );
+        let key = self.group_key_of(&slot);
+        self.groups.entry(key).or_default().opened += 1;
+        self.count_open((open.task.pid, open.task.start_ns));
+        let id = self.slots.insert(slot);
+        self.index.insert(open.cookie, id);
         Applied::Opened
     }
 
@@ -287,37 +624,32 @@ impl SocketTable {
     pub fn insert_preexisting(
         &mut self,
         cookie: u64,
-        holder: Task,
+        holder: &Task,
         endpoints: Endpoints,
         fd: Option<i32>,
         now_ns: u64,
     ) -> Applied {
-        if self.sockets.contains_key(&cookie) {
+        if self.index.contains_key(&cookie) {
             return Applied::Untracked;
         }
-        if self.sockets.len() >= self.limits.max_sockets {
+        if self.index.len() >= self.limits.max_sockets {
             self.stats.dropped_full += 1;
             return Applied::DroppedFull;
         }
         self.stats.preexisting += 1;
-        self.count_open(&holder);
-        self.sockets.insert(
-            cookie,
-            Socket {
-                cookie,
-                opener: holder,
-                direction: Direction::Preexisting,
-                opened_ns: now_ns,
-                endpoints,
-                state_since_ns: now_ns,
-                fd,
-                user_stack: Stack::Missing(0),
-                leaf_caller: None,
-                kernel_stack: Stack::Missing(0),
-                request_stack: Stack::NOT_PROBED,
-                closed: None,
-            },
-        );
+        self.count_open((holder.pid, holder.start_ns));
+        let origin = self.origins.intern(Origin {
+            opener: TaskKey::of(holder),
+            direction: Direction::Preexisting,
+            user_stack: Stack::Missing(0),
+            leaf_caller: None,
+            kernel_stack: Stack::Missing(0),
+            request_stack: Stack::NOT_PROBED,
+        });
+        let id = self
+            .slots
+            .insert(Slot::new(origin, holder.tid, fd, now_ns, &endpoints));
+        self.index.insert(cookie, id);
         Applied::Opened
     }
 
@@ -328,49 +660,54 @@ impl SocketTable {
     }
 
     fn state(&mut self, change: &StateChange) -> Applied {
-        let Some(socket) = self.sockets.get_mut(&change.cookie) else {
+        let Some(&id) = self.index.get(&change.cookie) else {
             return Applied::Untracked;
         };
-        let old = socket.endpoints.state;
+        let slot = self.slots.get_mut(id);
+        let old = slot.state;
         // The connect's open is taken before the source port is chosen, and
         // a socket moving to CLOSE is unhashed (its port reads 0): keep the
         // best-known tuple, take the new state.
         if change.endpoints.local.port() != 0 {
-            socket.endpoints = change.endpoints;
+            slot.set_endpoints(&change.endpoints);
         }
-        socket.endpoints.state = change.endpoints.state;
-        socket.state_since_ns = change.time_ns;
+        slot.state = change.endpoints.state;
+        slot.state_since_ns = change.time_ns;
         Applied::StateChanged { old }
     }
 
     fn close(&mut self, close: &Close) -> Applied {
-        let Some(socket) = self.sockets.get_mut(&close.cookie) else {
+        let Some(&id) = self.index.get(&close.cookie) else {
             return Applied::Untracked;
         };
-        if socket.closed.is_some() {
+        let slot = *self.slots.get(id);
+        if slot.closed {
             // A socket is released once; a second release is a lost destroy
             // followed by cookie confusion we cannot resolve: ignore it.
             return Applied::Untracked;
         }
-        socket.closed = Some(Closed {
-            time_ns: close.time_ns,
-            by_pid: close.task.pid,
-            state: close.state,
-        });
         self.stats.closed += 1;
-        let key = (socket.opener.pid, socket.opener.start_ns);
-        if let Some(n) = self.open_by_opener.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
-                self.open_by_opener.remove(&key);
-            }
-        }
-        if let Some(counts) = self.groups.get_mut(&socket.group_key()) {
+        let opener = self.opener_of(&slot);
+        Self::uncount_open(&mut self.open_by_opener, opener);
+        let key = self.group_key_of(&slot);
+        if let Some(counts) = self.groups.get_mut(&key) {
             counts.closed += 1;
         }
-        let lifetime_ns = close.time_ns.saturating_sub(socket.opened_ns);
+        let lifetime_ns = close.time_ns.saturating_sub(slot.opened_ns);
         if self.limits.forget_closed {
-            self.sockets.remove(&close.cookie);
+            self.index.remove(&close.cookie);
+            self.origins.release(slot.origin);
+            self.slots.remove(id);
+        } else {
+            self.slots.get_mut(id).closed = true;
+            self.closed.insert(
+                close.cookie,
+                Closed {
+                    time_ns: close.time_ns,
+                    by_pid: close.task.pid,
+                    state: close.state,
+                },
+            );
         }
         Applied::Closed { lifetime_ns }
     }
@@ -380,11 +717,17 @@ impl SocketTable {
     /// Also drops the open/close counts of exited openers that hold no
     /// open socket any more (a reused pid then starts with fresh counts).
     pub fn sweep(&mut self, now_ns: u64) {
+        self.origins.sweep();
         let retention = self.limits.closed_retention_ns;
-        self.sockets.retain(|_, socket| match &socket.closed {
-            Some(closed) => now_ns.saturating_sub(closed.time_ns) < retention,
-            None => true,
-        });
+        let expired: Vec<u64> = self
+            .closed
+            .iter()
+            .filter(|(_, closed)| now_ns.saturating_sub(closed.time_ns) >= retention)
+            .map(|(cookie, _)| *cookie)
+            .collect();
+        for cookie in expired {
+            self.remove(cookie);
+        }
         if !self.exited.is_empty() {
             // Through the per-opener index: no scan of every socket.
             let exited: std::collections::HashSet<(u32, u64)> =
@@ -401,32 +744,40 @@ impl SocketTable {
     /// gone (`still_open` is false): their close was lost (a full ring).
     /// Sockets opened after `taken_ns` are not judged. Returns how many went.
     pub fn reconcile(&mut self, taken_ns: u64, still_open: impl Fn(&Socket) -> bool) -> usize {
-        let before = self.sockets.len();
-        let open_by_opener = &mut self.open_by_opener;
-        self.sockets.retain(|_, socket| {
-            let keep = !socket.is_open() || socket.opened_ns >= taken_ns || still_open(socket);
-            if !keep {
-                Self::uncount_open(open_by_opener, socket);
-            }
-            keep
-        });
-        let removed = before - self.sockets.len();
-        self.stats.reconciled += removed as u64;
-        removed
+        let gone: Vec<u64> = self
+            .index
+            .iter()
+            .filter(|&(&cookie, &id)| {
+                let slot = self.slots.get(id);
+                !slot.closed && slot.opened_ns < taken_ns && !still_open(&self.view(cookie, slot))
+            })
+            .map(|(&cookie, _)| cookie)
+            .collect();
+        for &cookie in &gone {
+            self.remove(cookie);
+        }
+        self.stats.reconciled += gone.len() as u64;
+        gone.len()
     }
 
-    pub fn get(&self, cookie: u64) -> Option<&Socket> {
-        self.sockets.get(&cookie)
+    pub fn get(&self, cookie: u64) -> Option<Socket> {
+        let id = *self.index.get(&cookie)?;
+        Some(self.view(cookie, self.slots.get(id)))
     }
 
     /// Every tracked socket, open or closed and waiting for its destroy.
-    pub fn sockets(&self) -> impl Iterator<Item = &Socket> {
-        self.sockets.values()
+    pub fn sockets(&self) -> impl Iterator<Item = Socket> + '_ {
+        self.index
+            .iter()
+            .map(|(&cookie, &id)| self.view(cookie, self.slots.get(id)))
     }
 
     /// Sockets whose last file reference has not been released.
-    pub fn open_sockets(&self) -> impl Iterator<Item = &Socket> {
-        self.sockets.values().filter(|socket| socket.is_open())
+    pub fn open_sockets(&self) -> impl Iterator<Item = Socket> + '_ {
+        self.index.iter().filter_map(|(&cookie, &id)| {
+            let slot = self.slots.get(id);
+            (!slot.closed).then(|| self.view(cookie, slot))
+        })
     }
 
     /// Opens and closes of one group while tracing.
@@ -439,11 +790,16 @@ impl SocketTable {
     }
 
     pub fn len(&self) -> usize {
-        self.sockets.len()
+        self.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sockets.is_empty()
+        self.index.is_empty()
+    }
+
+    /// Distinct origins (opener, direction, stacks) interned now.
+    pub fn origins(&self) -> usize {
+        self.origins.index.len()
     }
 }
 
@@ -529,12 +885,69 @@ mod tests {
         assert_eq!(table.stats().reconciled, 1);
     }
 
-    /// Every tracked socket costs this much plus the hash map's slack: keep
-    /// it small (BENCHMARKS.md measures the whole). 208 since the Go request
-    /// site (8 bytes) joined it.
+    /// Every tracked socket costs its slot, plus a 16-byte bucket in the
+    /// cookie index and its slack (BENCHMARKS.md measures the whole); what
+    /// sockets share (opener, stacks) is interned.
     #[test]
     fn a_socket_stays_small() {
-        assert!(size_of::<Socket>() <= 208, "{}", size_of::<Socket>());
+        assert!(size_of::<Slot>() <= 72, "{}", size_of::<Slot>());
+        assert_eq!(size_of::<(u64, u32)>(), 16);
+    }
+
+    /// Sockets opened the same way by the same process share one origin,
+    /// and it goes with the last of them; the view puts every fact back.
+    #[test]
+    fn origins_are_shared_and_released() {
+        let mut table = SocketTable::new(Limits {
+            forget_closed: true,
+            ..Limits::default()
+        });
+        for cookie in 1..=3 {
+            table.apply(&open(cookie, 100, 10));
+        }
+        table.apply(&open(4, 101, 10));
+        assert_eq!(table.origins(), 2);
+        let socket = table.get(2).unwrap();
+        assert_eq!(socket.opener.pid, 100);
+        assert_eq!(socket.opener.comm, "p100");
+        assert_eq!(socket.user_stack, Stack::Id(1));
+        assert_eq!(socket.kernel_stack, Stack::Id(2));
+        assert_eq!(socket.fd, None);
+        assert_eq!(socket.opened_ns, 10);
+        assert_eq!(socket.endpoints, endpoints(0, TcpState::SynSent));
+        for cookie in 1..=3 {
+            table.apply(&close(cookie, 100, 20));
+        }
+        // Kept until the next sweep: a churn from the same code reuses it.
+        assert_eq!(table.origins(), 2);
+        table.sweep(30);
+        assert_eq!(table.origins(), 1);
+        // A freed slot and origin are reused.
+        table.apply(&open(5, 100, 30));
+        assert_eq!(table.origins(), 2);
+        assert_eq!(table.get(5).unwrap().opener.pid, 100);
+    }
+
+    /// IPv6 addresses and a link-local scope survive the compact slot.
+    #[test]
+    fn the_compact_tuple_keeps_every_address() {
+        for (local, remote) in [
+            ("127.0.0.1:40000", "10.1.2.3:8080"),
+            ("[::1]:40000", "[2001:db8::1]:443"),
+            ("[fe80::1%3]:40000", "[fe80::2%3]:22"),
+        ] {
+            let endpoints = Endpoints {
+                family: if local.starts_with('[') {
+                    Family::Ipv6
+                } else {
+                    Family::Ipv4
+                },
+                local: local.parse().unwrap(),
+                remote: remote.parse().unwrap(),
+                state: TcpState::CloseWait,
+            };
+            assert_eq!(Slot::new(0, 0, None, 0, &endpoints).endpoints(), endpoints);
+        }
     }
 
     #[test]
@@ -770,11 +1183,11 @@ mod tests {
         let owner = task(300);
         let ep = endpoints(5000, TcpState::CloseWait);
         assert_eq!(
-            table.insert_preexisting(77, owner.clone(), ep, Some(9), 1_000),
+            table.insert_preexisting(77, &owner, ep, Some(9), 1_000),
             Applied::Opened
         );
         assert_eq!(
-            table.insert_preexisting(77, owner, ep, Some(9), 1_000),
+            table.insert_preexisting(77, &owner, ep, Some(9), 1_000),
             Applied::Untracked,
             "inserted once"
         );

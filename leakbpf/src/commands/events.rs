@@ -211,7 +211,7 @@ impl<W: std::io::Write> Printer<W> {
             self.stacks.observe(tracer, &mut event);
             // A destroy removes the socket: look at it first.
             let before = match &event {
-                Event::Destroy(d) => self.table.get(d.cookie).cloned(),
+                Event::Destroy(d) => self.table.get(d.cookie),
                 _ => None,
             };
             let applied = self.table.apply(&event);
@@ -220,7 +220,7 @@ impl<W: std::io::Write> Printer<W> {
                     continue;
                 }
                 Applied::Destroyed => before,
-                _ => self.table.get(event.cookie()).cloned(),
+                _ => self.table.get(event.cookie()),
             };
             let Some(socket) = socket else { continue };
             if !self

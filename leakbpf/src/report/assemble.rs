@@ -39,8 +39,9 @@ pub struct Options<'a> {
 }
 
 /// One process's hold on a socket, as the report lists it.
-struct Held<'a> {
-    socket: &'a Socket,
+struct Held {
+    /// Shared by every holder of the socket.
+    socket: std::rc::Rc<Socket>,
     holder: Task,
     exe: Option<String>,
     fd: Option<i32>,
@@ -110,8 +111,8 @@ type BuiltGroup = (u32, String, Option<String>, Group);
 
 /// Open sockets as the report shows them: per report group, each holder's
 /// hold on them.
-struct HeldGroups<'a> {
-    groups: HashMap<ReportKey, Vec<Held<'a>>>,
+struct HeldGroups {
+    groups: HashMap<ReportKey, Vec<Held>>,
     /// Distinct sockets shown.
     distinct: usize,
     /// Sockets shown without a holder, unexplained.
@@ -120,11 +121,7 @@ struct HeldGroups<'a> {
 
 /// Groups the open sockets `options` wants by holder (or, with none found,
 /// by opener), how, by whom and where they were opened.
-fn hold_by_group<'a>(
-    table: &'a SocketTable,
-    snapshot: &Snapshot,
-    options: &Options<'_>,
-) -> HeldGroups<'a> {
+fn hold_by_group(table: &SocketTable, snapshot: &Snapshot, options: &Options<'_>) -> HeldGroups {
     let age_s = |socket: &Socket| options.now_ns.saturating_sub(socket.opened_ns) as f64 / 1e9;
     let mut out = HeldGroups {
         groups: HashMap::new(),
@@ -133,13 +130,14 @@ fn hold_by_group<'a>(
     };
     for socket in table.open_sockets() {
         // Opened after the snapshot: its holders are not in it yet.
-        if socket.opened_ns > snapshot.taken_ns || age_s(socket) < options.min_age_s {
+        if socket.opened_ns > snapshot.taken_ns || age_s(&socket) < options.min_age_s {
             continue;
         }
+        let socket = std::rc::Rc::new(socket);
         let family = socket.endpoints.family;
-        let held = holders(socket, snapshot);
+        let held = holders(&socket, snapshot);
         let found = !held.is_empty();
-        let shown: Vec<Held<'_>> = if found {
+        let shown: Vec<Held> = if found {
             held.into_iter()
                 .filter(|h| options.filter.matches(&h.holder, family))
                 .collect()
@@ -147,7 +145,7 @@ fn hold_by_group<'a>(
             // Nobody's fd table has it (but the kernel never said it was
             // released): list it under its opener and say so.
             vec![Held {
-                socket,
+                socket: std::rc::Rc::clone(&socket),
                 holder: socket.opener.clone(),
                 exe: None,
                 fd: socket.fd,
@@ -205,7 +203,7 @@ fn by_process(built: Vec<BuiltGroup>) -> Vec<ProcessReport> {
 }
 
 /// Each process holding `socket` now, once per process (its lowest fd).
-fn holders<'a>(socket: &'a Socket, snapshot: &Snapshot) -> Vec<Held<'a>> {
+fn holders(socket: &std::rc::Rc<Socket>, snapshot: &Snapshot) -> Vec<Held> {
     let owners = snapshot.holders(socket.cookie);
     let mut pids: Vec<u32> = owners.iter().map(|o| o.pid).collect();
     pids.dedup();
@@ -214,7 +212,7 @@ fn holders<'a>(socket: &'a Socket, snapshot: &Snapshot) -> Vec<Held<'a>> {
         .enumerate()
         .filter(|(i, owner)| *i == 0 || owners[i - 1].pid != owner.pid)
         .map(|(_, owner)| Held {
-            socket,
+            socket: std::rc::Rc::clone(socket),
             holder: holder_task(owner),
             exe: owner.exe.as_ref().map(|e| e.display().to_string()),
             fd: Some(owner.fd),
@@ -225,7 +223,7 @@ fn holders<'a>(socket: &'a Socket, snapshot: &Snapshot) -> Vec<Held<'a>> {
 
 fn group(
     key: &ReportKey,
-    held: &[Held<'_>],
+    held: &[Held],
     table: &SocketTable,
     snapshot: &Snapshot,
     frames: &dyn FrameSource,
@@ -252,7 +250,7 @@ fn group(
     remotes.truncate(10);
 
     let direction = key.opened.direction;
-    let first = held[0].socket;
+    let first = &*held[0].socket;
     let counts = table.group_counts(&key.opened);
     let stack = frames.user(first);
     let request_stack = frames.request(first);
@@ -288,8 +286,8 @@ fn group(
     }
 }
 
-fn socket_report(held: &Held<'_>, live: Option<LiveFacts>, now_ns: u64) -> SocketReport {
-    let socket = held.socket;
+fn socket_report(held: &Held, live: Option<LiveFacts>, now_ns: u64) -> SocketReport {
+    let socket = &*held.socket;
     let live = live.unwrap_or_default();
     SocketReport {
         cookie: socket.cookie,
