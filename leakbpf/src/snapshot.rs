@@ -90,6 +90,11 @@ impl Snapshot {
         &self.unlisted
     }
 
+    /// Every open TCP socket with a file, and its holders.
+    pub fn sockets(&self) -> impl Iterator<Item = &OwnedSocket> {
+        self.sockets.values()
+    }
+
     pub fn get(&self, cookie: u64) -> Option<&OwnedSocket> {
         self.sockets.get(&cookie)
     }
@@ -190,7 +195,7 @@ pub fn holder_task(owner: &Owner) -> Task {
         pid: owner.pid,
         tid: 0,
         cgroup_id: 0,
-        comm: owner.comm.as_str().into(),
+        comm: (&*owner.comm).into(),
         start_ns: 0,
     }
 }

@@ -90,29 +90,32 @@ fn open_output(args: &TraceArgs) -> Result<Output> {
     })
 }
 
-fn write_report(report: &Report, format: ReportFormat, output: Output) -> Result<()> {
-    let bytes = match format {
-        ReportFormat::Text => report::text::render(report).into_bytes(),
+/// Writes `report` in `format` to `out`. JSON is streamed: a report of
+/// 100k sockets is tens of MiB of text, never held whole in memory.
+fn render(report: &Report, format: ReportFormat, out: &mut dyn std::io::Write) -> Result<()> {
+    match format {
+        ReportFormat::Text => out.write_all(report::text::render(report).as_bytes())?,
         ReportFormat::Json => {
-            let mut json = serde_json::to_vec_pretty(report)?;
-            json.push(b'\n');
-            json
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
+            serde_json::to_writer_pretty(&mut out, report)?;
+            out.write_all(b"\n")?;
+            out.flush()?;
         }
-        ReportFormat::Pprof => report::pprof::encode(report)?,
-        ReportFormat::Folded => report::folded::encode(report).into_bytes(),
-    };
+        ReportFormat::Pprof => out.write_all(&report::pprof::encode(report)?)?,
+        ReportFormat::Folded => out.write_all(report::folded::encode(report).as_bytes())?,
+    }
+    Ok(())
+}
+
+fn write_report(report: &Report, format: ReportFormat, output: Output) -> Result<()> {
     let (path, written) = match output {
         Output::Stdout => {
-            return std::io::stdout()
-                .lock()
-                .write_all(&bytes)
+            return render(report, format, &mut std::io::stdout().lock())
                 .context("writing the report");
         }
         Output::Atomic { path, mut temp } => {
-            let written = temp
-                .write_all(&bytes)
-                .and_then(|()| temp.as_file().sync_all())
-                .map_err(anyhow::Error::from)
+            let written = render(report, format, &mut temp)
+                .and_then(|()| Ok(temp.as_file().sync_all()?))
                 .and_then(|()| temp.persist(&path).map(drop).map_err(anyhow::Error::from));
             (path, written)
         }
@@ -120,15 +123,15 @@ fn write_report(report: &Report, format: ReportFormat, output: Output) -> Result
             let written = std::fs::OpenOptions::new()
                 .write(true)
                 .open(&path)
-                .and_then(|mut file| file.write_all(&bytes))
-                .map_err(anyhow::Error::from);
+                .map_err(anyhow::Error::from)
+                .and_then(|mut file| render(report, format, &mut file));
             (path, written)
         }
     };
     if let Err(err) = written {
         // Tracing took long: do not throw the answer away.
         if format != ReportFormat::Pprof || !std::io::stdout().is_terminal() {
-            let _ = std::io::stdout().lock().write_all(&bytes);
+            let _ = render(report, format, &mut std::io::stdout().lock());
         }
         bail!(
             "cannot write {}: {err:#}; the report went to standard output instead",
@@ -183,7 +186,7 @@ async fn trace(args: &TraceArgs, filter: &Filter) -> Result<Report> {
         }
     }
     if !args.no_preexisting {
-        warnings.extend(unseen_warnings(&tracer, &collector, filter));
+        warnings.extend(unseen_warnings(&tracer, &collector, &now, filter));
     }
     let mut report = build_report(args, filter, &tracer, &collector, &now, warnings, started);
     crate::containers::annotate(&mut report);
@@ -237,8 +240,14 @@ fn holders_now(
 /// Sockets held now that no hook saw opening (io_uring accepts on the
 /// tracepoint set, an accept already waiting when fentry/kprobe attached):
 /// named, since the report cannot list them.
-fn unseen_warnings(tracer: &Tracer, collector: &Collector, filter: &Filter) -> Vec<String> {
+fn unseen_warnings(
+    tracer: &Tracer,
+    collector: &Collector,
+    now: &Snapshot,
+    filter: &Filter,
+) -> Vec<String> {
     sockets::unseen::warnings(
+        now.sockets(),
         |cookie| collector.table.get(cookie).is_some(),
         |owned| {
             owned

@@ -43,7 +43,8 @@ struct Held {
     /// Shared by every holder of the socket.
     socket: std::rc::Rc<Socket>,
     holder: Task,
-    exe: Option<String>,
+    /// Shared with the snapshot: no copy per socket.
+    exe: Option<std::sync::Arc<std::path::Path>>,
     fd: Option<i32>,
     /// Other holders' pids.
     shared_with: Vec<u32>,
@@ -82,7 +83,10 @@ pub fn assemble(
         .map(|(key, mut held)| {
             held.sort_by_key(|h| (h.socket.opened_ns, h.socket.cookie));
             let first = &held[0];
-            let (comm, exe) = (first.holder.comm.to_string(), first.exe.clone());
+            let (comm, exe) = (
+                first.holder.comm.to_string(),
+                first.exe.as_ref().map(|e| e.display().to_string()),
+            );
             let group = group(&key, &held, table, snapshot, frames, options);
             (key.holder, comm, exe, group)
         })
@@ -214,7 +218,7 @@ fn holders(socket: &std::rc::Rc<Socket>, snapshot: &Snapshot) -> Vec<Held> {
         .map(|(_, owner)| Held {
             socket: std::rc::Rc::clone(socket),
             holder: holder_task(owner),
-            exe: owner.exe.as_ref().map(|e| e.display().to_string()),
+            exe: owner.exe.clone(),
             fd: Some(owner.fd),
             shared_with: pids.iter().copied().filter(|&p| p != owner.pid).collect(),
         })
@@ -458,8 +462,8 @@ mod tests {
                         .map(|(pid, fd)| Owner {
                             pid,
                             fd,
-                            comm: format!("p{pid}"),
-                            exe: Some(PathBuf::from(format!("/bin/p{pid}"))),
+                            comm: format!("p{pid}").into(),
+                            exe: Some(PathBuf::from(format!("/bin/p{pid}")).into()),
                         })
                         .collect(),
                 })

@@ -14,11 +14,7 @@
 //! Only thread-group leaders are listed in `/proc`; their threads share the
 //! fd table (a thread that `unshare(CLONE_FILES)`d is not seen).
 use std::{
-    collections::HashMap,
-    ffi::OsStr,
-    fs, io,
-    os::unix::ffi::OsStrExt,
-    path::{Path, PathBuf},
+    collections::HashMap, ffi::OsStr, fs, io, os::unix::ffi::OsStrExt, path::Path, sync::Arc,
 };
 
 /// One process's hold on a socket.
@@ -27,10 +23,11 @@ pub struct Owner {
     pub pid: u32,
     pub fd: i32,
     /// `/proc/PID/comm`: the thread-group leader's name (up to 15 bytes).
-    pub comm: String,
+    /// Shared by every fd of the process (a holder of 100k sockets has one).
+    pub comm: Arc<str>,
     /// `/proc/PID/exe`; `None` for kernel threads or when unreadable. A
     /// replaced or deleted binary ends in " (deleted)".
-    pub exe: Option<PathBuf>,
+    pub exe: Option<Arc<Path>>,
 }
 
 /// What the walk could not see.
@@ -165,23 +162,24 @@ fn walk_fds(dir: &Path, pid: u32, owners: &mut OwnersByInode, failures: &mut Fai
             if comm.last() == Some(&b'\n') {
                 comm.pop();
             }
-            String::from_utf8_lossy(&comm).into_owned()
+            Arc::from(String::from_utf8_lossy(&comm))
         }
         // Gone since its fds were read: what it held is being released.
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => return true,
         Err(e) => {
             failures.note(&e);
-            String::new()
+            Arc::from("")
         }
     };
-    let exe = fs::read_link(dir.join("exe"))
+    let exe: Option<Arc<Path>> = fs::read_link(dir.join("exe"))
         .map_err(|e| failures.note(&e))
-        .ok();
+        .ok()
+        .map(Arc::from);
     for (inode, fd) in held {
         owners.entry(inode).or_default().push(Owner {
             pid,
             fd,
-            comm: comm.clone(),
+            comm: Arc::clone(&comm),
             exe: exe.clone(),
         });
     }
@@ -260,7 +258,7 @@ mod tests {
             pid: 123,
             fd,
             comm: "server".into(),
-            exe: Some(PathBuf::from("/usr/bin/server")),
+            exe: Some(Path::new("/usr/bin/server").into()),
         };
         assert_eq!(held, vec![owner(3), owner(7)]);
         assert_eq!(
@@ -287,9 +285,12 @@ mod tests {
             .find(|o| o.fd == fd)
             .expect("listener fd among socket fds");
         assert_eq!(own.pid, pid);
-        assert_eq!(own.exe, Some(fs::read_link("/proc/self/exe").unwrap()));
         assert_eq!(
-            own.comm,
+            own.exe.as_deref(),
+            Some(fs::read_link("/proc/self/exe").unwrap().as_path())
+        );
+        assert_eq!(
+            &*own.comm,
             fs::read_to_string("/proc/self/comm").unwrap().trim_end()
         );
     }

@@ -117,8 +117,8 @@ fn scan_finds_preexisting_sockets_with_owner_and_kernel_facts() {
                 comm: std::fs::read_to_string("/proc/self/comm")
                     .unwrap()
                     .trim_end()
-                    .to_owned(),
-                exe: Some(std::fs::read_link("/proc/self/exe").unwrap()),
+                    .into(),
+                exe: Some(std::fs::read_link("/proc/self/exe").unwrap().into()),
             }]
         );
         assert_addresses(unread, &c.unread);
@@ -254,7 +254,7 @@ fn shared_sockets_list_every_owner_and_pid_filter_excludes_others() {
     expected.sort_unstable();
     assert_eq!(holders, expected);
     let in_child = shared.owners.iter().find(|o| o.pid == child_pid).unwrap();
-    assert_eq!(in_child.comm, "sleep");
+    assert_eq!(&*in_child.comm, "sleep");
     assert!(in_child.exe.is_some());
 
     // Filtered to this process: only its own holds, on any socket; neither
@@ -328,7 +328,7 @@ fn join_drops_fileless_and_unheld_sockets() {
     let owner = |pid, fd| Owner {
         pid,
         fd,
-        comm: String::new(),
+        comm: "".into(),
         exe: None,
     };
     let mut owners = HashMap::from([(0, vec![owner(1, 3)]), (5, vec![owner(9, 4), owner(2, 7)])]);

@@ -19,7 +19,7 @@ use std::{
     fs,
 };
 
-use super::{OwnedSocket, ScanOptions};
+use super::OwnedSocket;
 
 /// What `/proc/PID/fd/N` links to for an io_uring instance.
 const IO_URING_LINK: &str = "anon_inode:[io_uring]";
@@ -60,26 +60,27 @@ impl Unseen {
     }
 }
 
-/// Warnings for every process (all, or `pids`) holding sockets that are
-/// `wanted` and for which `known(cookie)` is false. Call it only when the
-/// table holds every socket open at start-up. Best effort: a failed scan
-/// gives none.
-pub fn warnings(
+/// Warnings for every process (all, or `pids`) holding sockets of `found`
+/// (the report's snapshot: no second scan) that are `wanted` and for which
+/// `known(cookie)` is false. Call it only when the table holds every socket
+/// open at start-up.
+pub fn warnings<'a>(
+    found: impl IntoIterator<Item = &'a OwnedSocket>,
     known: impl Fn(u64) -> bool,
     wanted: impl Fn(&OwnedSocket) -> bool,
     pids: Option<&[u32]>,
     hooks: &str,
 ) -> Vec<String> {
-    let options = ScanOptions {
-        pids: pids.map(<[u32]>::to_vec),
-        ..ScanOptions::default()
-    };
-    let Ok(found) = super::scan(&options) else {
-        return Vec::new();
-    };
     let found: Vec<OwnedSocket> = found
         .into_iter()
         .filter(|o| wanted(o) && !known(o.socket.cookie))
+        .filter_map(|o| {
+            let mut o = o.clone();
+            if let Some(pids) = pids {
+                o.owners.retain(|owner| pids.contains(&owner.pid));
+            }
+            (!o.owners.is_empty()).then_some(o)
+        })
         .collect();
     if found.is_empty() {
         return Vec::new();
@@ -118,7 +119,7 @@ pub fn unseen(
             .entry(owner.pid)
             .or_insert_with(|| Unseen {
                 pid: owner.pid,
-                comm: owner.comm.clone(),
+                comm: owner.comm.to_string(),
                 sockets: 0,
                 io_uring: io_uring.contains(&owner.pid),
             })
@@ -183,7 +184,7 @@ mod tests {
                 .map(|&pid| Owner {
                     pid,
                     fd: 4,
-                    comm: format!("p{pid}"),
+                    comm: format!("p{pid}").into(),
                     exe: None,
                 })
                 .collect(),
