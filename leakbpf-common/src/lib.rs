@@ -30,6 +30,10 @@ pub mod kind {
     /// not take it (hash collision, or full): it precedes the open event of
     /// the same socket, whose `user_stack_id` is [`super::STACK_INLINE`].
     pub const STACK: u32 = 6;
+    /// A process replaced its image (execve); `cookie` is 0. Sent only
+    /// while the Go request-site probes are on: user space probes the new
+    /// binary before the program makes its first request.
+    pub const EXEC: u32 = 7;
 }
 
 /// TCP states, numbered as in the kernel's `include/net/tcp_states.h`: the
@@ -229,6 +233,14 @@ pub struct DestroyEvent {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExitEvent {
+    pub header: EventHeader,
+    pub task: Task,
+}
+
+/// See [`kind::EXEC`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecEvent {
     pub header: EventHeader,
     pub task: Task,
 }

@@ -29,14 +29,14 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_probe_read_user,
         generated::{bpf_get_attach_cookie, bpf_get_current_task_btf},
     },
-    macros::{map, uprobe},
+    macros::{map, tracepoint, uprobe},
     maps::LruHashMap,
-    programs::{ProbeContext, tracing::StackIdContext},
+    programs::{ProbeContext, TracePointContext, tracing::StackIdContext},
 };
-use leakbpf_common::{StackId, go, lost};
+use leakbpf_common::{ExecEvent, StackId, go, kind, lost};
 
 use crate::{
-    emit::{STACKS, count_lost},
+    emit::{STACKS, count_lost, current_task, header, submit},
     shared::HOOKS,
     sock::{offsets, read},
 };
@@ -217,4 +217,21 @@ pub fn forget_process(tgid: u32) {
     if HOOKS.load().go_requests != 0 {
         let _ = GO_PROCESSES.remove(&tgid);
     }
+}
+
+/// `sched:sched_process_exec`: the process now runs another binary. Its old
+/// binary's layout no longer applies, and user space looks at the new one
+/// at once (before its first request, with luck) instead of at its first
+/// socket.
+#[tracepoint]
+pub fn go_process_exec(_ctx: TracePointContext) -> u32 {
+    if HOOKS.load().go_requests == 0 {
+        return 0;
+    }
+    forget_process(tgid());
+    submit(ExecEvent {
+        header: header(kind::EXEC, 0),
+        task: current_task(),
+    });
+    0
 }

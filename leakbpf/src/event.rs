@@ -22,6 +22,8 @@ pub enum Event {
     Close(Close),
     Destroy(Destroy),
     Exit(Exit),
+    /// A process replaced its image (only while the Go probes are on).
+    Exec(Exec),
     /// A user stack that came through the ring, for the next open of
     /// `cookie` (see [`Stack::Inline`]); consumed by the stack resolver.
     Stack(InlineStack),
@@ -30,7 +32,8 @@ pub enum Event {
 impl Event {
     /// The kinds' names, as `events` prints them and metrics label them,
     /// in the order of [`Event::kind_index`].
-    pub const KINDS: [&'static str; 6] = ["open", "state", "close", "destroy", "exit", "stack"];
+    pub const KINDS: [&'static str; 7] =
+        ["open", "state", "close", "destroy", "exit", "stack", "exec"];
 
     /// This event's place in [`Event::KINDS`] (a counter per kind needs no
     /// string on the hot path).
@@ -42,6 +45,7 @@ impl Event {
             Event::Destroy(_) => 3,
             Event::Exit(_) => 4,
             Event::Stack(_) => 5,
+            Event::Exec(_) => 6,
         }
     }
 
@@ -57,6 +61,7 @@ impl Event {
             Event::Destroy(e) => e.time_ns,
             Event::Exit(e) => e.time_ns,
             Event::Stack(e) => e.time_ns,
+            Event::Exec(e) => e.time_ns,
         }
     }
 
@@ -67,7 +72,7 @@ impl Event {
             Event::Close(e) => e.cookie,
             Event::Destroy(e) => e.cookie,
             Event::Stack(e) => e.cookie,
-            Event::Exit(_) => 0,
+            Event::Exit(_) | Event::Exec(_) => 0,
         }
     }
 }
@@ -134,6 +139,13 @@ pub struct InlineStack {
 /// A process ended (its thread-group leader exited).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exit {
+    pub time_ns: u64,
+    pub task: Task,
+}
+
+/// A process (`task.pid`) now runs another binary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exec {
     pub time_ns: u64,
     pub task: Task,
 }
@@ -482,6 +494,13 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 task: task(&raw.task),
             }))
         }
+        kind::EXEC => {
+            let raw: common::ExecEvent = read_record(bytes, "exec record")?;
+            Ok(Event::Exec(Exec {
+                time_ns: header.time_ns,
+                task: task(&raw.task),
+            }))
+        }
         kind::STACK => {
             let raw: common::StackEvent = read_record(bytes, "stack record")?;
             let frames = (raw.bytes as usize / 8).min(common::MAX_STACK_DEPTH);
@@ -800,6 +819,26 @@ mod tests {
             (exit.time_ns, exit.task.pid, exit.task.comm.as_str()),
             (12, 4242, "client")
         );
+    }
+
+    #[test]
+    fn decodes_an_exec() {
+        let raw = common::ExecEvent {
+            header: common::EventHeader {
+                kind: kind::EXEC,
+                cpu: 0,
+                time_ns: 13,
+                cookie: 0,
+            },
+            task: raw_task(),
+        };
+        let event = decode(&bytes_of(&raw)).unwrap();
+        assert_eq!(event.kind_name(), "exec");
+        assert_eq!(event.cookie(), 0);
+        let Event::Exec(exec) = event else {
+            panic!("not an exec")
+        };
+        assert_eq!((exec.time_ns, exec.task.pid), (13, 4242));
     }
 
     #[test]

@@ -484,8 +484,8 @@ impl SocketTable {
                 }
             }
             Event::Exit(exit) => self.exit(exit),
-            // The stack resolver's business.
-            Event::Stack(_) => return Applied::Ignored,
+            // The stack resolver's and the Go probes' business.
+            Event::Stack(_) | Event::Exec(_) => return Applied::Ignored,
         };
         if applied == Applied::Untracked {
             self.stats.untracked_events += 1;

@@ -69,6 +69,12 @@ impl StackResolver {
         match event {
             Event::Open(open) => self.on_open(source, open),
             Event::Exit(exit) => self.forget(exit.task.pid),
+            // Another image: what was learnt of the old one's code is stale
+            // (its symbolized stacks stay: they name what ran then).
+            Event::Exec(exec) => {
+                self.unwinder.forget(exec.task.pid);
+                self.callers.retain(|(p, _), _| *p != exec.task.pid);
+            }
             Event::Stack(stack) => {
                 if self.pending_inline.len() >= PENDING_INLINE_MAX {
                     self.pending_inline.clear();

@@ -226,6 +226,11 @@ impl Tracer {
             match event {
                 Event::Open(open) => go.observe(&mut self.ebpf, open.task.pid),
                 Event::Exit(exit) => go.exit(&mut self.ebpf, exit.task.pid),
+                Event::Exec(exec) => {
+                    // The pid runs another binary now: look at it anew.
+                    go.exit(&mut self.ebpf, exec.task.pid);
+                    go.observe(&mut self.ebpf, exec.task.pid);
+                }
                 _ => {}
             }
         }

@@ -387,3 +387,23 @@ fn a_binary_is_probed_once_and_let_go_with_its_last_process() {
     let report = trace.stop();
     assert_eq!(report["complete"], true, "{report:#}");
 }
+
+/// A Go program started after leakbpf, from a binary no process ran when
+/// tracing started: leakbpf probes it when it execs, so its requests made
+/// after that (here 300 ms later) are all named.
+#[test]
+fn a_program_started_later_is_probed_at_its_exec() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("gorequests-late");
+    std::fs::copy(go_binary_with("gorequests", "1.23", true), &binary).unwrap();
+    let trace = trace_json(&[]);
+    let (_server, port) = server(&binary);
+    let url = format!("http://127.0.0.1:{port}/");
+    let mut client = command(&binary, &["two-sites", &url, "3", "2"]);
+    client.env("GOREQUESTS_WAIT", "300ms");
+    let mut client = Fixture::spawn(client);
+    client.ready();
+    thread::sleep(Duration::from_millis(1500));
+    let report = trace.stop();
+    assert_two_sites(&report, client.pid(), "127.0.0.1:", false);
+}

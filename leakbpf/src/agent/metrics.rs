@@ -428,9 +428,9 @@ mod tests {
             "{text}"
         );
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        // 1 open + 4 suspects + 6 event kinds (each counted from 0) + 6 lost
+        // 1 open + 4 suspects + 7 event kinds (each counted from 0) + 6 lost
         // + 4 tracked + 3 evictions + 2 fixes + complete, RSS, CPU.
-        assert_eq!(samples.len(), 29, "{text}");
+        assert_eq!(samples.len(), 30, "{text}");
         for line in samples {
             assert!(line.starts_with("leakbpf_"), "{line}");
             assert!(line.contains(&format!("{{{prefix}")), "{line}");

@@ -8,10 +8,11 @@
 //! inode), for every process running it. A binary whose last observed
 //! process ends is detached.
 //!
-//! Processes are observed at start-up (every running one) and at their first
-//! socket; a Go process that started after leakbpf is probed from its first
-//! socket on, so that first connection has no request site (the report says
-//! how many dials went unnamed).
+//! Processes are observed at start-up (every running one), when they exec
+//! (`sched:sched_process_exec`) and at their first socket. A program that
+//! dials within the few milliseconds between its exec and the probes'
+//! attachment has that first request unnamed (the report counts dials
+//! without a request site).
 pub mod binary;
 
 use std::{
@@ -24,7 +25,7 @@ use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
     programs::{
-        UProbe,
+        TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
@@ -88,6 +89,15 @@ impl GoProbes {
                 .load()
                 .with_context(|| format!("loading the Go uprobe {program}"))?;
         }
+        // Processes that start later are looked at when they exec, not
+        // only at their first socket (by then a request has dialed).
+        let exec: &mut TracePoint = ebpf
+            .program_mut("go_process_exec")
+            .context("program go_process_exec is missing")?
+            .try_into()?;
+        exec.load().context("loading go_process_exec")?;
+        exec.attach("sched", "sched_process_exec")
+            .context("attaching go_process_exec to sched:sched_process_exec")?;
         let mut probes = GoProbes {
             known: HashMap::new(),
             pids: HashMap::new(),
