@@ -455,8 +455,19 @@ impl Layout {
 
     /// The pc in the function itself that `vaddr`'s inlined code stands
     /// for: each inlined call's `parentPc`, outwards (runtime's
-    /// `inlineUnwinder`). `vaddr` itself when it is not inlined code.
-    fn outermost_pc(&self, data: &[u8], func: usize, entry: u64, vaddr: u64, gofunc: &[u8]) -> u64 {
+    /// `inlineUnwinder`). `vaddr` itself when it is not inlined code, or when
+    /// the tree does not hold together (a parent outside the function `entry
+    /// ..end`: a `go:func.*` found at the wrong place in an unknown layout):
+    /// the inlined code's own line then, never a made-up one.
+    fn outermost_pc(
+        &self,
+        data: &[u8],
+        func: usize,
+        entry: u64,
+        end: u64,
+        vaddr: u64,
+        gofunc: &[u8],
+    ) -> u64 {
         // Go 1.18/1.19 `inlinedCall`: parent i16, funcID u8, pad, file i32,
         // line i32, func i32, parentPc i32; 1.20+: funcID u8, pad [3],
         // nameOff i32, parentPc i32, startLine i32.
@@ -483,8 +494,9 @@ impl Layout {
                 .checked_add(index * size + parent_pc_at)
                 .and_then(|off| read_u32(gofunc, off, self.big_endian));
             match parent.and_then(|p| entry.checked_add(u64::from(p))) {
-                Some(parent) if parent != pc => pc = parent,
-                _ => break,
+                Some(parent) if parent == pc => break,
+                Some(parent) if (entry..end).contains(&parent) => pc = parent,
+                _ => return vaddr,
             }
         }
         pc
@@ -515,7 +527,10 @@ impl Layout {
             .and_then(|table| self.pcvalue(data, table, entry, vaddr))
             .and_then(|line| u32::try_from(line).ok());
         let file = self.file(data, func, entry, vaddr);
-        let outer = gofunc.map_or(vaddr, |g| self.outermost_pc(data, func, entry, vaddr, g));
+        let end = self.pc(data, lo + 1)?;
+        let outer = gofunc.map_or(vaddr, |g| {
+            self.outermost_pc(data, func, entry, end, vaddr, g)
+        });
         let (function_file, function_line) = if outer == vaddr {
             (file.clone(), line)
         } else {
