@@ -11,7 +11,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 pub use crate::completeness::LostCounts;
 use crate::{
     event::{self, Event},
-    go_requests::{self, GoBinaryStatus, GoProbes},
+    go_requests::{self, GoProbes},
     hooks::{Capabilities, HookChoice, HookSet},
     kernel::{offsets, tracefs, verifier::MissingHelper},
 };
@@ -241,18 +241,14 @@ impl Tracer {
         self.go.is_some()
     }
 
-    /// The Go binaries probed so far, and warnings about the Go request
-    /// sites (binaries that could not be probed, uprobes unavailable).
-    pub fn go_status(&self) -> (Vec<GoBinaryStatus>, Vec<String>) {
+    /// Why Go request sites are missing: uprobes unavailable, binaries that
+    /// could not be probed.
+    pub fn go_warnings(&self) -> Vec<String> {
         let mut warnings: Vec<String> = self.go_off.iter().cloned().collect();
-        let binaries = match &self.go {
-            Some(go) => {
-                warnings.extend(go.warnings().iter().cloned());
-                go.binaries().to_vec()
-            }
-            None => Vec::new(),
-        };
-        (binaries, warnings)
+        if let Some(go) = &self.go {
+            warnings.extend(go.warnings().iter().cloned());
+        }
+        warnings
     }
 
     /// Prints the kernel log records that arrived (`--log-kernel`).

@@ -304,7 +304,7 @@ fn build_report(
             },
         },
     );
-    crate::go_requests::annotate(&mut report, &tracer.go_status().1, tracer.probing_go());
+    crate::go_requests::annotate(&mut report, &tracer.go_warnings(), tracer.probing_go());
     report
 }
 

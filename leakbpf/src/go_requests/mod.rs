@@ -30,7 +30,7 @@ use aya::{
     },
 };
 
-use binary::{GoBinary, GoidSource, PROBED};
+use binary::{GoBinary, PROBED};
 
 /// True if this kernel can attach uprobes (the uprobe PMU is registered).
 pub fn uprobes_available() -> bool {
@@ -53,25 +53,11 @@ struct Probed {
     pids: HashSet<u32>,
 }
 
-/// One Go binary as the report shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GoBinaryStatus {
-    pub exe: String,
-    pub version: Option<String>,
-    /// `dwarf` or `version table`.
-    pub goid_from: &'static str,
-    /// Functions probed (queueForDial, dialConnFor, and the Happy Eyeballs
-    /// bridge when present).
-    pub probes: usize,
-}
-
 /// Attaches and detaches the Go uprobes as processes come and go.
 pub struct GoProbes {
     known: HashMap<Inode, Known>,
     /// Observed processes and their binary.
     pids: HashMap<u32, Inode>,
-    /// Binaries probed so far (for the report), by path.
-    probed: Vec<GoBinaryStatus>,
     /// Why a Go binary could not be probed, once each.
     warnings: Vec<String>,
 }
@@ -101,7 +87,6 @@ impl GoProbes {
         let mut probes = GoProbes {
             known: HashMap::new(),
             pids: HashMap::new(),
-            probed: Vec::new(),
             warnings: Vec::new(),
         };
         let pids: Vec<u32> = std::fs::read_dir("/proc")
@@ -157,22 +142,9 @@ impl GoProbes {
         }
     }
 
-    /// Go binaries probed during the run.
-    pub fn binaries(&self) -> &[GoBinaryStatus] {
-        &self.probed
-    }
-
     /// Go binaries that could not be probed, and why.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
-    }
-
-    /// Binaries probed now.
-    pub fn attached(&self) -> usize {
-        self.known
-            .values()
-            .filter(|known| matches!(known, Known::Probed(_)))
-            .count()
     }
 
     fn probe(&mut self, ebpf: &mut Ebpf, pid: u32, exe: &str) -> Known {
@@ -188,8 +160,8 @@ impl GoProbes {
                 return Known::Refused;
             }
         };
-        let (goid, source) = match &binary.goid {
-            Ok(found) => *found,
+        let goid = match &binary.goid {
+            Ok((goid, _)) => *goid,
             Err(why) => {
                 self.warn(format!(
                     "Go request sites of {name} (pid {pid}) are not named: {why}"
@@ -198,21 +170,10 @@ impl GoProbes {
             }
         };
         match attach(ebpf, exe, &binary, goid) {
-            Ok(links) => {
-                self.probed.push(GoBinaryStatus {
-                    exe: name,
-                    version: binary.version.clone(),
-                    goid_from: match source {
-                        GoidSource::Dwarf => "dwarf",
-                        GoidSource::VersionTable => "version table",
-                    },
-                    probes: links.len(),
-                });
-                Known::Probed(Probed {
-                    links,
-                    pids: HashSet::new(),
-                })
-            }
+            Ok(links) => Known::Probed(Probed {
+                links,
+                pids: HashSet::new(),
+            }),
             Err(err) => {
                 self.warn(format!(
                     "Go request sites of {name} (pid {pid}) are not named: attaching uprobes: {err:#}"
