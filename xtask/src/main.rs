@@ -37,7 +37,8 @@ enum Task {
     /// Measure leakbpf's cost on loopback connections, its memory per socket, and what the Go
     /// request-site uprobes cost a Go program. Needs root.
     Bench {
-        /// Only these parts: `churn`, `memory`, `go` (default: all three).
+        /// Only these parts: `churn`, `memory`, `go` (default: all three), or `million` (a
+        /// million tracked sockets; only when asked for).
         #[arg(long = "only", value_name = "PART")]
         only: Vec<String>,
     },
