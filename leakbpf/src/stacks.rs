@@ -130,39 +130,39 @@ impl StackResolver {
         };
         open.leaf_caller = caller;
         if self.eager {
-            // Handed to the symbolizer thread: the reader goes on reading.
-            let key = (pid, open.task.start_ns, id, caller);
-            let frames = self
-                .user_frames
-                .get_mut()
-                .unwrap_or_else(PoisonError::into_inner);
-            if !frames.contains_key(&key)
-                && let Some(ips) = self.user_ips(source, open.user_stack, caller)
-            {
-                let pending = self.symbolizer.submit_user(pid, &ips);
-                self.user_frames
-                    .get_mut()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(key, Slot::Pending(pending));
-            }
+            let start_ns = open.task.start_ns;
+            self.symbolize_early(source, pid, start_ns, open.user_stack, caller);
             self.kernel_frames(source, open.kernel_stack);
             // The request site, taken at the request by the same process.
-            if let Stack::Id(request) = open.request_stack {
-                let key = (pid, open.task.start_ns, request, None);
-                let frames = self
-                    .user_frames
-                    .get_mut()
-                    .unwrap_or_else(PoisonError::into_inner);
-                if !frames.contains_key(&key)
-                    && let Some(ips) = self.user_ips(source, open.request_stack, None)
-                {
-                    let pending = self.symbolizer.submit_user(pid, &ips);
-                    self.user_frames
-                        .get_mut()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(key, Slot::Pending(pending));
-                }
-            }
+            self.symbolize_early(source, pid, start_ns, open.request_stack, None);
+        }
+    }
+
+    /// Hands a user stack of `pid` to the symbolizer thread, unless it is
+    /// symbolized already: the reader goes on reading.
+    fn symbolize_early(
+        &mut self,
+        source: &dyn StackSource,
+        pid: u32,
+        start_ns: u64,
+        stack: Stack,
+        caller: Option<u64>,
+    ) {
+        let Stack::Id(id) = stack else { return };
+        let key = (pid, start_ns, id, caller);
+        let frames = self
+            .user_frames
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if frames.contains_key(&key) {
+            return;
+        }
+        if let Some(ips) = self.user_ips(source, stack, caller) {
+            let pending = self.symbolizer.submit_user(pid, &ips);
+            self.user_frames
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(key, Slot::Pending(pending));
         }
     }
 

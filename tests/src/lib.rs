@@ -529,6 +529,24 @@ pub fn go_binary_stripped(name: &str) -> PathBuf {
     go_build(name, true)
 }
 
+/// `program ARGS` for a fixture that talks to loopback only: no proxy from
+/// the environment may get in the way.
+pub fn command(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
+    let mut command = Command::new(program);
+    command.args(args);
+    for var in [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "NO_PROXY",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
+
 /// A Go toolchain the fixtures are built with: Debian's default `go`
 /// (1.19), or a versioned one from bookworm-backports (`1.23`:
 /// /usr/lib/go-1.23/bin/go, installed by `./x setup`).
@@ -549,71 +567,49 @@ pub fn go_toolchain(version: &str) -> PathBuf {
 /// [`go_toolchain`]), stripped (`-s -w`) or not, into
 /// `target/fixtures/NAME-goVERSION[-stripped]`.
 pub fn go_binary_with(name: &str, version: &str, stripped: bool) -> PathBuf {
-    static BUILT: OnceLock<Mutex<std::collections::HashSet<PathBuf>>> = OnceLock::new();
     let mut out_name = format!("{name}-go{version}");
     if stripped {
         out_name.push_str("-stripped");
     }
-    let out = build_dir().join(&out_name);
-    if prebuilt(&out) {
-        return out;
-    }
-    let mut built = BUILT
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if built.contains(&out) {
-        return out;
-    }
-    let mut go = Command::new(go_toolchain(version));
-    go.arg("build");
-    if stripped {
-        go.arg("-ldflags=-s -w");
-    }
-    go.arg("-o")
-        .arg(&out)
-        .arg(fixture_source(&format!("{name}.go")))
-        .env("GO111MODULE", "off")
-        .env("GOTOOLCHAIN", "local")
-        .env("GOCACHE", build_dir().join(format!("go-cache-{version}")))
-        .env("HOME", build_dir());
-    run_build(go, &format!("Go fixture {out_name} (go build)"));
-    built.insert(out.clone());
-    out
+    build_go_fixture(name, &go_toolchain(version), &out_name, version, stripped)
 }
 
 fn go_build(name: &str, stripped: bool) -> PathBuf {
-    static BUILT: OnceLock<Mutex<std::collections::HashMap<String, PathBuf>>> = OnceLock::new();
-    let mut built = BUILT
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let out_name = if stripped {
         format!("{name}-stripped")
     } else {
         name.to_owned()
     };
-    if let Some(path) = built.get(&out_name) {
-        return path.clone();
-    }
-    let out = build_dir().join(&out_name);
-    if prebuilt(&out) {
-        built.insert(out_name, out.clone());
+    build_go_fixture(name, Path::new("go"), &out_name, "default", stripped)
+}
+
+/// Builds `fixtures/NAME.go` with `go` (GOPATH mode, the toolchain's own
+/// build cache `cache`) into `target/fixtures/OUT_NAME`, once per test run.
+fn build_go_fixture(name: &str, go: &Path, out_name: &str, cache: &str, stripped: bool) -> PathBuf {
+    static BUILT: OnceLock<Mutex<std::collections::HashSet<PathBuf>>> = OnceLock::new();
+    let out = build_dir().join(out_name);
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if built.contains(&out) || prebuilt(&out) {
         return out;
     }
-    let mut go = Command::new("go");
-    go.arg("build");
+    let mut command = Command::new(go);
+    command.arg("build");
     if stripped {
-        go.arg("-ldflags=-s -w");
+        command.arg("-ldflags=-s -w");
     }
-    go.arg("-o")
+    command
+        .arg("-o")
         .arg(&out)
         .arg(fixture_source(&format!("{name}.go")))
         .env("GO111MODULE", "off")
-        .env("GOCACHE", build_dir().join("go-cache"))
+        .env("GOTOOLCHAIN", "local")
+        .env("GOCACHE", build_dir().join(format!("go-cache-{cache}")))
         .env("HOME", build_dir());
-    run_build(go, &format!("Go fixture {out_name} (go build)"));
-    built.insert(out_name, out.clone());
+    run_build(command, &format!("Go fixture {out_name} (go build)"));
+    built.insert(out.clone());
     out
 }
 

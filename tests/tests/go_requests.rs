@@ -6,27 +6,10 @@
 use std::{path::PathBuf, process::Command, thread, time::Duration};
 
 use leakbpf_tests::{
-    Fixture, Leakbpf, fixture_source, go_binary_with, groups, groups_in, opens, process, symbols,
-    trace_json,
+    Fixture, Leakbpf, command, fixture_source, go_binary_with, groups, groups_in, opens, process,
+    symbols, trace_json,
 };
 use serde_json::{Value, json};
-
-fn command(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
-    let mut command = Command::new(program);
-    command.args(args);
-    // The fixtures talk to loopback only: no proxy may get in the way.
-    for var in [
-        "HTTP_PROXY",
-        "http_proxy",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "ALL_PROXY",
-        "NO_PROXY",
-    ] {
-        command.env_remove(var);
-    }
-    command
-}
 
 /// The line of `tests/fixtures/gorequests.go` that carries `marker`.
 fn marked_line(marker: &str) -> u64 {

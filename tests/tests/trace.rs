@@ -9,27 +9,11 @@ use std::{
 };
 
 use leakbpf_tests::{
-    Fixture, TIMEOUT, TraceRun, c_server, expected_hooks, go_binary, go_binary_stripped, go_dialer,
-    go_tool_pprof, groups, groups_in, leakbpf_bin, process, python, symbols, trace_json,
+    Fixture, TIMEOUT, TraceRun, c_server, command, expected_hooks, go_binary, go_binary_stripped,
+    go_dialer, go_tool_pprof, groups, groups_in, leakbpf_bin, process, python, symbols, trace_json,
     uring_server,
 };
 use serde_json::{Value, json};
-
-fn command(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
-    let mut command = Command::new(program);
-    command.args(args);
-    // The fixtures talk to 127.0.0.1 only: no proxy may get in the way.
-    for var in [
-        "HTTP_PROXY",
-        "http_proxy",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "ALL_PROXY",
-    ] {
-        command.env_remove(var);
-    }
-    command
-}
 
 /// `httpleak server IDLE_TIMEOUT`, ready; returns it and its port.
 fn http_server(idle_timeout: &str) -> (Fixture, u16) {
