@@ -262,6 +262,8 @@ fn vm_cells(
     let script = cell_script(root, leakbpf, tests, &out_dir, sets, Place::Guest);
     let output = vm::run_in_vm(kernel, &script, &out_dir, Duration::from_mins(30))?;
     let cells = read_cells(&format!("{} (qemu)", kernel.release()), sets, &out_dir);
+    // The whole console, for a guest that died (the error shows an excerpt).
+    let _ = std::fs::write(out_dir.join("guest.stderr"), &output.stderr);
     if !output.success() || cells.iter().any(|c| !c.ok()) {
         eprintln!("{}", output.stdout);
         if let Err(err) = output.clone().into_result() {

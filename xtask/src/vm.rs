@@ -218,11 +218,44 @@ impl VmOutput {
                 code_str(self.exit_code)
             )
         };
+        // A guest that died shows its oops from the first line: the tail
+        // alone loses the oops' kind and the faulting context.
+        let (which, excerpt) = match oops_start(&self.stderr) {
+            Some(at) if !self.command_finished => ("its oops", head_lines(&self.stderr[at..], 90)),
+            _ => ("the last lines of its stderr", self.stderr_tail(40)),
+        };
         bail!(
-            "VM run under kernel {}: {what}; last lines of its stderr:\n{}",
+            "VM run under kernel {}: {what}; {which}:\n{excerpt}",
             self.kernel,
-            self.stderr_tail(40)
         )
+    }
+}
+
+/// Where the kernel's first oops, BUG, warning or panic line starts.
+fn oops_start(stderr: &str) -> Option<usize> {
+    const MARKERS: &[&str] = &[
+        "BUG:",
+        "Oops:",
+        "general protection fault",
+        "kernel BUG at",
+        "WARNING:",
+        "int3:",
+        "Kernel panic",
+    ];
+    let mut at = 0;
+    for line in stderr.split_inclusive('\n') {
+        if MARKERS.iter().any(|m| line.contains(m)) {
+            return Some(at);
+        }
+        at += line.len();
+    }
+    None
+}
+
+fn head_lines(text: &str, lines: usize) -> &str {
+    match text.match_indices('\n').nth(lines.saturating_sub(1)) {
+        Some((at, _)) => &text[..=at],
+        None => text,
     }
 }
 
@@ -964,6 +997,18 @@ leakbpf-vm: ready uptime=13.5 kernel=6.1.0-56-amd64
         );
         assert_eq!(parse_stat("7 (a (b) c) R 1 7 7 0"), Some(("a (b) c", 7)));
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn finds_the_oops_start() {
+        let log = "boot\nok\n[ 1.0] BUG: unable to handle page fault\n[ 1.1] RIP: x\n";
+        let at = oops_start(log).unwrap();
+        assert!(log[at..].starts_with("[ 1.0] BUG:"));
+        assert_eq!(
+            head_lines(&log[at..], 1),
+            "[ 1.0] BUG: unable to handle page fault\n"
+        );
+        assert_eq!(oops_start("boot\nfine\n"), None);
     }
 
     #[test]

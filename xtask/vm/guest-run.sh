@@ -51,6 +51,24 @@ fi
 # Loopback (virtme-ng brings it up; make sure).
 ip link set lo up 2>/dev/null || ifconfig lo up 2>/dev/null || die "cannot bring up the loopback interface"
 
+# Hold the static keys of the tracepoints leakbpf attaches to on for the
+# whole run (ftrace events enabled, recording off). Without a standing user,
+# every leakbpf start and stop patches the tracepoint's jump label with
+# text_poke_bp(); under qemu's software CPUs (TCG) a vCPU once hit that int3
+# after the patch had finished: "Fatal exception in interrupt" with RIP at
+# delayed_put_task_struct+0x26, the second byte of sched_process_free's
+# 2-byte jump label, in an RCU callback (Debian 6.12.117, 2026-12-02 CI).
+# A BPF program that faults is reported inside bpf_prog_*, not at a jump
+# label; real CPUs serialize that patching. Kprobes and trampolines still
+# patch text per attach: they are what the kprobe and fentry cells test.
+tr=/sys/kernel/tracing
+echo 0 >"$tr/tracing_on" 2>/dev/null || say "warning: cannot turn ftrace recording off"
+for event in sched/sched_process_free sched/sched_process_exec sock/inet_sock_set_state tcp/tcp_destroy_sock; do
+  if [ -e "$tr/events/$event/enable" ]; then
+    echo 1 >"$tr/events/$event/enable" 2>/dev/null || say "warning: cannot hold $event on"
+  fi
+done
+
 # Tests open many sockets; the guest starts with the host's defaults.
 ulimit -n 65536 2>/dev/null || true
 
