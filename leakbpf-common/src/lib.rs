@@ -323,9 +323,12 @@ pub struct HookConfig {
     pub go_requests: u32,
 }
 
-/// The transitions the socket table needs for `trace` and the agent.
-pub const REPORT_STATES: u32 =
-    (1 << tcp_state::ESTABLISHED) | (1 << tcp_state::CLOSE_WAIT) | (1 << tcp_state::CLOSE);
+/// The transitions the socket table needs for `trace` and the agent: the
+/// peer closed, or the connection ended while its owner still holds it.
+/// Not ESTABLISHED: the report reads the state and the connect's source
+/// port (chosen after the open is sent) from sock_diag; a socket sock_diag
+/// no longer lists is in CLOSE, which is sent.
+pub const REPORT_STATES: u32 = (1 << tcp_state::CLOSE_WAIT) | (1 << tcp_state::CLOSE);
 /// Every transition (`events`).
 pub const ALL_STATES: u32 = u32::MAX;
 

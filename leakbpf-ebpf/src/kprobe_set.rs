@@ -11,7 +11,7 @@ use leakbpf_common::direction;
 
 use crate::{
     emit::{submit_close, submit_open},
-    sock::{endpoints, is_tcp, offsets, read},
+    sock::{is_tcp, offsets, read, tcp_endpoints},
 };
 
 /// `int tcp_connect(struct sock *sk)`, in connect().
@@ -38,10 +38,8 @@ pub fn kretprobe_inet_csk_accept(ctx: RetProbeContext) -> u32 {
 #[inline(always)]
 fn open<C: aya_ebpf::programs::tracing::StackIdContext>(ctx: &C, sk: u64, direction: u8) {
     let off = offsets();
-    if unsafe { is_tcp(sk, &off) }
-        && let (Ok(endpoints), Ok(cookie)) = (unsafe { endpoints(sk, &off) }, unsafe {
-            read::<u64>(sk, off.sk_cookie)
-        })
+    if let Some(endpoints) = unsafe { tcp_endpoints(sk, &off) }
+        && let Ok(cookie) = unsafe { read::<u64>(sk, off.sk_cookie) }
     {
         // 0 when the state tracepoint's run for this socket was skipped
         // (nested on one CPU): user space asks sock_diag for it.

@@ -10,18 +10,17 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use leakbpf_common::{
-    DestroyEvent, Endpoints, ExitEvent, HookConfig, StateEvent, Task, direction, kind, tcp_state,
+    DestroyEvent, ExitEvent, HookConfig, StateEvent, Task, direction, kind, tcp_state,
 };
 
 use crate::{
     emit::{header, submit, submit_open},
-    sock::{endpoints, is_tcp, offsets, read},
+    sock::{offsets, read, tcp_endpoints},
 };
 
 const TCP_SYN_SENT: i32 = tcp_state::SYN_SENT as i32;
 const TCP_CLOSE: i32 = tcp_state::CLOSE as i32;
 const TCP_SYN_RECV: i32 = tcp_state::SYN_RECV as i32;
-const TCP_ESTABLISHED: i32 = tcp_state::ESTABLISHED as i32;
 
 /// Set by user space before load, per hook set.
 #[unsafe(no_mangle)]
@@ -42,11 +41,11 @@ pub static HOOKS: Global<HookConfig> = Global::new(HookConfig {
 /// only read `sk_cookie` (kprobes, syscall exits) find it set.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
-    let _ = try_inet_sock_set_state(&ctx);
+    state_changed(&ctx);
     0
 }
 
-fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
+fn state_changed(ctx: &BtfTracePointContext) {
     let sk: *mut c_void = ctx.arg(0);
     let old_state: i32 = ctx.arg(1);
     let new_state: i32 = ctx.arg(2);
@@ -64,29 +63,20 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
             // sk_cookie: make it now.
             let _ = unsafe { bpf_get_socket_cookie(sk) };
         }
-        return Ok(());
+        return;
     }
     let off = offsets();
     let sk_addr = sk as u64;
     if config.lean != 0 && !opens && unsafe { released(sk_addr, &off) } {
         // Its owner let go of it (close() is running): the reports have
         // forgotten it at the release already.
-        return Ok(());
+        return;
     }
-    if !unsafe { is_tcp(sk_addr, &off) } {
-        return Ok(());
-    }
-    // The reports need the tuple only when a connect is established (its
-    // source port is chosen late); a later state change carries the state
-    // alone (ports 0: user space keeps the tuple it has).
-    let tuple = opens || new_state == TCP_ESTABLISHED || config.lean == 0;
-    let mut ep = if tuple {
-        unsafe { endpoints(sk_addr, &off)? }
-    } else {
-        Endpoints {
-            family: unsafe { read::<u16>(sk_addr, off.sk_family)? },
-            ..Endpoints::default()
-        }
+    // The tuple as it is now (a connect's source port is chosen after its
+    // open; the reports take it from sock_diag, or from a held socket's
+    // last state change here).
+    let Some(mut ep) = (unsafe { tcp_endpoints(sk_addr, &off) }) else {
+        return;
     };
     ep.state = new_state as u8;
     // Generates the cookie on first use; later reads of sk_cookie (accept
@@ -110,7 +100,6 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
             _pad: [0; 7],
         });
     }
-    Ok(())
 }
 
 /// True once the socket's owner released it: inet_release clears
@@ -128,13 +117,10 @@ unsafe fn released(sk: u64, off: &leakbpf_common::KernelOffsets) -> bool {
 }
 
 /// `tcp:tcp_destroy_sock`: the kernel frees the socket. The tracepoint
-/// itself generates and records the cookie.
+/// itself generates and records the cookie. Attached for `events` only:
+/// the reports forget a socket at its close.
 #[tracepoint]
 pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
-    if HOOKS.load().lean != 0 {
-        // The reports forget a socket at its close.
-        return 0;
-    }
     let off = offsets();
     if let Ok(cookie) = unsafe { ctx.read_at::<u64>(off.destroy_cookie as usize) } {
         submit(DestroyEvent {

@@ -13,7 +13,7 @@ use leakbpf_common::direction;
 
 use crate::{
     emit::{submit_close, submit_open},
-    sock::{endpoints, is_tcp, offsets, read},
+    sock::{is_tcp, offsets, read, tcp_endpoints},
 };
 
 /// `int tcp_connect(struct sock *sk)`: called from connect() once the socket
@@ -22,9 +22,7 @@ use crate::{
 pub fn fentry_tcp_connect(ctx: FEntryContext) -> i32 {
     let sk: *mut c_void = ctx.arg(0);
     let off = offsets();
-    if unsafe { is_tcp(sk as u64, &off) }
-        && let Ok(endpoints) = unsafe { endpoints(sk as u64, &off) }
-    {
+    if let Some(endpoints) = unsafe { tcp_endpoints(sk as u64, &off) } {
         let cookie = unsafe { bpf_get_socket_cookie(sk) };
         submit_open(
             &ctx,
@@ -66,9 +64,7 @@ fn accepted(ctx: &FExitContext, sk: *mut c_void) {
         return;
     }
     let off = offsets();
-    if unsafe { is_tcp(sk as u64, &off) }
-        && let Ok(endpoints) = unsafe { endpoints(sk as u64, &off) }
-    {
+    if let Some(endpoints) = unsafe { tcp_endpoints(sk as u64, &off) } {
         let cookie = unsafe { bpf_get_socket_cookie(sk) };
         // The fd is installed after inet_csk_accept returns: unknown here.
         submit_open(

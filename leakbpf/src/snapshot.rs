@@ -40,6 +40,9 @@ pub struct Snapshot {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LiveFacts {
     pub state: Option<TcpState>,
+    /// The local address as the kernel has it now: the reports' kernel
+    /// side sends a connect's tuple before its source port is chosen.
+    pub local: Option<std::net::SocketAddr>,
     pub unread_bytes: Option<u32>,
     pub unsent_bytes: Option<u32>,
     /// Milliseconds since data last moved in either direction.
@@ -207,6 +210,7 @@ fn live_facts(diag: &DiagSocket) -> LiveFacts {
     };
     LiveFacts {
         state: Some(TcpState::from_kernel(diag.state)),
+        local: Some(diag.local),
         unread_bytes: Some(diag.unread_bytes()),
         unsent_bytes: Some(diag.send_queue),
         idle_ms,

@@ -212,7 +212,9 @@ const FREED: u32 = u32::MAX;
 /// every connection.
 #[derive(Debug, Default)]
 struct Origins {
-    records: Vec<(Origin, u32)>,
+    /// Each origin, its reference count, and the id of its group in
+    /// [`Groups`] as last seen (checked before use: groups come and go).
+    records: Vec<(Origin, u32, u32)>,
     index: FastMap<Origin, u32>,
     free: Vec<u32>,
     /// Origins whose count reached 0 since the last sweep.
@@ -230,6 +232,17 @@ impl Origin {
             leaf_caller: open.leaf_caller,
             kernel_stack: open.kernel_stack,
             request_stack: open.request_stack,
+        }
+    }
+
+    fn group_key(&self) -> GroupKey {
+        GroupKey {
+            pid: self.opener.pid,
+            start_ns: self.opener.start_ns,
+            direction: self.direction,
+            user_stack: self.user_stack.id(),
+            leaf_caller: self.leaf_caller,
+            request_stack: self.request_stack.id(),
         }
     }
 
@@ -259,7 +272,7 @@ impl Origins {
             Direction::Preexisting => 2,
         };
         if let Some(id) = self.last[recent]
-            && let Some((origin, refs)) = self.records.get_mut(id as usize)
+            && let Some((origin, refs, _)) = self.records.get_mut(id as usize)
             && *refs != FREED
             && origin.matches(open)
         {
@@ -277,10 +290,10 @@ impl Origins {
             return id;
         }
         let id = if let Some(id) = self.free.pop() {
-            self.records[id as usize] = (origin.clone(), 1);
+            self.records[id as usize] = (origin.clone(), 1, NO_GROUP);
             id
         } else {
-            self.records.push((origin.clone(), 1));
+            self.records.push((origin.clone(), 1, NO_GROUP));
             u32::try_from(self.records.len() - 1).unwrap_or(u32::MAX)
         };
         self.index.insert(origin, id);
@@ -298,7 +311,7 @@ impl Origins {
     /// Frees the origins still unused.
     fn sweep(&mut self) {
         for id in std::mem::take(&mut self.unused) {
-            let (origin, refs) = &self.records[id as usize];
+            let (origin, refs, _) = &self.records[id as usize];
             // Used again since, or already freed (listed twice).
             if *refs == 0 {
                 self.index.remove(origin);
@@ -310,6 +323,95 @@ impl Origins {
 
     fn get(&self, id: u32) -> &Origin {
         &self.records[id as usize].0
+    }
+
+    /// The group of origin `id` in `groups`, created if missing; cached in
+    /// the origin so the socket churn from one origin hashes no group key.
+    fn group(&mut self, id: u32, groups: &mut Groups) -> u32 {
+        let (origin, _, cached) = &mut self.records[id as usize];
+        let key = origin.group_key();
+        if !groups.holds(*cached, &key) {
+            *cached = groups.find_or_insert(key);
+        }
+        *cached
+    }
+
+    /// Like [`Origins::group`], but `None` where the group was forgotten.
+    fn existing_group(&mut self, id: u32, groups: &Groups) -> Option<u32> {
+        let (origin, _, cached) = &mut self.records[id as usize];
+        let key = origin.group_key();
+        if !groups.holds(*cached, &key) {
+            *cached = groups.find(&key)?;
+        }
+        Some(*cached)
+    }
+}
+
+/// No group cached.
+const NO_GROUP: u32 = u32::MAX;
+
+/// Per-group open/close counts in an arena: an origin keeps the id of its
+/// group, so counting an open or a close is an index, not a hash of the
+/// 40-byte key.
+#[derive(Debug, Default)]
+struct Groups {
+    records: Vec<Option<(GroupKey, GroupCounts)>>,
+    index: FastMap<GroupKey, u32>,
+    free: Vec<u32>,
+}
+
+impl Groups {
+    fn holds(&self, id: u32, key: &GroupKey) -> bool {
+        matches!(self.records.get(id as usize), Some(Some((k, _))) if k == key)
+    }
+
+    fn find(&self, key: &GroupKey) -> Option<u32> {
+        self.index.get(key).copied()
+    }
+
+    fn find_or_insert(&mut self, key: GroupKey) -> u32 {
+        if let Some(id) = self.find(&key) {
+            return id;
+        }
+        let record = Some((key, GroupCounts::default()));
+        let id = if let Some(id) = self.free.pop() {
+            self.records[id as usize] = record;
+            id
+        } else {
+            self.records.push(record);
+            u32::try_from(self.records.len() - 1).unwrap_or(u32::MAX)
+        };
+        self.index.insert(key, id);
+        id
+    }
+
+    fn counts_mut(&mut self, id: u32) -> &mut GroupCounts {
+        match &mut self.records[id as usize] {
+            Some((_, counts)) => counts,
+            None => unreachable!("group {id} was checked just before"),
+        }
+    }
+
+    fn get(&self, key: &GroupKey) -> Option<GroupCounts> {
+        let id = *self.index.get(key)?;
+        self.records[id as usize].map(|(_, counts)| counts)
+    }
+
+    fn retain(&mut self, keep: impl Fn(&GroupKey) -> bool) {
+        let records = &mut self.records;
+        let free = &mut self.free;
+        self.index.retain(|key, id| {
+            let kept = keep(key);
+            if !kept {
+                records[*id as usize] = None;
+                free.push(*id);
+            }
+            kept
+        });
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
     }
 }
 
@@ -451,7 +553,7 @@ pub struct SocketTable {
     /// How released sockets ended, while they wait for their destroy (only
     /// `events` keeps them: the reports forget a socket at its close).
     closed: FastMap<u64, Closed>,
-    groups: FastMap<GroupKey, GroupCounts>,
+    groups: Groups,
     /// Openers that exited since the last sweep: their group counts go once
     /// none of their sockets is open any more.
     exited: Vec<(u32, u64)>,
@@ -517,15 +619,7 @@ impl SocketTable {
     }
 
     fn group_key_of(&self, slot: &Slot) -> GroupKey {
-        let origin = self.origins.get(slot.origin);
-        GroupKey {
-            pid: origin.opener.pid,
-            start_ns: origin.opener.start_ns,
-            direction: origin.direction,
-            user_stack: origin.user_stack.id(),
-            leaf_caller: origin.leaf_caller,
-            request_stack: origin.request_stack.id(),
-        }
+        self.origins.get(slot.origin).group_key()
     }
 
     fn opener_of(&self, slot: &Slot) -> (u32, u64) {
@@ -554,13 +648,13 @@ impl SocketTable {
         *self.open_by_opener.entry(opener).or_default() += 1;
     }
 
-    /// A socket of `opener` is no longer open (closed, destroyed or forgotten).
+    /// A socket of `opener` is no longer open (closed, destroyed or
+    /// forgotten). A count that reaches 0 stays until the next sweep: a
+    /// churning process would otherwise remove and re-insert it with every
+    /// connection.
     fn uncount_open(open_by_opener: &mut FastMap<(u32, u64), u32>, opener: (u32, u64)) {
         if let Some(n) = open_by_opener.get_mut(&opener) {
-            *n -= 1;
-            if *n == 0 {
-                open_by_opener.remove(&opener);
-            }
+            *n = n.saturating_sub(1);
         }
     }
 
@@ -577,7 +671,7 @@ impl SocketTable {
             .map(|slot| self.group_key_of(slot))
             .collect();
         let before = self.groups.len();
-        self.groups.retain(|key, _| open.contains(key) || keep(key));
+        self.groups.retain(|key| open.contains(key) || keep(key));
         before - self.groups.len()
     }
 
@@ -611,8 +705,8 @@ impl SocketTable {
             open.time_ns,
             &open.endpoints,
         );
-        let key = self.group_key_of(&slot);
-        self.groups.entry(key).or_default().opened += 1;
+        let group = self.origins.group(origin, &mut self.groups);
+        self.groups.counts_mut(group).opened += 1;
         self.count_open((open.task.pid, open.task.start_ns));
         let id = self.slots.insert(slot);
         self.index.insert(open.cookie, id);
@@ -689,9 +783,8 @@ impl SocketTable {
         self.stats.closed += 1;
         let opener = self.opener_of(&slot);
         Self::uncount_open(&mut self.open_by_opener, opener);
-        let key = self.group_key_of(&slot);
-        if let Some(counts) = self.groups.get_mut(&key) {
-            counts.closed += 1;
+        if let Some(group) = self.origins.existing_group(slot.origin, &self.groups) {
+            self.groups.counts_mut(group).closed += 1;
         }
         let lifetime_ns = close.time_ns.saturating_sub(slot.opened_ns);
         if self.limits.forget_closed {
@@ -728,12 +821,13 @@ impl SocketTable {
         for cookie in expired {
             self.remove(cookie);
         }
+        self.open_by_opener.retain(|_, open| *open > 0);
         if !self.exited.is_empty() {
             // Through the per-opener index: no scan of every socket.
             let exited: std::collections::HashSet<(u32, u64)> =
                 std::mem::take(&mut self.exited).into_iter().collect();
             let open_by_opener = &self.open_by_opener;
-            self.groups.retain(|key, _| {
+            self.groups.retain(|key| {
                 let opener = (key.pid, key.start_ns);
                 !exited.contains(&opener) || open_by_opener.contains_key(&opener)
             });
@@ -782,7 +876,7 @@ impl SocketTable {
 
     /// Opens and closes of one group while tracing.
     pub fn group_counts(&self, key: &GroupKey) -> GroupCounts {
-        self.groups.get(key).copied().unwrap_or_default()
+        self.groups.get(key).unwrap_or_default()
     }
 
     pub fn stats(&self) -> TableStats {
@@ -828,7 +922,7 @@ mod tests {
     }
 
     fn open(cookie: u64, pid: u32, time_ns: u64) -> Event {
-        Event::Open(Open {
+        Event::Open(Box::new(Open {
             time_ns,
             cookie,
             task: task(pid),
@@ -841,7 +935,7 @@ mod tests {
             request_stack: Stack::NOT_PROBED,
             user_stack_top: [0; leakbpf_common::USER_STACK_TOP_WORDS],
             leaf_caller: None,
-        })
+        }))
     }
 
     fn state(cookie: u64, time_ns: u64, to: TcpState) -> Event {
@@ -1342,9 +1436,27 @@ mod tests {
                     for socket in table.open_sockets() {
                         *by_opener.entry((socket.opener.pid, socket.opener.start_ns)).or_default() += 1;
                     }
-                    prop_assert_eq!(&by_opener, &table.open_by_opener);
+                    let indexed: FastMap<(u32, u64), u32> = table
+                        .open_by_opener
+                        .iter()
+                        .filter(|&(_, &open)| open > 0)
+                        .map(|(&opener, &open)| (opener, open))
+                        .collect();
+                    prop_assert_eq!(&by_opener, &indexed);
+                    // The group arena agrees with its index.
+                    let groups = &table.groups;
+                    for (key, &id) in &groups.index {
+                        prop_assert!(groups.holds(id, key));
+                    }
+                    prop_assert_eq!(groups.records.iter().flatten().count(), groups.index.len());
+                    for &id in &groups.free {
+                        prop_assert!(groups.records[id as usize].is_none());
+                    }
                     if step % 20 == 0 {
                         table.sweep(event.time_ns());
+                    }
+                    if step % 33 == 0 {
+                        table.retain_groups(|key| key.pid % 2 == 0);
                     }
                 }
             }

@@ -404,7 +404,7 @@ mod tests {
     }
 
     fn open(task: Task, stack: Stack) -> Event {
-        Event::Open(Open {
+        Event::Open(Box::new(Open {
             time_ns: 1,
             cookie: 42,
             task,
@@ -422,7 +422,7 @@ mod tests {
             request_stack: Stack::NOT_PROBED,
             user_stack_top: [0; leakbpf_common::USER_STACK_TOP_WORDS],
             leaf_caller: None,
-        })
+        }))
     }
 
     #[test]

@@ -97,23 +97,7 @@ impl Tracer {
                 .to_owned()
         });
         let go_on = options.go_uprobes && go_off.is_none();
-        let ring_bytes = options
-            .ring_bytes
-            .unwrap_or(leakbpf_common::DEFAULT_RING_BYTES);
-        let config = HookConfig {
-            connect_from_state: u32::from(hooks.connect_from_state()),
-            // A quarter full: early enough that a burst never fills it
-            // between the reader's timer drains.
-            wakeup_bytes: ring_bytes / 4,
-            state_mask: if options.all_facts {
-                leakbpf_common::ALL_STATES
-            } else {
-                leakbpf_common::REPORT_STATES
-            },
-            kernel_stacks: u32::from(options.kernel_stacks),
-            lean: u32::from(!options.all_facts),
-            go_requests: u32::from(go_on),
-        };
+        let config = hook_config(options, hooks, go_on);
 
         let mut loader = EbpfLoader::new();
         loader.override_global("OFFSETS", &offsets, true);
@@ -130,7 +114,13 @@ impl Tracer {
             .load(EBPF_OBJECT)
             .context("loading the eBPF object")?;
         hooks
-            .attach(&mut ebpf, &caps, &btf, offsets.accept_arity)
+            .attach(
+                &mut ebpf,
+                &caps,
+                &btf,
+                offsets.accept_arity,
+                options.all_facts,
+            )
             .map_err(|err| match MissingHelper::in_error(&err) {
                 // One line instead of the verifier's log.
                 Some(missing) => anyhow!(
@@ -370,6 +360,27 @@ pub fn require_root() -> Result<()> {
     Ok(())
 }
 
+/// What the kernel side is told before load (see `HookConfig`).
+fn hook_config(options: &TracerOptions, hooks: HookSet, go_on: bool) -> HookConfig {
+    let ring_bytes = options
+        .ring_bytes
+        .unwrap_or(leakbpf_common::DEFAULT_RING_BYTES);
+    HookConfig {
+        connect_from_state: u32::from(hooks.connect_from_state()),
+        // A quarter full: early enough that a burst never fills it
+        // between the reader's timer drains.
+        wakeup_bytes: ring_bytes / 4,
+        state_mask: if options.all_facts {
+            leakbpf_common::ALL_STATES
+        } else {
+            leakbpf_common::REPORT_STATES
+        },
+        kernel_stacks: u32::from(options.kernel_stacks),
+        lean: u32::from(!options.all_facts),
+        go_requests: u32::from(go_on),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,7 +408,7 @@ mod tests {
     use crate::event::{Direction, Endpoints, Family, Open, Stack, Task, TcpState};
 
     fn open(cookie: u64, local: std::net::SocketAddr, remote: std::net::SocketAddr) -> Event {
-        Event::Open(Open {
+        Event::Open(Box::new(Open {
             time_ns: 1,
             cookie,
             task: Task {
@@ -421,7 +432,7 @@ mod tests {
             request_stack: Stack::NOT_PROBED,
             user_stack_top: [0; leakbpf_common::USER_STACK_TOP_WORDS],
             leaf_caller: None,
-        })
+        }))
     }
 
     #[test]

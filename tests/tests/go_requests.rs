@@ -301,25 +301,30 @@ fn events_carry_the_request_stack() {
     }
 }
 
-/// Links of the loaded Go uprobe programs (`go_*`), as bpftool lists them.
-fn go_probe_links() -> usize {
-    let json = |args: &[&str]| -> Value {
-        let output = Command::new("bpftool")
-            .args(args)
-            .arg("--json")
-            .output()
-            .expect("running bpftool (Debian's bpftool package)");
-        assert!(output.status.success(), "bpftool {args:?} failed");
-        serde_json::from_slice(&output.stdout).expect("bpftool JSON")
-    };
-    let programs: Vec<u64> = json(&["prog", "show"])
+fn bpftool_json(args: &[&str]) -> Value {
+    let output = Command::new("bpftool")
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("running bpftool (Debian's bpftool package)");
+    assert!(output.status.success(), "bpftool {args:?} failed");
+    serde_json::from_slice(&output.stdout).expect("bpftool JSON")
+}
+
+/// Ids of the loaded Go uprobe programs (`go_*`), any process's.
+fn go_programs() -> Vec<u64> {
+    bpftool_json(&["prog", "show"])
         .as_array()
         .unwrap()
         .iter()
         .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("go_")))
         .filter_map(|p| p["id"].as_u64())
-        .collect();
-    json(&["link", "list"])
+        .collect()
+}
+
+/// Links of `programs`, as bpftool lists them.
+fn links_of(programs: &[u64]) -> usize {
+    bpftool_json(&["link", "list"])
         .as_array()
         .unwrap()
         .iter()
@@ -351,22 +356,28 @@ fn a_binary_is_probed_once_and_let_go_with_its_last_process() {
     // A copy: an inode of its own, unknown to leakbpf at start-up.
     let binary = dir.path().join("gorequests-copy");
     std::fs::copy(go_binary_with("gorequests", "1.19", false), &binary).unwrap();
+    // Only this trace's programs count: an earlier test's leakbpf may
+    // still be letting go of its own.
+    let others = go_programs();
     let trace = trace_json(&[]);
-    let before = go_probe_links();
+    let ours: Vec<u64> = go_programs()
+        .into_iter()
+        .filter(|id| !others.contains(id))
+        .collect();
+    // go_process_exec's tracepoint link; the binary is not probed yet.
+    assert_eq!(links_of(&ours), 1, "programs {ours:?}");
     let (mut server, port) = server(&binary);
     let url = format!("http://127.0.0.1:{port}/");
     let mut client = Fixture::spawn(command(&binary, &["two-sites", &url, "3", "2"]));
     client.ready();
     // Go 1.19 (no parentGoid): four probes, once for the client and the
     // server together.
-    eventually("the binary's four probes", || {
-        go_probe_links() == before + 4
-    });
+    eventually("the binary's four probes", || links_of(&ours) == 1 + 4);
     client.kill();
     thread::sleep(Duration::from_millis(500));
-    assert_eq!(go_probe_links(), before + 4, "the server still runs it");
+    assert_eq!(links_of(&ours), 1 + 4, "the server still runs it");
     server.kill();
-    eventually("the probes let go", || go_probe_links() == before);
+    eventually("the probes let go", || links_of(&ours) == 1);
     let report = trace.stop();
     assert_eq!(report["complete"], true, "{report:#}");
 }

@@ -21,13 +21,15 @@ use super::{
 
 /// Loads and attaches every program of `set` that this kernel needs: the
 /// shared ones, then the set's own; of the fexit programs, only the one for
-/// this kernel's `inet_csk_accept` signature.
+/// this kernel's `inet_csk_accept` signature; without `all_facts`, none of
+/// the `events`-only ones.
 pub(super) fn attach_set(
     set: &SetSpec,
     ebpf: &mut Ebpf,
     caps: &Capabilities,
     btf: &Btf,
     accept_arity: u32,
+    all_facts: bool,
 ) -> Result<()> {
     let arities: Vec<u32> = set.programs.iter().filter_map(|p| p.accept_arity).collect();
     if !arities.is_empty() && !arities.contains(&accept_arity) {
@@ -40,6 +42,7 @@ pub(super) fn attach_set(
     for spec in set
         .all_programs()
         .filter(|p| p.accept_arity.is_none_or(|arity| arity == accept_arity))
+        .filter(|p| all_facts || !p.events_only)
     {
         let first = !loaded.contains(&spec.name);
         attach_one(ebpf, spec, first, caps, btf)

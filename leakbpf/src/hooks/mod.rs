@@ -95,15 +95,17 @@ impl HookSet {
         self == HookSet::Tracepoint
     }
 
-    /// Loads and attaches this set's programs.
+    /// Loads and attaches this set's programs (`all_facts`: also those
+    /// only `events` needs).
     pub fn attach(
         self,
         ebpf: &mut Ebpf,
         caps: &Capabilities,
         btf: &Btf,
         accept_arity: u32,
+        all_facts: bool,
     ) -> Result<()> {
-        attach::attach_set(self.spec(), ebpf, caps, btf, accept_arity)
+        attach::attach_set(self.spec(), ebpf, caps, btf, accept_arity, all_facts)
     }
 }
 

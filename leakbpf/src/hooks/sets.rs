@@ -59,6 +59,9 @@ pub struct Program {
     /// Loaded only when the kernel's `inet_csk_accept` takes this many
     /// parameters (one fexit program per signature, see trampoline_set.rs).
     pub accept_arity: Option<u32>,
+    /// Attached only when every fact is wanted (`events`): the reports
+    /// have no use for it, and an attached program costs every run.
+    pub events_only: bool,
 }
 
 impl Program {
@@ -74,7 +77,13 @@ impl Program {
             target,
             reports,
             accept_arity: None,
+            events_only: false,
         }
+    }
+
+    const fn events_only(mut self) -> Self {
+        self.events_only = true;
+        self
     }
 
     /// The `(system, event)` of a tracepoint, BTF-typed or classic.
@@ -176,12 +185,14 @@ pub const SHARED: &[Program] = &[
         "sock:inet_sock_set_state",
         "state changes; connects in the tracepoint set",
     ),
+    // The reports forget a socket at its close.
     Program::new(
         "tcp_destroy_sock",
         Tracepoint,
         "tcp:tcp_destroy_sock",
-        "destroy",
-    ),
+        "destroy (`events` only)",
+    )
+    .events_only(),
     Program::new(
         "sched_process_free",
         TpBtf,

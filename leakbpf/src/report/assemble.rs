@@ -298,7 +298,7 @@ fn socket_report(held: &Held, live: Option<LiveFacts>, now_ns: u64) -> SocketRep
         fd: held.fd,
         shared_with: held.shared_with.clone(),
         tid: socket.opener.tid,
-        local: socket.endpoints.local.to_string(),
+        local: live.local.unwrap_or(socket.endpoints.local).to_string(),
         remote: socket.endpoints.remote.to_string(),
         state: live.state.unwrap_or(socket.endpoints.state),
         age_s: now_ns.saturating_sub(socket.opened_ns) as f64 / 1e9,
@@ -349,7 +349,7 @@ mod tests {
     const SEC: u64 = 1_000_000_000;
 
     fn open(cookie: u64, pid: u32, stack: u32, time_ns: u64, remote_port: u16) -> Event {
-        Event::Open(Open {
+        Event::Open(Box::new(Open {
             time_ns,
             cookie,
             task: Task {
@@ -373,7 +373,7 @@ mod tests {
             request_stack: Stack::NOT_PROBED,
             user_stack_top: [0; leakbpf_common::USER_STACK_TOP_WORDS],
             leaf_caller: None,
-        })
+        }))
     }
 
     fn close(cookie: u64, pid: u32) -> Event {
@@ -538,6 +538,9 @@ mod tests {
             serde_json::to_value(&big.sockets[0]).unwrap()["state"],
             "CLOSE_WAIT"
         );
+        // The local address is the kernel's now (a connect's open is sent
+        // before its source port is chosen).
+        assert!(big.sockets.iter().all(|s| s.local == "127.0.0.1:1"));
         assert_eq!(
             big.remotes,
             [RemoteCount {
