@@ -335,6 +335,11 @@ fn round(setting: Setting, connbench: &Path, leakbpf: &Path, script: &Path) -> R
         .into_iter()
         .filter(|(id, _)| !existing.contains_key(id))
         .collect();
+    // CPU from here on: start-up (BTF, the first scan) is not per event.
+    let cpu_before = match &tracer {
+        Some(tracer) => tracer.cpu_seconds()?,
+        None => 0.0,
+    };
     done.ns_per_connection = churn(connbench)?;
     let after = prog_stats()?;
     for (id, start) in before {
@@ -345,7 +350,7 @@ fn round(setting: Setting, connbench: &Path, leakbpf: &Path, script: &Path) -> R
         }
     }
     if let Some(tracer) = tracer {
-        let cpu = tracer.cpu_seconds()?;
+        let cpu = tracer.cpu_seconds()? - cpu_before;
         let summary = tracer.stop()?;
         if let Setting::Leakbpf(_, args) = setting
             && args[0] != "agent"
