@@ -22,7 +22,9 @@ use crate::{
 /// The open TCP sockets with a file, by cookie, and their holders.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    sockets: HashMap<u64, OwnedSocket>,
+    /// By cookie; FxHash (cookies are the kernel's counter, and a report
+    /// looks up every socket).
+    sockets: rustc_hash::FxHashMap<u64, OwnedSocket>,
     /// Processes that existed when it was taken, with their start times
     /// (clock ticks since boot, `/proc/PID/stat`): tells an exited opener
     /// from a living one, and a reused pid from the process that had it.

@@ -18,8 +18,6 @@ pub mod netns;
 pub mod procfs;
 pub mod unseen;
 
-use std::collections::HashMap;
-
 use anyhow::{Context, Result};
 
 pub use self::{
@@ -98,7 +96,7 @@ pub fn scan_full(options: &ScanOptions) -> Result<(Vec<OwnedSocket>, ScanStats, 
     Ok((found, stats, unlisted))
 }
 
-fn join(sockets: Vec<DiagSocket>, owners: &mut HashMap<u64, Vec<Owner>>) -> Vec<OwnedSocket> {
+fn join(sockets: Vec<DiagSocket>, owners: &mut procfs::OwnersByInode) -> Vec<OwnedSocket> {
     sockets
         .into_iter()
         .filter(|socket| socket.inode != 0)

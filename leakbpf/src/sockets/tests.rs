@@ -331,7 +331,10 @@ fn join_drops_fileless_and_unheld_sockets() {
         comm: "".into(),
         exe: None,
     };
-    let mut owners = HashMap::from([(0, vec![owner(1, 3)]), (5, vec![owner(9, 4), owner(2, 7)])]);
+    let mut owners: procfs::OwnersByInode =
+        [(0, vec![owner(1, 3)]), (5, vec![owner(9, 4), owner(2, 7)])]
+            .into_iter()
+            .collect();
     let joined = join(vec![socket(1, 0), socket(2, 5), socket(3, 6)], &mut owners);
     assert_eq!(joined.len(), 1);
     assert_eq!(joined[0].socket.cookie, 2);
