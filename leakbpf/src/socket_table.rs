@@ -74,16 +74,36 @@ pub struct GroupKey {
     pub request_stack: Option<u32>,
 }
 
+impl GroupKey {
+    /// The one place the key is made: from a socket's view and from an
+    /// interned origin alike.
+    fn new(
+        opener: (u32, u64),
+        direction: Direction,
+        user_stack: Stack,
+        leaf_caller: Option<u64>,
+        request_stack: Stack,
+    ) -> GroupKey {
+        GroupKey {
+            pid: opener.0,
+            start_ns: opener.1,
+            direction,
+            user_stack: user_stack.id(),
+            leaf_caller,
+            request_stack: request_stack.id(),
+        }
+    }
+}
+
 impl Socket {
     pub fn group_key(&self) -> GroupKey {
-        GroupKey {
-            pid: self.opener.pid,
-            start_ns: self.opener.start_ns,
-            direction: self.direction,
-            user_stack: self.user_stack.id(),
-            leaf_caller: self.leaf_caller,
-            request_stack: self.request_stack.id(),
-        }
+        GroupKey::new(
+            (self.opener.pid, self.opener.start_ns),
+            self.direction,
+            self.user_stack,
+            self.leaf_caller,
+            self.request_stack,
+        )
     }
 }
 
@@ -236,14 +256,13 @@ impl Origin {
     }
 
     fn group_key(&self) -> GroupKey {
-        GroupKey {
-            pid: self.opener.pid,
-            start_ns: self.opener.start_ns,
-            direction: self.direction,
-            user_stack: self.user_stack.id(),
-            leaf_caller: self.leaf_caller,
-            request_stack: self.request_stack.id(),
-        }
+        GroupKey::new(
+            (self.opener.pid, self.opener.start_ns),
+            self.direction,
+            self.user_stack,
+            self.leaf_caller,
+            self.request_stack,
+        )
     }
 
     /// Equal to `Origin::of(open)`, without building it.
@@ -328,11 +347,11 @@ impl Origins {
     /// The group of origin `id` in `groups`, created if missing; cached in
     /// the origin so the socket churn from one origin hashes no group key.
     fn group(&mut self, id: u32, groups: &mut Groups) -> u32 {
-        let (origin, _, cached) = &mut self.records[id as usize];
-        let key = origin.group_key();
-        if !groups.holds(*cached, &key) {
-            *cached = groups.find_or_insert(key);
+        if let Some(group) = self.existing_group(id, groups) {
+            return group;
         }
+        let (origin, _, cached) = &mut self.records[id as usize];
+        *cached = groups.insert(origin.group_key());
         *cached
     }
 
@@ -369,10 +388,8 @@ impl Groups {
         self.index.get(key).copied()
     }
 
-    fn find_or_insert(&mut self, key: GroupKey) -> u32 {
-        if let Some(id) = self.find(&key) {
-            return id;
-        }
+    /// A new group, counts 0 (`key` must not be in it yet).
+    fn insert(&mut self, key: GroupKey) -> u32 {
         let record = Some((key, GroupCounts::default()));
         let id = if let Some(id) = self.free.pop() {
             self.records[id as usize] = record;
@@ -393,7 +410,7 @@ impl Groups {
     }
 
     fn get(&self, key: &GroupKey) -> Option<GroupCounts> {
-        let id = *self.index.get(key)?;
+        let id = self.find(key)?;
         self.records[id as usize].map(|(_, counts)| counts)
     }
 
