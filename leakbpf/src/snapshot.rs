@@ -22,9 +22,7 @@ use crate::{
 /// The open TCP sockets with a file, by cookie, and their holders.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    /// By cookie; FxHash (cookies are the kernel's counter, and a report
-    /// looks up every socket).
-    sockets: rustc_hash::FxHashMap<u64, OwnedSocket>,
+    sockets: sockets::ByCookie,
     /// Processes that existed when it was taken, with their start times
     /// (clock ticks since boot, `/proc/PID/stat`): tells an exited opener
     /// from a living one, and a reused pid from the process that had it.
@@ -62,10 +60,14 @@ impl Snapshot {
         };
         let (found, stats, unlisted) =
             sockets::scan_full(&options).context("listing the open sockets (sock_diag, /proc)")?;
-        let mut snapshot =
-            Snapshot::from_parts(found, living_processes(), stats, taken_ns, pids.is_none());
-        snapshot.unlisted = unlisted;
-        Ok(snapshot)
+        Ok(Snapshot {
+            sockets: found,
+            alive: living_processes(),
+            stats,
+            taken_ns,
+            all_processes: pids.is_none(),
+            unlisted,
+        })
     }
 
     /// A snapshot of given facts (for tests and for the pure report code).

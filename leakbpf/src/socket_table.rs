@@ -31,8 +31,6 @@ pub struct Socket {
     pub direction: Direction,
     pub opened_ns: u64,
     pub endpoints: Endpoints,
-    /// Time of the last state change (or the open).
-    pub state_since_ns: u64,
     /// The opener's fd, where the hook knows it.
     pub fd: Option<i32>,
     pub user_stack: Stack,
@@ -48,6 +46,17 @@ impl Socket {
     pub fn is_open(&self) -> bool {
         self.closed.is_none()
     }
+}
+
+/// An origin some tracked socket has ([`SocketTable::origins_in_use`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OriginInUse {
+    /// (pid, start time) of the opener.
+    pub opener: (u32, u64),
+    pub user_stack: Stack,
+    pub leaf_caller: Option<u64>,
+    pub kernel_stack: Stack,
+    pub request_stack: Stack,
 }
 
 /// The release of a socket's last file reference (close(), exit, last fd).
@@ -437,8 +446,9 @@ impl Groups {
 /// of each address.
 #[derive(Clone, Copy, Debug)]
 struct Slot {
+    /// The key: [`CookieIndex`] holds slot numbers and compares this.
+    cookie: u64,
     opened_ns: u64,
-    state_since_ns: u64,
     local: [u8; 16],
     remote: [u8; 16],
     /// Index into [`Origins`].
@@ -459,10 +469,17 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(origin: u32, tid: u32, fd: Option<i32>, time_ns: u64, endpoints: &Endpoints) -> Slot {
+    fn new(
+        cookie: u64,
+        origin: u32,
+        tid: u32,
+        fd: Option<i32>,
+        time_ns: u64,
+        endpoints: &Endpoints,
+    ) -> Slot {
         let mut slot = Slot {
+            cookie,
             opened_ns: time_ns,
-            state_since_ns: time_ns,
             local: [0; 16],
             remote: [0; 16],
             origin,
@@ -561,10 +578,58 @@ impl Slots {
     }
 }
 
+/// Cookie -> slot number, 4 bytes (and a control byte) a bucket: the
+/// cookie is compared in the slot the number names. A `HashMap<u64, u32>`
+/// takes 16 bytes a bucket, 34 MiB at a million sockets against 10 here.
+#[derive(Debug, Default)]
+struct CookieIndex {
+    ids: hashbrown::HashTable<u32>,
+}
+
+fn cookie_hash(cookie: u64) -> u64 {
+    use std::hash::BuildHasher as _;
+    rustc_hash::FxBuildHasher.hash_one(cookie)
+}
+
+impl CookieIndex {
+    fn get(&self, cookie: u64, slots: &Slots) -> Option<u32> {
+        self.ids
+            .find(cookie_hash(cookie), |&id| slots.get(id).cookie == cookie)
+            .copied()
+    }
+
+    fn contains(&self, cookie: u64, slots: &Slots) -> bool {
+        self.get(cookie, slots).is_some()
+    }
+
+    /// Indexes slot `id` under its cookie, which must not be indexed yet.
+    fn insert(&mut self, id: u32, slots: &Slots) {
+        let cookie = slots.get(id).cookie;
+        self.ids.insert_unique(cookie_hash(cookie), id, |&other| {
+            cookie_hash(slots.get(other).cookie)
+        });
+    }
+
+    fn remove(&mut self, cookie: u64, slots: &Slots) -> Option<u32> {
+        let entry = self
+            .ids
+            .find_entry(cookie_hash(cookie), |&id| slots.get(id).cookie == cookie)
+            .ok()?;
+        Some(entry.remove().0)
+    }
+
+    fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.ids.iter().copied()
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct SocketTable {
-    /// Cookie -> slot: 16 bytes a bucket.
-    index: FastMap<u64, u32>,
+    index: CookieIndex,
     slots: Slots,
     origins: Origins,
     /// How released sockets ended, while they wait for their destroy (only
@@ -613,15 +678,15 @@ impl SocketTable {
     }
 
     /// The socket as the rest of leakbpf sees it.
-    fn view(&self, cookie: u64, slot: &Slot) -> Socket {
+    fn view(&self, slot: &Slot) -> Socket {
         let origin = self.origins.get(slot.origin);
+        let cookie = slot.cookie;
         Socket {
             cookie,
             opener: origin.opener.task(slot.tid),
             direction: origin.direction,
             opened_ns: slot.opened_ns,
             endpoints: slot.endpoints(),
-            state_since_ns: slot.state_since_ns,
             fd: (slot.fd >= 0).then_some(slot.fd),
             user_stack: origin.user_stack,
             leaf_caller: origin.leaf_caller,
@@ -646,7 +711,7 @@ impl SocketTable {
 
     /// Forgets socket `cookie`; false if it was not tracked.
     fn remove(&mut self, cookie: u64) -> bool {
-        let Some(id) = self.index.remove(&cookie) else {
+        let Some(id) = self.index.remove(cookie, &self.slots) else {
             return false;
         };
         let slot = *self.slots.get(id);
@@ -682,8 +747,8 @@ impl SocketTable {
     pub fn retain_groups(&mut self, keep: impl Fn(&GroupKey) -> bool) -> usize {
         let open: std::collections::HashSet<GroupKey> = self
             .index
-            .values()
-            .map(|&id| self.slots.get(id))
+            .ids()
+            .map(|id| self.slots.get(id))
             .filter(|slot| !slot.closed)
             .map(|slot| self.group_key_of(slot))
             .collect();
@@ -706,7 +771,7 @@ impl SocketTable {
     }
 
     fn open(&mut self, open: &Open) -> Applied {
-        if self.index.contains_key(&open.cookie) {
+        if self.index.contains(open.cookie, &self.slots) {
             // A tracked socket that connects again starts over.
             self.remove(open.cookie);
         } else if self.index.len() >= self.limits.max_sockets {
@@ -716,6 +781,7 @@ impl SocketTable {
         self.stats.opened += 1;
         let origin = self.origins.intern_open(open);
         let slot = Slot::new(
+            open.cookie,
             origin,
             open.task.tid,
             open.fd,
@@ -726,7 +792,7 @@ impl SocketTable {
         self.groups.counts_mut(group).opened += 1;
         self.count_open((open.task.pid, open.task.start_ns));
         let id = self.slots.insert(slot);
-        self.index.insert(open.cookie, id);
+        self.index.insert(id, &self.slots);
         Applied::Opened
     }
 
@@ -740,7 +806,7 @@ impl SocketTable {
         fd: Option<i32>,
         now_ns: u64,
     ) -> Applied {
-        if self.index.contains_key(&cookie) {
+        if self.index.contains(cookie, &self.slots) {
             return Applied::Untracked;
         }
         if self.index.len() >= self.limits.max_sockets {
@@ -757,10 +823,10 @@ impl SocketTable {
             kernel_stack: Stack::Missing(0),
             request_stack: Stack::NOT_PROBED,
         });
-        let id = self
-            .slots
-            .insert(Slot::new(origin, holder.tid, fd, now_ns, &endpoints));
-        self.index.insert(cookie, id);
+        let id = self.slots.insert(Slot::new(
+            cookie, origin, holder.tid, fd, now_ns, &endpoints,
+        ));
+        self.index.insert(id, &self.slots);
         Applied::Opened
     }
 
@@ -771,7 +837,7 @@ impl SocketTable {
     }
 
     fn state(&mut self, change: &StateChange) -> Applied {
-        let Some(&id) = self.index.get(&change.cookie) else {
+        let Some(id) = self.index.get(change.cookie, &self.slots) else {
             return Applied::Untracked;
         };
         let slot = self.slots.get_mut(id);
@@ -783,12 +849,11 @@ impl SocketTable {
             slot.set_endpoints(&change.endpoints);
         }
         slot.state = change.endpoints.state;
-        slot.state_since_ns = change.time_ns;
         Applied::StateChanged { old }
     }
 
     fn close(&mut self, close: &Close) -> Applied {
-        let Some(&id) = self.index.get(&close.cookie) else {
+        let Some(id) = self.index.get(close.cookie, &self.slots) else {
             return Applied::Untracked;
         };
         let slot = *self.slots.get(id);
@@ -805,7 +870,7 @@ impl SocketTable {
         }
         let lifetime_ns = close.time_ns.saturating_sub(slot.opened_ns);
         if self.limits.forget_closed {
-            self.index.remove(&close.cookie);
+            self.index.remove(close.cookie, &self.slots);
             self.origins.release(slot.origin);
             self.slots.remove(id);
         } else {
@@ -857,12 +922,12 @@ impl SocketTable {
     pub fn reconcile(&mut self, taken_ns: u64, still_open: impl Fn(&Socket) -> bool) -> usize {
         let gone: Vec<u64> = self
             .index
-            .iter()
-            .filter(|&(&cookie, &id)| {
-                let slot = self.slots.get(id);
-                !slot.closed && slot.opened_ns < taken_ns && !still_open(&self.view(cookie, slot))
+            .ids()
+            .map(|id| self.slots.get(id))
+            .filter(|slot| {
+                !slot.closed && slot.opened_ns < taken_ns && !still_open(&self.view(slot))
             })
-            .map(|(&cookie, _)| cookie)
+            .map(|slot| slot.cookie)
             .collect();
         for &cookie in &gone {
             self.remove(cookie);
@@ -872,23 +937,39 @@ impl SocketTable {
     }
 
     pub fn get(&self, cookie: u64) -> Option<Socket> {
-        let id = *self.index.get(&cookie)?;
-        Some(self.view(cookie, self.slots.get(id)))
+        let id = self.index.get(cookie, &self.slots)?;
+        Some(self.view(self.slots.get(id)))
     }
 
     /// Every tracked socket, open or closed and waiting for its destroy.
     pub fn sockets(&self) -> impl Iterator<Item = Socket> + '_ {
-        self.index
-            .iter()
-            .map(|(&cookie, &id)| self.view(cookie, self.slots.get(id)))
+        self.index.ids().map(|id| self.view(self.slots.get(id)))
     }
 
     /// Sockets whose last file reference has not been released.
     pub fn open_sockets(&self) -> impl Iterator<Item = Socket> + '_ {
-        self.index.iter().filter_map(|(&cookie, &id)| {
+        self.index.ids().filter_map(|id| {
             let slot = self.slots.get(id);
-            (!slot.closed).then(|| self.view(cookie, slot))
+            (!slot.closed).then(|| self.view(slot))
         })
+    }
+
+    /// What the tracked sockets were opened by and from, once per distinct
+    /// origin rather than once per socket: what caches of stacks and frames
+    /// must keep. A socket closed and waiting for its destroy (only `events`
+    /// and the agent keep those) still counts.
+    pub fn origins_in_use(&self) -> impl Iterator<Item = OriginInUse> + '_ {
+        self.origins
+            .records
+            .iter()
+            .filter(|(_, refs, _)| *refs != 0 && *refs != FREED)
+            .map(|(origin, _, _)| OriginInUse {
+                opener: (origin.opener.pid, origin.opener.start_ns),
+                user_stack: origin.user_stack,
+                leaf_caller: origin.leaf_caller,
+                kernel_stack: origin.kernel_stack,
+                request_stack: origin.request_stack,
+            })
     }
 
     /// Opens and closes of one group while tracing.
@@ -905,7 +986,7 @@ impl SocketTable {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.index.len() == 0
     }
 
     /// Distinct origins (opener, direction, stacks) interned now.
@@ -996,13 +1077,12 @@ mod tests {
         assert_eq!(table.stats().reconciled, 1);
     }
 
-    /// Every tracked socket costs its slot, plus a 16-byte bucket in the
+    /// Every tracked socket costs its slot, plus a 4-byte bucket in the
     /// cookie index and its slack (BENCHMARKS.md measures the whole); what
     /// sockets share (opener, stacks) is interned.
     #[test]
     fn a_socket_stays_small() {
         assert!(size_of::<Slot>() <= 72, "{}", size_of::<Slot>());
-        assert_eq!(size_of::<(u64, u32)>(), 16);
     }
 
     /// Sockets opened the same way by the same process share one origin,
@@ -1057,7 +1137,10 @@ mod tests {
                 remote: remote.parse().unwrap(),
                 state: TcpState::CloseWait,
             };
-            assert_eq!(Slot::new(0, 0, None, 0, &endpoints).endpoints(), endpoints);
+            assert_eq!(
+                Slot::new(0, 0, 0, None, 0, &endpoints).endpoints(),
+                endpoints
+            );
         }
     }
 
@@ -1077,7 +1160,6 @@ mod tests {
             40000,
             "tuple completed by the state event"
         );
-        assert_eq!(socket.state_since_ns, 20);
         assert_eq!(table.open_sockets().count(), 1);
 
         assert_eq!(

@@ -41,6 +41,10 @@ enum Task {
         /// million tracked sockets; only when asked for).
         #[arg(long = "only", value_name = "PART")]
         only: Vec<String>,
+        /// Measure this leakbpf binary instead of building the checkout (an
+        /// older commit's build, for a before/after in one session).
+        #[arg(long, value_name = "PATH")]
+        leakbpf: Option<PathBuf>,
     },
     /// Run every fuzz target (decoder, socket table, .gopclntab) for a bounded time.
     Fuzz {
@@ -96,8 +100,12 @@ fn run(task: Task) -> Result<()> {
             require_root("the kernel matrix")?;
             run_matrix(&root, &binary, kernels, sets)
         }
-        Task::Bench { only } => {
-            let binary = build(&root)?;
+        Task::Bench { only, leakbpf } => {
+            let binary = match leakbpf {
+                Some(path) => std::fs::canonicalize(&path)
+                    .with_context(|| format!("--leakbpf {}", path.display()))?,
+                None => build(&root)?,
+            };
             require_root("the benchmarks")?;
             bench::bench(&root, &binary, &only)
         }

@@ -419,24 +419,25 @@ impl Agent {
 
     /// Frees kernel stack-map entries no tracked socket refers to and no
     /// open used in the last two intervals, and the caches built on them;
-    /// drops symbolized stacks no open socket needs unless their stack is
+    /// drops symbolized stacks no tracked socket needs unless their stack is
     /// still in use (churn from the same code keeps its frames).
     fn prune(&mut self, tracer: &mut Tracer) {
         self.stacks.next_epoch(2);
         let mut live = HashSet::new();
         let mut needed = HashSet::new();
-        for socket in self.table.sockets() {
-            live.extend(socket.user_stack.id());
-            live.extend(socket.kernel_stack.id());
-            live.extend(socket.request_stack.id());
-            if socket.is_open() {
-                let (pid, start) = (socket.opener.pid, socket.opener.start_ns);
-                if let Some(id) = socket.user_stack.id() {
-                    needed.insert((pid, start, id, socket.leaf_caller));
-                }
-                if let Some(id) = socket.request_stack.id() {
-                    needed.insert((pid, start, id, None));
-                }
+        // Per origin, not per socket (a million sockets share a few
+        // thousand); a socket closed and awaiting its destroy keeps its
+        // frames until then.
+        for origin in self.table.origins_in_use() {
+            live.extend(origin.user_stack.id());
+            live.extend(origin.kernel_stack.id());
+            live.extend(origin.request_stack.id());
+            let (pid, start) = origin.opener;
+            if let Some(id) = origin.user_stack.id() {
+                needed.insert((pid, start, id, origin.leaf_caller));
+            }
+            if let Some(id) = origin.request_stack.id() {
+                needed.insert((pid, start, id, None));
             }
         }
         let recent = self.stacks.recent_ids();

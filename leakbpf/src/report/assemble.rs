@@ -38,10 +38,8 @@ pub struct Options<'a> {
     pub thresholds: Thresholds,
 }
 
-/// One process's hold on a socket, as the report lists it.
+/// One process's hold on a socket.
 struct Held {
-    /// Shared by every holder of the socket.
-    socket: std::rc::Rc<Socket>,
     holder: Task,
     /// Shared with the snapshot: no copy per socket.
     exe: Option<std::sync::Arc<std::path::Path>>,
@@ -80,14 +78,12 @@ pub fn assemble(
     let mut built: Vec<BuiltGroup> = held
         .groups
         .into_iter()
-        .map(|(key, mut held)| {
-            held.sort_by_key(|h| (h.socket.opened_ns, h.socket.cookie));
-            let first = &held[0];
+        .map(|(key, gathered)| {
             let (comm, exe) = (
-                first.holder.comm.to_string(),
-                first.exe.as_ref().map(|e| e.display().to_string()),
+                gathered.holder.comm.to_string(),
+                gathered.exe.as_ref().map(|e| e.display().to_string()),
             );
-            let group = group(&key, &held, table, snapshot, frames, options);
+            let group = group(&key, gathered, table, snapshot, frames, options);
             (key.holder, comm, exe, group)
         })
         .collect();
@@ -113,10 +109,23 @@ pub fn assemble(
 /// A finished group with its holder's pid, comm and exe.
 type BuiltGroup = (u32, String, Option<String>, Group);
 
+/// A report group while its sockets are gathered. Each socket is kept as
+/// its finished [`SocketReport`] only: a report of 100,000 sockets holds no
+/// other copy of them.
+struct Gathered {
+    /// Its earliest socket (by open time, then cookie): its opener and
+    /// stacks speak for the group.
+    first: Socket,
+    /// That socket's holder, and its executable.
+    holder: Task,
+    exe: Option<std::sync::Arc<std::path::Path>>,
+    sockets: Vec<SocketReport>,
+}
+
 /// Open sockets as the report shows them: per report group, each holder's
 /// hold on them.
 struct HeldGroups {
-    groups: HashMap<ReportKey, Vec<Held>>,
+    groups: HashMap<ReportKey, Gathered>,
     /// Distinct sockets shown.
     distinct: usize,
     /// Sockets shown without a holder, unexplained.
@@ -137,7 +146,6 @@ fn hold_by_group(table: &SocketTable, snapshot: &Snapshot, options: &Options<'_>
         if socket.opened_ns > snapshot.taken_ns || age_s(&socket) < options.min_age_s {
             continue;
         }
-        let socket = std::rc::Rc::new(socket);
         let family = socket.endpoints.family;
         let held = holders(&socket, snapshot);
         let found = !held.is_empty();
@@ -149,7 +157,6 @@ fn hold_by_group(table: &SocketTable, snapshot: &Snapshot, options: &Options<'_>
             // Nobody's fd table has it (but the kernel never said it was
             // released): list it under its opener and say so.
             vec![Held {
-                socket: std::rc::Rc::clone(&socket),
                 holder: socket.opener.clone(),
                 exe: None,
                 fd: socket.fd,
@@ -170,13 +177,34 @@ fn hold_by_group(table: &SocketTable, snapshot: &Snapshot, options: &Options<'_>
             && snapshot.is_alive(socket.opener.pid, socket.opener.start_ns)
             && snapshot.unreadable(socket.opener.pid);
         out.holder_missing += usize::from(!found && !explained);
+        let live = snapshot.live_facts(socket.cookie);
+        let order = (socket.opened_ns, socket.cookie);
         for held in shown {
             let key = ReportKey {
                 holder: held.holder.pid,
                 holder_found: found,
                 opened: socket.group_key(),
             };
-            out.groups.entry(key).or_default().push(held);
+            let report = socket_report(&socket, &held, live, options.now_ns);
+            match out.groups.entry(key) {
+                std::collections::hash_map::Entry::Occupied(mut entry) => {
+                    let gathered = entry.get_mut();
+                    if order < (gathered.first.opened_ns, gathered.first.cookie) {
+                        gathered.first = socket.clone();
+                        gathered.holder = held.holder;
+                        gathered.exe = held.exe;
+                    }
+                    gathered.sockets.push(report);
+                }
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    entry.insert(Gathered {
+                        first: socket.clone(),
+                        holder: held.holder,
+                        exe: held.exe,
+                        sockets: vec![report],
+                    });
+                }
+            }
         }
     }
     out
@@ -207,7 +235,7 @@ fn by_process(built: Vec<BuiltGroup>) -> Vec<ProcessReport> {
 }
 
 /// Each process holding `socket` now, once per process (its lowest fd).
-fn holders(socket: &std::rc::Rc<Socket>, snapshot: &Snapshot) -> Vec<Held> {
+fn holders(socket: &Socket, snapshot: &Snapshot) -> Vec<Held> {
     let owners = snapshot.holders(socket.cookie);
     let mut pids: Vec<u32> = owners.iter().map(|o| o.pid).collect();
     pids.dedup();
@@ -216,7 +244,6 @@ fn holders(socket: &std::rc::Rc<Socket>, snapshot: &Snapshot) -> Vec<Held> {
         .enumerate()
         .filter(|(i, owner)| *i == 0 || owners[i - 1].pid != owner.pid)
         .map(|(_, owner)| Held {
-            socket: std::rc::Rc::clone(socket),
             holder: holder_task(owner),
             exe: owner.exe.clone(),
             fd: Some(owner.fd),
@@ -227,26 +254,27 @@ fn holders(socket: &std::rc::Rc<Socket>, snapshot: &Snapshot) -> Vec<Held> {
 
 fn group(
     key: &ReportKey,
-    held: &[Held],
+    gathered: Gathered,
     table: &SocketTable,
     snapshot: &Snapshot,
     frames: &dyn FrameSource,
     options: &Options<'_>,
 ) -> Group {
-    let reports: Vec<SocketReport> = held
-        .iter()
-        .map(|h| socket_report(h, snapshot.live_facts(h.socket.cookie), options.now_ns))
-        .collect();
+    // Oldest first (the same age for all: the same clock reading), then by
+    // cookie. Room left by growing is given back: a group may hold 100,000.
+    let mut reports = gathered.sockets;
+    reports.sort_unstable_by(|a, b| b.age_s.total_cmp(&a.age_s).then(a.cookie.cmp(&b.cookie)));
+    reports.shrink_to_fit();
     let mut states: BTreeMap<TcpState, usize> = BTreeMap::new();
-    let mut remotes: HashMap<&str, usize> = HashMap::new();
+    let mut remotes: HashMap<std::net::SocketAddr, usize> = HashMap::new();
     for report in &reports {
         *states.entry(report.state).or_default() += 1;
-        *remotes.entry(&report.remote).or_default() += 1;
+        *remotes.entry(report.remote).or_default() += 1;
     }
     let mut remotes: Vec<RemoteCount> = remotes
         .into_iter()
         .map(|(addr, count)| RemoteCount {
-            addr: addr.to_owned(),
+            addr: addr.to_string(),
             count,
         })
         .collect();
@@ -254,7 +282,7 @@ fn group(
     remotes.truncate(10);
 
     let direction = key.opened.direction;
-    let first = &*held[0].socket;
+    let first = &gathered.first;
     let counts = table.group_counts(&key.opened);
     let stack = frames.user(first);
     let request_stack = frames.request(first);
@@ -269,7 +297,7 @@ fn group(
             exited: !snapshot.is_alive(first.opener.pid, first.opener.start_ns),
         }),
         holder_found: key.holder_found,
-        shared: held.iter().filter(|h| !h.shared_with.is_empty()).count(),
+        shared: reports.iter().filter(|r| !r.shared_with.is_empty()).count(),
         oldest_age_s: ages.clone().fold(0.0, f64::max),
         newest_age_s: ages.fold(f64::INFINITY, f64::min),
         states,
@@ -290,16 +318,20 @@ fn group(
     }
 }
 
-fn socket_report(held: &Held, live: Option<LiveFacts>, now_ns: u64) -> SocketReport {
-    let socket = &*held.socket;
+fn socket_report(
+    socket: &Socket,
+    held: &Held,
+    live: Option<LiveFacts>,
+    now_ns: u64,
+) -> SocketReport {
     let live = live.unwrap_or_default();
     SocketReport {
         cookie: socket.cookie,
         fd: held.fd,
         shared_with: held.shared_with.clone(),
         tid: socket.opener.tid,
-        local: live.local.unwrap_or(socket.endpoints.local).to_string(),
-        remote: socket.endpoints.remote.to_string(),
+        local: live.local.unwrap_or(socket.endpoints.local),
+        remote: socket.endpoints.remote,
         state: live.state.unwrap_or(socket.endpoints.state),
         age_s: now_ns.saturating_sub(socket.opened_ns) as f64 / 1e9,
         idle_s: live.idle_ms.map(|ms| ms as f64 / 1e3),
@@ -453,9 +485,6 @@ mod tests {
                         send_queue: 0,
                         last_data_recv_ms: Some(1_000),
                         last_data_sent_ms: Some(1_000),
-                        last_ack_recv_ms: None,
-                        bytes_received: None,
-                        bytes_acked: None,
                     },
                     owners: holders
                         .into_iter()
@@ -540,7 +569,11 @@ mod tests {
         );
         // The local address is the kernel's now (a connect's open is sent
         // before its source port is chosen).
-        assert!(big.sockets.iter().all(|s| s.local == "127.0.0.1:1"));
+        assert!(
+            big.sockets
+                .iter()
+                .all(|s| s.local.to_string() == "127.0.0.1:1")
+        );
         assert_eq!(
             big.remotes,
             [RemoteCount {

@@ -83,15 +83,6 @@ pub struct DiagSocket {
     pub last_data_recv_ms: Option<u32>,
     /// Milliseconds since data was last sent (`tcpi_last_data_sent`).
     pub last_data_sent_ms: Option<u32>,
-    /// Milliseconds since an ACK was last received (`tcpi_last_ack_recv`).
-    pub last_ack_recv_ms: Option<u32>,
-    /// Bytes received (`tcpi_bytes_received`, Linux 4.1+). Counted in
-    /// sequence space: a received FIN adds one.
-    pub bytes_received: Option<u64>,
-    /// Bytes sent and acknowledged by the peer (`tcpi_bytes_acked`, Linux
-    /// 4.1+). Counted in sequence space: on the connecting side the SYN adds
-    /// one, and an acknowledged FIN adds one.
-    pub bytes_acked: Option<u64>,
 }
 
 impl DiagSocket {
@@ -255,9 +246,6 @@ fn convert(response: &InetResponse) -> DiagSocket {
         send_queue: header.send_queue,
         last_data_recv_ms: info.and_then(|i| i.u32(tcp_info::LAST_DATA_RECV)),
         last_data_sent_ms: info.and_then(|i| i.u32(tcp_info::LAST_DATA_SENT)),
-        last_ack_recv_ms: info.and_then(|i| i.u32(tcp_info::LAST_ACK_RECV)),
-        bytes_received: info.and_then(|i| i.u64(tcp_info::BYTES_RECEIVED)),
-        bytes_acked: info.and_then(|i| i.u64(tcp_info::BYTES_ACKED)),
     }
 }
 
@@ -285,9 +273,8 @@ mod tcp_info {
     pub const STATE: usize = 0;
     pub const LAST_DATA_SENT: usize = 44;
     pub const LAST_DATA_RECV: usize = 52;
-    pub const LAST_ACK_RECV: usize = 56;
+    #[cfg(test)]
     pub const BYTES_ACKED: usize = 120;
-    pub const BYTES_RECEIVED: usize = 128;
 }
 
 /// The raw `INET_DIAG_INFO` attribute: a `struct tcp_info` in host byte
@@ -304,6 +291,7 @@ impl TcpInfo<'_> {
         self.bytes(offset).map(u32::from_ne_bytes)
     }
 
+    #[cfg(test)]
     fn u64(self, offset: usize) -> Option<u64> {
         self.bytes(offset).map(u64::from_ne_bytes)
     }
@@ -331,8 +319,8 @@ mod tests {
         assert_eq!(info.u64(tcp_info::BYTES_ACKED), None);
 
         let mut new = vec![0u8; 232];
-        new[128..136].copy_from_slice(&(1u64 << 40).to_ne_bytes());
-        assert_eq!(TcpInfo(&new).u64(tcp_info::BYTES_RECEIVED), Some(1 << 40));
+        new[120..128].copy_from_slice(&(1u64 << 40).to_ne_bytes());
+        assert_eq!(TcpInfo(&new).u64(tcp_info::BYTES_ACKED), Some(1 << 40));
         assert_eq!(TcpInfo(&[]).u32(tcp_info::LAST_DATA_SENT), None);
     }
 
@@ -357,9 +345,6 @@ mod tests {
             send_queue: 0,
             last_data_recv_ms: None,
             last_data_sent_ms: None,
-            last_ack_recv_ms: None,
-            bytes_received: None,
-            bytes_acked: None,
         };
         assert_eq!(socket.unread_bytes(), 100);
         socket.state = state::ESTABLISHED;

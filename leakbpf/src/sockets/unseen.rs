@@ -175,9 +175,6 @@ mod tests {
                 send_queue: 0,
                 last_data_recv_ms: None,
                 last_data_sent_ms: None,
-                last_ack_recv_ms: None,
-                bytes_received: None,
-                bytes_acked: None,
             },
             owners: pids
                 .iter()
