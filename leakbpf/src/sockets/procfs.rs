@@ -75,77 +75,27 @@ pub fn walk_owners(pids: Option<&[u32]>) -> io::Result<(OwnersByInode, WalkStats
 }
 
 fn walk_in(proc: &Path, pids: Option<&[u32]>) -> io::Result<(OwnersByInode, WalkStats)> {
+    let mut owners = OwnersByInode::default();
     let mut stats = WalkStats::default();
-    let pids: Vec<u32> = if let Some(pids) = pids {
-        pids.to_vec()
-    } else {
-        let mut all = Vec::new();
-        for entry in fs::read_dir(proc)? {
-            let Ok(entry) = entry else {
-                stats.other_errors += 1;
-                continue;
-            };
-            all.extend(parse_pid(&entry.file_name()));
+    match pids {
+        Some(pids) => {
+            for &pid in pids {
+                walk_process(proc, pid, &mut owners, &mut stats);
+            }
         }
-        all
-    };
-    // A reader per core takes the next process from a shared counter: the
-    // readlink per fd is most of a large report's time, and the sockets sit
-    // in a few processes, so halves of the list would not balance.
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let readers = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(4);
-    let walk = || {
-        let mut owners = OwnersByInode::default();
-        let mut stats = WalkStats::default();
-        loop {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some(&pid) = pids.get(i) else { break };
-            walk_process(proc, pid, &mut owners, &mut stats);
-        }
-        (owners, stats)
-    };
-    let parts: Vec<(OwnersByInode, WalkStats)> = std::thread::scope(|scope| {
-        let others: Vec<_> = (1..readers).map(|_| scope.spawn(walk)).collect();
-        let mut parts = vec![walk()];
-        for other in others {
-            parts.push(
-                other
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            );
-        }
-        parts
-    });
-    let mut parts = parts.into_iter();
-    let (mut owners, first) = parts.next().unwrap_or_default();
-    stats.add(first);
-    for (more, more_stats) in parts {
-        stats.add(more_stats);
-        // A socket held by processes two readers took: both lists.
-        for (inode, held) in more {
-            match owners.entry(inode) {
-                std::collections::hash_map::Entry::Occupied(mut entry) => {
-                    entry.get_mut().extend(held);
-                }
-                std::collections::hash_map::Entry::Vacant(entry) => {
-                    entry.insert(held);
+        None => {
+            for entry in fs::read_dir(proc)? {
+                let Ok(entry) = entry else {
+                    stats.other_errors += 1;
+                    continue;
+                };
+                if let Some(pid) = parse_pid(&entry.file_name()) {
+                    walk_process(proc, pid, &mut owners, &mut stats);
                 }
             }
         }
     }
-    stats.denied_pids.sort_unstable();
     Ok((owners, stats))
-}
-
-impl WalkStats {
-    fn add(&mut self, other: WalkStats) {
-        self.processes += other.processes;
-        self.permission_denied += other.permission_denied;
-        self.denied_pids.extend(other.denied_pids);
-        self.other_errors += other.other_errors;
-    }
 }
 
 fn parse_pid(name: &OsStr) -> Option<u32> {
