@@ -512,10 +512,13 @@ fn collect(
                     if echo {
                         let _ = io::stderr().write_all(&buf[..n]);
                     }
+                    // Only what came now, and a line's worth before it in
+                    // case the marker straddles two reads.
+                    let from = all.len().saturating_sub(READY_LINE.len());
                     all.extend_from_slice(&buf[..n]);
                     if let Some(ready) = &ready
                         && !ready.load(std::sync::atomic::Ordering::Relaxed)
-                        && all
+                        && all[from..]
                             .windows(READY_LINE.len())
                             .any(|w| w == READY_LINE.as_bytes())
                     {
