@@ -17,7 +17,8 @@ type FastMap<K, V> = rustc_hash::FxHashMap<K, V>;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use crate::event::{
-    Close, Direction, Endpoints, Event, Exit, Family, Open, Stack, StateChange, Task, TcpState,
+    Close, Destroy, Direction, Endpoints, Event, Exit, Family, Open, Stack, StateChange, Task,
+    TcpState,
 };
 
 /// What the table knows of one socket.
@@ -642,6 +643,10 @@ pub struct SocketTable {
     /// Open sockets per opener (pid, start): what an exit needs to know
     /// without scanning every socket.
     open_by_opener: FastMap<(u32, u64), u32>,
+    /// Cookies released or destroyed since [`SocketTable::record_departures`]:
+    /// a snapshot taken meanwhile may still list them, and must not bring
+    /// them back as pre-existing (their close will never come again).
+    departed: Option<rustc_hash::FxHashSet<u64>>,
     limits: Limits,
     stats: TableStats,
 }
@@ -655,6 +660,12 @@ impl SocketTable {
     }
 
     pub fn apply(&mut self, event: &Event) -> Applied {
+        if let Some(departed) = &mut self.departed
+            && let Event::Close(Close { cookie, .. }) | Event::Destroy(Destroy { cookie, .. }) =
+                event
+        {
+            departed.insert(*cookie);
+        }
         let applied = match event {
             Event::Open(open) => self.open(open),
             Event::State(change) => self.state(change),
@@ -806,7 +817,12 @@ impl SocketTable {
         fd: Option<i32>,
         now_ns: u64,
     ) -> Applied {
-        if self.index.contains(cookie, &self.slots) {
+        if self.index.contains(cookie, &self.slots)
+            || self
+                .departed
+                .as_ref()
+                .is_some_and(|departed| departed.contains(&cookie))
+        {
             return Applied::Untracked;
         }
         if self.index.len() >= self.limits.max_sockets {
@@ -914,6 +930,18 @@ impl SocketTable {
                 !exited.contains(&opener) || open_by_opener.contains_key(&opener)
             });
         }
+    }
+
+    /// From now until [`SocketTable::stop_recording_departures`], remembers
+    /// the cookies of the closes and destroys applied, so that sockets a
+    /// snapshot taken meanwhile still lists are not re-added as
+    /// pre-existing: the agent takes its snapshot while events keep coming.
+    pub fn record_departures(&mut self) {
+        self.departed = Some(rustc_hash::FxHashSet::default());
+    }
+
+    pub fn stop_recording_departures(&mut self) {
+        self.departed = None;
     }
 
     /// Forgets open sockets that the kernel, read at `taken_ns`, says are
@@ -1394,6 +1422,51 @@ mod tests {
             Applied::Closed { lifetime_ns: 1_000 }
         );
         assert_eq!(table.stats().preexisting, 1);
+    }
+
+    /// The agent's snapshot runs while events are applied: a socket it
+    /// lists may have been released and destroyed meanwhile. Re-added, it
+    /// would be a pre-existing socket that never closes (a false suspect).
+    #[test]
+    fn a_snapshot_does_not_bring_back_what_departed_while_it_ran() {
+        let mut table = SocketTable::default();
+        let owner = task(300);
+        let ep = endpoints(5000, TcpState::Established);
+        table.apply(&open(1, 300, 10));
+        table.apply(&close(1, 300, 20));
+        table.record_departures();
+        table.apply(&open(2, 300, 30));
+        table.apply(&close(2, 300, 40));
+        table.apply(&Event::Destroy(Destroy {
+            time_ns: 50,
+            cookie: 2,
+        }));
+        // Released before recording began, destroyed while it ran.
+        table.apply(&Event::Destroy(Destroy {
+            time_ns: 60,
+            cookie: 1,
+        }));
+        // Never tracked (its open was lost), released while it ran.
+        table.apply(&close(3, 300, 70));
+        for cookie in 1..=3 {
+            assert_eq!(
+                table.insert_preexisting(cookie, &owner, ep, Some(9), 80),
+                Applied::Untracked,
+                "cookie {cookie}"
+            );
+        }
+        assert_eq!(
+            table.insert_preexisting(4, &owner, ep, Some(9), 80),
+            Applied::Opened,
+            "a socket that did not depart is seeded"
+        );
+        table.stop_recording_departures();
+        assert_eq!(
+            table.insert_preexisting(2, &owner, ep, Some(9), 90),
+            Applied::Opened,
+            "the record lasts one snapshot"
+        );
+        assert_eq!(table.len(), 2);
     }
 
     #[test]

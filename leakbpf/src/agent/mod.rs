@@ -129,8 +129,7 @@ async fn run_loop(
             _ = drains.tick() => tracer.drain(&mut batch),
             _ = evaluations.tick(), if pending.is_none() => {
                 // Losses before the snapshot starts are healed by it.
-                let lost = tracer.lost();
-                pending = Some((tokio::task::spawn_blocking(|| Snapshot::take(None)), lost));
+                pending = Some(agent.start_snapshot(&tracer));
                 continue;
             }
             Some(reply) = fresh.recv() => {
@@ -140,8 +139,7 @@ async fn run_loop(
                 } else {
                     waiting.push(reply);
                     if pending.is_none() {
-                        let lost = tracer.lost();
-                        pending = Some((tokio::task::spawn_blocking(|| Snapshot::take(None)), lost));
+                        pending = Some(agent.start_snapshot(&tracer));
                     }
                 }
                 continue;
@@ -232,6 +230,7 @@ impl Agent {
                 Snapshot::default()
             }
         };
+        self.table.stop_recording_departures();
         let now_ns = monotonic_ns();
         self.table.sweep(now_ns);
         let mut report = self.report(tracer, &snapshot, now_ns, incomplete);
@@ -271,6 +270,15 @@ impl Agent {
         })
     }
 
+    /// Takes a snapshot on a blocking thread while the loop keeps applying
+    /// events. Losses before it starts are healed by it; releases applied
+    /// while it runs are remembered, since it may still list those sockets.
+    fn start_snapshot(&mut self, tracer: &Tracer) -> (JoinHandle<Result<Snapshot>>, LostCounts) {
+        self.table.record_departures();
+        let lost = tracer.lost();
+        (tokio::task::spawn_blocking(|| Snapshot::take(None)), lost)
+    }
+
     /// Makes the table agree with the kernel: sockets it no longer has are
     /// forgotten (their close was lost), open sockets never seen opening are
     /// added (their open was lost, or no hook sees them). Skipped where the
@@ -285,6 +293,8 @@ impl Agent {
             });
             self.stats.reconciled_removed += removed as u64;
         }
+        // Not a socket whose release was applied since the snapshot began:
+        // it may still be in it, and its close will not come again.
         snapshot.seed(&mut self.table, &Filter::default());
         let preexisting = self.table.stats().preexisting;
         self.stats.reconciled_added += preexisting - self.preexisting_seen;
