@@ -222,6 +222,11 @@ impl StackResolver {
             .retain(|id, _| !freed.contains(id));
     }
 
+    /// See [`Symbolizer::release_caches`].
+    pub fn release_symbol_caches(&self) {
+        self.symbolizer.release_caches();
+    }
+
     /// Symbol cache evictions so far (see [`Symbolizer::evictions`]).
     pub fn cache_evictions(&self) -> u64 {
         self.symbolizer.evictions()

@@ -79,6 +79,9 @@ const MAX_PROCESSES_PER_BLAZE: usize = 256;
 enum Target {
     Process(u32),
     Kernel,
+    /// Drop what blazesym and the Go tables cached (see
+    /// [`Symbolizer::release_caches`]); answered with no frames.
+    Release,
 }
 
 struct Job {
@@ -132,6 +135,10 @@ impl Default for Symbolizer {
                             &Source::Kernel(Kernel::default()),
                             &job.addresses,
                         ),
+                        Target::Release => {
+                            worker.release();
+                            Vec::new()
+                        }
                     };
                     let _ = job.reply.send(frames);
                 }
@@ -154,6 +161,16 @@ impl Symbolizer {
 
     pub fn kernel(&self, addresses: &[u64]) -> Vec<Frame> {
         self.submit(Target::Kernel, addresses).wait()
+    }
+
+    /// Drops the files blazesym keeps open and parsed (a binary's
+    /// decompressed debug sections: 10 MiB for a small C program) and the
+    /// Go line tables, once the stacks already asked for are named, and
+    /// gives the memory back. For a report's moment: every stack it shows
+    /// has been named by then, and its sockets need the room. Later stacks
+    /// are named as before, from the files read anew.
+    pub fn release_caches(&self) {
+        self.submit(Target::Release, &[]).wait();
     }
 
     /// Cache evictions so far (blazesym restarts and Go tables dropped).
@@ -185,6 +202,18 @@ struct Worker {
 }
 
 impl Worker {
+    fn release(&mut self) {
+        self.blaze = Blaze::new();
+        self.pids.clear();
+        self.go.clear();
+        // Freed blocks are kept by the allocator's arenas (this thread has
+        // its own) unless trimmed.
+        // SAFETY: malloc_trim only walks glibc's own arenas.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+
     fn user(&mut self, pid: u32, addresses: &[u64]) -> Vec<Frame> {
         if !self.pids.contains(&pid) {
             if self.pids.len() >= MAX_PROCESSES_PER_BLAZE {

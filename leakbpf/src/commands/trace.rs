@@ -184,6 +184,11 @@ async fn trace(args: &TraceArgs, filter: &Filter) -> Result<(Report, Tracer)> {
     if collector.progress {
         eprintln!();
     }
+    // The stacks seen so far were handed to the symbolizer as they came:
+    // what it keeps to name more (a binary's decompressed debug sections)
+    // is room the snapshot and the report need. A stack among the last
+    // events is named from the files read anew.
+    collector.stacks.release_symbol_caches();
     let (now, snapshot_failure) = holders_now(&mut tracer, &mut collector)?;
     for warning in now.warnings() {
         if !warnings.contains(&warning) {
