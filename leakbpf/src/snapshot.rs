@@ -202,7 +202,7 @@ pub fn holder_task(owner: &Owner) -> Task {
         pid: owner.pid,
         tid: 0,
         cgroup_id: 0,
-        comm: (&*owner.comm).into(),
+        comm: (&**owner.comm()).into(),
         start_ns: 0,
     }
 }

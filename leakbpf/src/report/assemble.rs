@@ -252,7 +252,7 @@ fn holders(socket: &Socket, snapshot: &Snapshot) -> Vec<Held> {
         .filter(|(i, owner)| *i == 0 || owners[i - 1].pid != owner.pid)
         .map(|(_, owner)| Held {
             holder: holder_task(owner),
-            exe: owner.exe.clone(),
+            exe: owner.exe().cloned(),
             fd: Some(owner.fd),
             shared_with: pids.iter().copied().filter(|&p| p != owner.pid).collect(),
         })
@@ -495,11 +495,13 @@ mod tests {
                     },
                     owners: holders
                         .into_iter()
-                        .map(|(pid, fd)| Owner {
-                            pid,
-                            fd,
-                            comm: format!("p{pid}").into(),
-                            exe: Some(PathBuf::from(format!("/bin/p{pid}")).into()),
+                        .map(|(pid, fd)| {
+                            Owner::new(
+                                pid,
+                                fd,
+                                &format!("p{pid}"),
+                                Some(&PathBuf::from(format!("/bin/p{pid}"))),
+                            )
                         })
                         .collect(),
                 })

@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 
 pub use self::{
     diag::{DEFAULT_STATES, DiagSocket},
-    procfs::{Owner, WalkStats},
+    procfs::{Names, Owner, Owners, WalkStats},
 };
 
 /// What to look for.
@@ -51,7 +51,7 @@ pub struct OwnedSocket {
     pub socket: DiagSocket,
     /// Every (process, fd) holding it, sorted: a socket inherited across
     /// `fork` or duplicated with `dup` has several.
-    pub owners: Vec<Owner>,
+    pub owners: Owners,
 }
 
 /// How complete a scan is.

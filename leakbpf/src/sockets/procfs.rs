@@ -15,18 +15,51 @@
 //! fd table (a thread that `unshare(CLONE_FILES)`d is not seen).
 use std::{ffi::OsStr, fs, io, os::unix::ffi::OsStrExt, path::Path, sync::Arc};
 
-/// One process's hold on a socket.
+/// One process's hold on a socket: 16 bytes, so that a socket's only
+/// holder fits in place ([`Owners`]) with no allocation per socket.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Owner {
     pub pid: u32,
     pub fd: i32,
+    /// Read once per process, shared by all its fds (a holder of 100k
+    /// sockets has one).
+    pub names: Arc<Names>,
+}
+
+/// What a process holding sockets is called.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Names {
     /// `/proc/PID/comm`: the thread-group leader's name (up to 15 bytes).
-    /// Shared by every fd of the process (a holder of 100k sockets has one).
     pub comm: Arc<str>,
     /// `/proc/PID/exe`; `None` for kernel threads or when unreadable. A
     /// replaced or deleted binary ends in " (deleted)".
     pub exe: Option<Arc<Path>>,
 }
+
+impl Owner {
+    /// An owner with names of its own (the walk shares one per process).
+    pub fn new(pid: u32, fd: i32, comm: &str, exe: Option<&Path>) -> Owner {
+        Owner {
+            pid,
+            fd,
+            names: Arc::new(Names {
+                comm: comm.into(),
+                exe: exe.map(Arc::from),
+            }),
+        }
+    }
+
+    pub fn comm(&self) -> &Arc<str> {
+        &self.names.comm
+    }
+
+    pub fn exe(&self) -> Option<&Arc<Path>> {
+        self.names.exe.as_ref()
+    }
+}
+
+/// A socket's holders: nearly always one, kept in place.
+pub type Owners = smallvec::SmallVec<[Owner; 1]>;
 
 /// What the walk could not see.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -64,7 +97,7 @@ impl Failures {
 /// Socket owners by socket inode.
 /// FxHash: inodes are the kernel's counters, and a report looks up one per
 /// socket (SipHash was a visible share of reporting 100k sockets).
-pub type OwnersByInode = rustc_hash::FxHashMap<u64, Vec<Owner>>;
+pub type OwnersByInode = rustc_hash::FxHashMap<u64, Owners>;
 
 /// Socket owners by inode for every process, or only for `pids` (a socket
 /// shared across `fork` or `dup` has one owner per (process, fd)), with
@@ -174,18 +207,13 @@ fn walk_fds(dir: &Path, pid: u32, owners: &mut OwnersByInode, failures: &mut Fai
         .map_err(|e| failures.note(&e))
         .ok()
         .map(Arc::from);
+    let names = Arc::new(Names { comm, exe });
     for (inode, fd) in held {
-        // Room for one: nearly every socket has a single holder, and a
-        // first push would make room for four (160 bytes at 100,000).
-        owners
-            .entry(inode)
-            .or_insert_with(|| Vec::with_capacity(1))
-            .push(Owner {
-                pid,
-                fd,
-                comm: Arc::clone(&comm),
-                exe: exe.clone(),
-            });
+        owners.entry(inode).or_default().push(Owner {
+            pid,
+            fd,
+            names: Arc::clone(&names),
+        });
     }
     true
 }
@@ -229,6 +257,17 @@ fn socket_inode(target: &OsStr) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A report of 100,000 sockets keeps a holder per socket: in place,
+    /// not one allocation each (BENCHMARKS.md, fifth session).
+    #[test]
+    fn a_sole_holder_is_kept_in_place() {
+        assert_eq!(size_of::<Owner>(), 16);
+        assert_eq!(size_of::<Owners>(), 24);
+        let mut owners = Owners::new();
+        owners.push(Owner::new(1, 3, "x", None));
+        assert!(!owners.spilled());
+    }
 
     #[test]
     fn parses_socket_links() {
@@ -285,13 +324,8 @@ mod tests {
         assert_eq!(owners.len(), 1);
         let mut held = owners.remove(&42).unwrap();
         held.sort_by_key(|o| o.fd);
-        let owner = |fd| Owner {
-            pid: 123,
-            fd,
-            comm: "server".into(),
-            exe: Some(Path::new("/usr/bin/server").into()),
-        };
-        assert_eq!(held, vec![owner(3), owner(7)]);
+        let owner = |fd| Owner::new(123, fd, "server", Some(Path::new("/usr/bin/server")));
+        assert_eq!(held.as_slice(), [owner(3), owner(7)]);
         assert_eq!(
             stats,
             WalkStats {
@@ -317,11 +351,11 @@ mod tests {
             .expect("listener fd among socket fds");
         assert_eq!(own.pid, pid);
         assert_eq!(
-            own.exe.as_deref(),
+            own.exe().map(|e| &**e),
             Some(fs::read_link("/proc/self/exe").unwrap().as_path())
         );
         assert_eq!(
-            &*own.comm,
+            &**own.comm(),
             fs::read_to_string("/proc/self/comm").unwrap().trim_end()
         );
     }

@@ -110,16 +110,15 @@ fn scan_finds_preexisting_sockets_with_owner_and_kernel_facts() {
     for c in &all {
         let unread = held(&sockets, pid, c.unread.as_raw_fd()).expect("unread server socket found");
         assert_eq!(
-            unread.owners,
-            vec![Owner {
+            unread.owners.as_slice(),
+            [Owner::new(
                 pid,
-                fd: c.unread.as_raw_fd(),
-                comm: std::fs::read_to_string("/proc/self/comm")
+                c.unread.as_raw_fd(),
+                std::fs::read_to_string("/proc/self/comm")
                     .unwrap()
-                    .trim_end()
-                    .into(),
-                exe: Some(std::fs::read_link("/proc/self/exe").unwrap().into()),
-            }]
+                    .trim_end(),
+                Some(&std::fs::read_link("/proc/self/exe").unwrap()),
+            )]
         );
         assert_addresses(unread, &c.unread);
         assert_eq!(unread.socket.cookie, so_cookie(&c.unread));
@@ -249,8 +248,8 @@ fn shared_sockets_list_every_owner_and_pid_filter_excludes_others() {
     expected.sort_unstable();
     assert_eq!(holders, expected);
     let in_child = shared.owners.iter().find(|o| o.pid == child_pid).unwrap();
-    assert_eq!(&*in_child.comm, "sleep");
-    assert!(in_child.exe.is_some());
+    assert_eq!(&**in_child.comm(), "sleep");
+    assert!(in_child.exe().is_some());
 
     // Filtered to this process: only its own holds, on any socket; neither
     // the child nor pid 1 (init, whatever it holds) appears.
@@ -317,20 +316,17 @@ fn join_drops_fileless_and_unheld_sockets() {
         last_data_recv_ms: None,
         last_data_sent_ms: None,
     };
-    let owner = |pid, fd| Owner {
-        pid,
-        fd,
-        comm: "".into(),
-        exe: None,
-    };
-    let mut owners: procfs::OwnersByInode =
-        [(0, vec![owner(1, 3)]), (5, vec![owner(9, 4), owner(2, 7)])]
-            .into_iter()
-            .collect();
+    let owner = |pid, fd| Owner::new(pid, fd, "", None);
+    let mut owners: procfs::OwnersByInode = [
+        (0, smallvec::smallvec![owner(1, 3)]),
+        (5, smallvec::smallvec![owner(9, 4), owner(2, 7)]),
+    ]
+    .into_iter()
+    .collect();
     let joined = join(vec![socket(1, 0), socket(2, 5), socket(3, 6)], &mut owners);
     assert_eq!(joined.len(), 1);
     assert_eq!(joined[&2].socket.cookie, 2);
-    assert_eq!(joined[&2].owners, vec![owner(2, 7), owner(9, 4)]);
+    assert_eq!(joined[&2].owners.as_slice(), [owner(2, 7), owner(9, 4)]);
 }
 
 /// A connection nobody asked the cookie of gets one from sock_diag, the

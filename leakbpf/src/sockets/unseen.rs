@@ -119,7 +119,7 @@ pub fn unseen(
             .entry(owner.pid)
             .or_insert_with(|| Unseen {
                 pid: owner.pid,
-                comm: owner.comm.to_string(),
+                comm: owner.comm().to_string(),
                 sockets: 0,
                 io_uring: io_uring.contains(&owner.pid),
             })
@@ -178,12 +178,7 @@ mod tests {
             },
             owners: pids
                 .iter()
-                .map(|&pid| Owner {
-                    pid,
-                    fd: 4,
-                    comm: format!("p{pid}").into(),
-                    exe: None,
-                })
+                .map(|&pid| Owner::new(pid, 4, &format!("p{pid}"), None))
                 .collect(),
         }
     }
