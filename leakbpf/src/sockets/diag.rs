@@ -114,6 +114,18 @@ pub struct Dump {
 /// Dumps the TCP sockets (IPv4 and IPv6) whose state is in `states`, a
 /// mask of [`state_bit`]s such as [`DEFAULT_STATES`], with `tcp_info`.
 pub fn dump(states: u32) -> Result<Dump> {
+    let mut sockets = Vec::new();
+    let undecodable = dump_each(states, &mut |socket| sockets.push(socket))?;
+    Ok(Dump {
+        sockets,
+        undecodable,
+    })
+}
+
+/// [`dump`], handing each socket to `sink` as it is decoded (no list of
+/// them all: a snapshot puts them straight into its map). Returns how many
+/// messages could not be decoded.
+pub fn dump_each(states: u32, sink: &mut dyn FnMut(DiagSocket)) -> Result<usize> {
     let mut socket =
         Socket::new(NETLINK_SOCK_DIAG).context("opening a NETLINK_SOCK_DIAG socket")?;
     socket
@@ -122,15 +134,23 @@ pub fn dump(states: u32) -> Result<Dump> {
     socket
         .connect(&NetlinkAddr::new(0, 0))
         .context("connecting the NETLINK_SOCK_DIAG socket")?;
-    let mut out = Dump::default();
+    let mut undecodable = 0;
     let mut buf = Vec::with_capacity(RECV_BUF);
     for (sequence, family) in [(1, AF_INET), (2, AF_INET6)] {
         request(&socket, sequence, family, states)
             .with_context(|| format!("sending the inet_diag request for family {family}"))?;
-        receive(&socket, &mut buf, &mut out)
+        receive(&socket, &mut buf, sink, &mut undecodable)
             .with_context(|| format!("reading the inet_diag dump for family {family}"))?;
     }
-    Ok(out)
+    Ok(undecodable)
+}
+
+/// TCP sockets in use in the calling thread's network namespace
+/// (`/proc/thread-self/net/sockstat`), to size a map for a dump once.
+pub fn in_use() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/sockstat").ok()?;
+    let line = text.lines().find_map(|l| l.strip_prefix("TCP: inuse "))?;
+    line.split_whitespace().next()?.parse().ok()
 }
 
 /// The cookie of the TCP socket connecting `local` and `remote`, if the
@@ -177,8 +197,13 @@ fn request(socket: &Socket, sequence: u32, family: u8, states: u32) -> Result<()
     Ok(())
 }
 
-/// Reads datagrams until NLMSG_DONE, appending sockets to `out`.
-fn receive(socket: &Socket, buf: &mut Vec<u8>, out: &mut Dump) -> Result<()> {
+/// Reads datagrams until NLMSG_DONE, handing sockets to `sink`.
+fn receive(
+    socket: &Socket,
+    buf: &mut Vec<u8>,
+    sink: &mut dyn FnMut(DiagSocket),
+    undecodable: &mut usize,
+) -> Result<()> {
     loop {
         buf.clear();
         let len = loop {
@@ -201,7 +226,7 @@ fn receive(socket: &Socket, buf: &mut Vec<u8>, out: &mut Dump) -> Result<()> {
             match NetlinkMessage::<SockDiagMessage>::deserialize(&message[..length]) {
                 Ok(message) => match message.payload {
                     NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                        out.sockets.push(convert(&response));
+                        sink(convert(&response));
                     }
                     NetlinkPayload::Done(done) => {
                         if done.code < 0 {
@@ -215,7 +240,7 @@ fn receive(socket: &Socket, buf: &mut Vec<u8>, out: &mut Dump) -> Result<()> {
                     NetlinkPayload::Overrun(_) => bail!("netlink overrun"),
                     _ => {}
                 },
-                Err(_) => out.undecodable += 1,
+                Err(_) => *undecodable += 1,
             }
         }
     }

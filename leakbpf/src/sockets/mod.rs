@@ -92,20 +92,21 @@ pub fn scan_full(options: &ScanOptions) -> Result<(ByCookie, ScanStats, Unlisted
     // (`SocketTable::record_departures`).
     let (dumped, walked) = std::thread::scope(|scope| {
         let walker = scope.spawn(|| procfs::walk_owners(options.pids.as_deref()));
-        let dump = netns::dump_everywhere(options.states);
+        let mut found = ByCookie::default();
+        let dump = netns::dump_everywhere(options.states, &mut found).map(|d| (found, d));
         let walk = walker
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         (dump, walk)
     });
-    let (dump, namespaces) = dumped?;
+    let (mut found, (undecodable, namespaces)) = dumped?;
     let (mut owners, walk) = walked.context("listing /proc")?;
     let stats = ScanStats {
         walk,
-        undecodable: dump.undecodable,
+        undecodable,
         namespaces,
     };
-    let found = join(dump.sockets, &mut owners);
+    join(&mut found, &mut owners);
     let unlisted = owners
         .into_values()
         .flatten()
@@ -114,24 +115,22 @@ pub fn scan_full(options: &ScanOptions) -> Result<(ByCookie, ScanStats, Unlisted
     Ok((found, stats, unlisted))
 }
 
-/// Straight into the map a snapshot keeps, sized once: at 100,000 sockets a
-/// list collected first and then hashed would hold every socket twice.
-fn join(sockets: Vec<DiagSocket>, owners: &mut procfs::OwnersByInode) -> ByCookie {
-    let mut joined = ByCookie::with_capacity_and_hasher(
-        sockets.len().min(owners.len()),
-        rustc_hash::FxBuildHasher,
-    );
-    for socket in sockets {
-        if socket.inode == 0 {
-            continue;
+/// Gives each dumped socket its holders, in place; a socket nobody holds
+/// (released since it was dumped, or held only by a process whose table
+/// was not read) leaves the map. What is left in `owners` is held but not
+/// listed.
+fn join(found: &mut ByCookie, owners: &mut procfs::OwnersByInode) {
+    found.retain(|_, owned| {
+        if owned.socket.inode == 0 {
+            return false;
         }
-        let Some(mut owners) = owners.remove(&socket.inode) else {
-            continue;
+        let Some(mut held) = owners.remove(&owned.socket.inode) else {
+            return false;
         };
-        owners.sort_by_key(|o| (o.pid, o.fd));
-        joined.insert(socket.cookie, OwnedSocket { socket, owners });
-    }
-    joined
+        held.sort_by_key(|o| (o.pid, o.fd));
+        owned.owners = held;
+        true
+    });
 }
 
 #[cfg(test)]

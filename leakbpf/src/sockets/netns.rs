@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, fs::File, os::fd::AsRawFd as _};
 
 use anyhow::{Context as _, Result, bail};
 
-use super::diag::{self, Dump};
+use super::{ByCookie, OwnedSocket, Owners, diag};
 
 /// What the dump of every namespace saw.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -54,48 +54,70 @@ fn namespace_inode(pid: &str) -> Option<u64> {
         .map(|meta| meta.ino())
 }
 
-/// Dumps our own namespace, then every other one in use. Failing to enter
+/// Dumps our own namespace, then every other one in use, into `into`
+/// (each socket with a file, by cookie, its holders still to be joined).
+/// Returns the messages that could not be decoded. Failing to enter
 /// another namespace is counted, not fatal; failing to dump our own is.
-pub fn dump_everywhere(states: u32) -> Result<(Dump, NamespaceStats)> {
-    let mut all = diag::dump(states)?;
+pub fn dump_everywhere(states: u32, into: &mut ByCookie) -> Result<(usize, NamespaceStats)> {
+    let mut undecodable = dump_here(states, into)?;
     let mut seen = NamespaceStats {
         listed: 1,
         refused: Vec::new(),
     };
     for (inode, pid) in foreign_namespaces() {
-        match dump_in(pid, states) {
-            Ok(dump) => {
+        match dump_in(pid, states, into) {
+            Ok(more) => {
                 seen.listed += 1;
-                all.sockets.extend(dump.sockets);
-                all.undecodable += dump.undecodable;
+                undecodable += more;
             }
             Err(err) => seen
                 .refused
                 .push(format!("net:[{inode}] (pid {pid}): {err:#}")),
         }
     }
-    Ok((all, seen))
+    Ok((undecodable, seen))
+}
+
+/// Dumps the calling thread's namespace straight into the map, sized once
+/// for the sockets the kernel counts there: at 100,000 sockets a list of
+/// them beside the map, or the map's last doubling, would hold them twice.
+fn dump_here(states: u32, into: &mut ByCookie) -> Result<usize> {
+    into.reserve(diag::in_use().unwrap_or(0));
+    diag::dump_each(states, &mut |socket| {
+        // No file, no holder (TIME_WAIT, request and orphaned sockets).
+        if socket.inode != 0 {
+            into.insert(
+                socket.cookie,
+                OwnedSocket {
+                    socket,
+                    owners: Owners::new(),
+                },
+            );
+        }
+    })
 }
 
 /// Dumps the namespace `pid` is in, from a thread that joined it.
-fn dump_in(pid: u32, states: u32) -> Result<Dump> {
+fn dump_in(pid: u32, states: u32, into: &mut ByCookie) -> Result<usize> {
     let ns = File::open(format!("/proc/{pid}/ns/net"))
         .with_context(|| format!("opening /proc/{pid}/ns/net"))?;
-    std::thread::Builder::new()
-        .name("leakbpf-netns".into())
-        .spawn(move || {
-            // SAFETY: setns on a valid namespace fd changes only this
-            // thread's network namespace; the thread ends right after.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                let err = std::io::Error::last_os_error();
-                if err.raw_os_error() == Some(libc::EPERM) {
-                    bail!("entering it needs CAP_SYS_ADMIN");
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("leakbpf-netns".into())
+            .spawn_scoped(scope, move || {
+                // SAFETY: setns on a valid namespace fd changes only this
+                // thread's network namespace; the thread ends right after.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    let err = std::io::Error::last_os_error();
+                    if err.raw_os_error() == Some(libc::EPERM) {
+                        bail!("entering it needs CAP_SYS_ADMIN");
+                    }
+                    return Err(err).context("setns");
                 }
-                return Err(err).context("setns");
-            }
-            diag::dump(states)
-        })
-        .context("starting the namespace thread")?
-        .join()
-        .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
+                dump_here(states, into)
+            })
+            .context("starting the namespace thread")?
+            .join()
+            .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
+    })
 }

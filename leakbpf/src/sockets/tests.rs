@@ -323,7 +323,19 @@ fn join_drops_fileless_and_unheld_sockets() {
     ]
     .into_iter()
     .collect();
-    let joined = join(vec![socket(1, 0), socket(2, 5), socket(3, 6)], &mut owners);
+    let mut joined: ByCookie = [socket(1, 0), socket(2, 5), socket(3, 6)]
+        .into_iter()
+        .map(|socket| {
+            (
+                socket.cookie,
+                OwnedSocket {
+                    socket,
+                    owners: Owners::new(),
+                },
+            )
+        })
+        .collect();
+    join(&mut joined, &mut owners);
     assert_eq!(joined.len(), 1);
     assert_eq!(joined[&2].socket.cookie, 2);
     assert_eq!(joined[&2].owners.as_slice(), [owner(2, 7), owner(9, 4)]);
