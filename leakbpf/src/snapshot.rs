@@ -79,10 +79,7 @@ impl Snapshot {
         all_processes: bool,
     ) -> Snapshot {
         Snapshot {
-            sockets: found
-                .into_iter()
-                .map(|owned| (owned.socket.cookie, owned))
-                .collect(),
+            sockets: found.into_iter().collect(),
             alive,
             stats,
             taken_ns,
@@ -103,13 +100,13 @@ impl Snapshot {
     }
 
     pub fn get(&self, cookie: u64) -> Option<&OwnedSocket> {
-        self.sockets.get(&cookie)
+        self.sockets.get(cookie)
     }
 
     /// Every (process, fd) that holds the socket, sorted by pid and fd.
     pub fn holders(&self, cookie: u64) -> &[Owner] {
         self.sockets
-            .get(&cookie)
+            .get(cookie)
             .map_or(&[], |owned| owned.owners.as_slice())
     }
 
@@ -132,12 +129,12 @@ impl Snapshot {
     /// Whether the kernel's socket list has it (it is open in this network
     /// namespace, held by some file).
     pub fn has(&self, cookie: u64) -> bool {
-        self.sockets.contains_key(&cookie)
+        self.sockets.contains(cookie)
     }
 
     pub fn live_facts(&self, cookie: u64) -> Option<LiveFacts> {
         self.sockets
-            .get(&cookie)
+            .get(cookie)
             .map(|owned| live_facts(&owned.socket))
     }
 

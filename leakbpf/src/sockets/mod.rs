@@ -70,9 +70,78 @@ pub fn scan(options: &ScanOptions) -> Result<Vec<OwnedSocket>> {
     scan_full(options).map(|(sockets, _, _)| sockets.into_values().collect())
 }
 
-/// Owned sockets by cookie. FxHash: cookies are the kernel's counter, and a
-/// report looks up every socket.
-pub type ByCookie = rustc_hash::FxHashMap<u64, OwnedSocket>;
+/// Owned sockets sorted by cookie, found by binary search. A hash map of
+/// 108,000 took 131,072 buckets of 144 bytes (19 MiB) and this takes 108,000
+/// of 136 (14 MiB); a report looks each up once (17 steps).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ByCookie {
+    /// Sorted by cookie, one entry per cookie, once [`Self::finish`]ed.
+    sockets: Vec<OwnedSocket>,
+}
+
+impl ByCookie {
+    /// Room for `more` sockets: exactly, when it is empty.
+    pub fn reserve(&mut self, more: usize) {
+        if self.sockets.is_empty() {
+            self.sockets.reserve_exact(more);
+        } else {
+            self.sockets.reserve(more);
+        }
+    }
+
+    /// Adds a socket; lookups need [`Self::finish`] first.
+    pub fn push(&mut self, owned: OwnedSocket) {
+        self.sockets.push(owned);
+    }
+
+    /// Keeps the sockets `keep` says, sorts them by cookie (a dump may
+    /// list a socket twice if it moves in the kernel's tables meanwhile:
+    /// once is kept) and gives back the room left.
+    pub fn finish(&mut self, keep: impl FnMut(&mut OwnedSocket) -> bool) {
+        self.sockets.retain_mut(keep);
+        self.sockets
+            .sort_unstable_by_key(|owned| owned.socket.cookie);
+        self.sockets.dedup_by_key(|owned| owned.socket.cookie);
+        self.sockets.shrink_to_fit();
+    }
+
+    pub fn get(&self, cookie: u64) -> Option<&OwnedSocket> {
+        self.sockets
+            .binary_search_by_key(&cookie, |owned| owned.socket.cookie)
+            .ok()
+            .map(|i| &self.sockets[i])
+    }
+
+    pub fn contains(&self, cookie: u64) -> bool {
+        self.get(cookie).is_some()
+    }
+
+    pub fn values(&self) -> std::slice::Iter<'_, OwnedSocket> {
+        self.sockets.iter()
+    }
+
+    pub fn into_values(self) -> std::vec::IntoIter<OwnedSocket> {
+        self.sockets.into_iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sockets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+}
+
+impl FromIterator<OwnedSocket> for ByCookie {
+    fn from_iter<I: IntoIterator<Item = OwnedSocket>>(iter: I) -> Self {
+        let mut found = ByCookie {
+            sockets: iter.into_iter().collect(),
+        };
+        found.finish(|_| true);
+        found
+    }
+}
 
 /// Socket fds (pid, fd) whose socket the kernel's TCP list did not have:
 /// other kinds of sockets, listeners, and TCP sockets in CLOSE (unhashed).
@@ -117,10 +186,10 @@ pub fn scan_full(options: &ScanOptions) -> Result<(ByCookie, ScanStats, Unlisted
 
 /// Gives each dumped socket its holders, in place; a socket nobody holds
 /// (released since it was dumped, or held only by a process whose table
-/// was not read) leaves the map. What is left in `owners` is held but not
+/// was not read) leaves the list. What is left in `owners` is held but not
 /// listed.
 fn join(found: &mut ByCookie, owners: &mut procfs::OwnersByInode) {
-    found.retain(|_, owned| {
+    found.finish(|owned| {
         if owned.socket.inode == 0 {
             return false;
         }

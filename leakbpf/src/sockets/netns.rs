@@ -78,21 +78,18 @@ pub fn dump_everywhere(states: u32, into: &mut ByCookie) -> Result<(usize, Names
     Ok((undecodable, seen))
 }
 
-/// Dumps the calling thread's namespace straight into the map, sized once
-/// for the sockets the kernel counts there: at 100,000 sockets a list of
-/// them beside the map, or the map's last doubling, would hold them twice.
+/// Dumps the calling thread's namespace straight into the snapshot's list,
+/// sized once for the sockets the kernel counts there: at 100,000 sockets a
+/// list beside the snapshot's, or a last doubling, would hold them twice.
 fn dump_here(states: u32, into: &mut ByCookie) -> Result<usize> {
     into.reserve(diag::in_use().unwrap_or(0));
     diag::dump_each(states, &mut |socket| {
         // No file, no holder (TIME_WAIT, request and orphaned sockets).
         if socket.inode != 0 {
-            into.insert(
-                socket.cookie,
-                OwnedSocket {
-                    socket,
-                    owners: Owners::new(),
-                },
-            );
+            into.push(OwnedSocket {
+                socket,
+                owners: Owners::new(),
+            });
         }
     })
 }

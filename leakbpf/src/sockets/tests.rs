@@ -323,22 +323,23 @@ fn join_drops_fileless_and_unheld_sockets() {
     ]
     .into_iter()
     .collect();
-    let mut joined: ByCookie = [socket(1, 0), socket(2, 5), socket(3, 6)]
-        .into_iter()
-        .map(|socket| {
-            (
-                socket.cookie,
-                OwnedSocket {
-                    socket,
-                    owners: Owners::new(),
-                },
-            )
-        })
-        .collect();
+    // Cookie 3 listed twice (it moved in the kernel's tables mid-dump).
+    let mut joined = ByCookie::default();
+    for (cookie, inode) in [(3, 6), (1, 0), (2, 5), (3, 6)] {
+        joined.push(OwnedSocket {
+            socket: socket(cookie, inode),
+            owners: Owners::new(),
+        });
+    }
+    owners.insert(6, smallvec::smallvec![owner(4, 4)]);
     join(&mut joined, &mut owners);
-    assert_eq!(joined.len(), 1);
-    assert_eq!(joined[&2].socket.cookie, 2);
-    assert_eq!(joined[&2].owners.as_slice(), [owner(2, 7), owner(9, 4)]);
+    let cookies: Vec<u64> = joined.values().map(|o| o.socket.cookie).collect();
+    assert_eq!(cookies, [2, 3], "sorted, once each, fileless 1 gone");
+    assert_eq!(
+        joined.get(2).unwrap().owners.as_slice(),
+        [owner(2, 7), owner(9, 4)]
+    );
+    assert!(joined.get(1).is_none() && !joined.contains(4));
 }
 
 /// A connection nobody asked the cookie of gets one from sock_diag, the
