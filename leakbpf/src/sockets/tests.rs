@@ -334,12 +334,47 @@ fn join_drops_fileless_and_unheld_sockets() {
     owners.insert(6, smallvec::smallvec![owner(4, 4)]);
     join(&mut joined, &mut owners);
     let cookies: Vec<u64> = joined.values().map(|o| o.socket.cookie).collect();
-    assert_eq!(cookies, [2, 3], "sorted, once each, fileless 1 gone");
+    assert_eq!(cookies, [3, 2], "once each, in dump order, fileless 1 gone");
     assert_eq!(
         joined.get(2).unwrap().owners.as_slice(),
         [owner(2, 7), owner(9, 4)]
     );
     assert!(joined.get(1).is_none() && !joined.contains(4));
+}
+
+#[test]
+fn a_socket_listed_twice_is_kept_once_and_found() {
+    let owned = |cookie, inode| OwnedSocket {
+        socket: DiagSocket {
+            cookie,
+            inode,
+            uid: 0,
+            family: Family::Ipv4,
+            local: "127.0.0.1:1".parse().unwrap(),
+            remote: "127.0.0.1:2".parse().unwrap(),
+            state: state::ESTABLISHED,
+            recv_queue: 0,
+            send_queue: 0,
+            last_data_recv_ms: None,
+            last_data_sent_ms: None,
+        },
+        owners: Owners::new(),
+    };
+    let found: ByCookie = [
+        owned(7, 1),
+        owned(9, 2),
+        owned(7, 1),
+        owned(8, 3),
+        owned(9, 2),
+    ]
+    .into_iter()
+    .collect();
+    let cookies: Vec<u64> = found.values().map(|o| o.socket.cookie).collect();
+    assert_eq!(cookies, [7, 9, 8]);
+    for cookie in [7, 8, 9] {
+        assert_eq!(found.get(cookie).unwrap().socket.cookie, cookie);
+    }
+    assert!(found.get(10).is_none());
 }
 
 /// A connection nobody asked the cookie of gets one from sock_diag, the
