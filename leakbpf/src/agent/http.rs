@@ -227,7 +227,7 @@ mod tests {
         SocketReport {
             cookie,
             fd: Some(3),
-            shared_with: Vec::new(),
+            shared_with: Box::default(),
             tid: 1,
             local: "127.0.0.1:1".parse().unwrap(),
             remote: "127.0.0.1:2".parse().unwrap(),

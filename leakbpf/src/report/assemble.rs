@@ -335,7 +335,7 @@ fn socket_report(
     SocketReport {
         cookie: socket.cookie,
         fd: held.fd,
-        shared_with: held.shared_with.clone(),
+        shared_with: held.shared_with.as_slice().into(),
         tid: socket.opener.tid,
         local: live.local.unwrap_or(socket.endpoints.local),
         remote: socket.endpoints.remote,
@@ -652,8 +652,8 @@ mod tests {
             [Some(5), Some(6)],
             "one entry per holder, its lowest fd"
         );
-        assert_eq!(child.sockets[1].shared_with, [102]);
-        assert_eq!(report.processes[2].groups[0].sockets[0].shared_with, [101]);
+        assert_eq!(*child.sockets[1].shared_with, [102]);
+        assert_eq!(*report.processes[2].groups[0].sockets[0].shared_with, [101]);
 
         let unheld = &report.processes[1].groups[0];
         assert!(!unheld.holder_found);

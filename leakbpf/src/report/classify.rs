@@ -192,7 +192,7 @@ mod tests {
         SocketReport {
             cookie: 1,
             fd: None,
-            shared_with: Vec::new(),
+            shared_with: Box::default(),
             tid: 1,
             local: "127.0.0.1:1".parse().unwrap(),
             remote: "127.0.0.1:2".parse().unwrap(),

@@ -206,8 +206,8 @@ pub struct SocketReport {
     /// when no holder was found).
     pub fd: Option<i32>,
     /// Other processes that hold it too (fork, dup, SCM_RIGHTS).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub shared_with: Vec<u32>,
+    #[serde(skip_serializing_if = "<[u32]>::is_empty")]
+    pub shared_with: Box<[u32]>,
     /// Thread that opened it (0 for pre-existing sockets).
     pub tid: u32,
     /// Addresses as `Display` writes them (an IPv6 scope included), not as
@@ -232,4 +232,14 @@ fn display<S: serde::Serializer>(
     out: S,
 ) -> Result<S::Ok, S::Error> {
     out.collect_str(value)
+}
+
+#[cfg(test)]
+mod tests {
+    /// A report of 100,000 sockets holds one of these per socket at once
+    /// (BENCHMARKS.md: the report's peak).
+    #[test]
+    fn a_socket_report_stays_small() {
+        assert!(size_of::<super::SocketReport>() <= 144);
+    }
 }

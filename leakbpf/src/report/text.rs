@@ -255,7 +255,7 @@ mod tests {
             sockets: vec![SocketReport {
                 cookie: 7,
                 fd: Some(5),
-                shared_with: vec![102],
+                shared_with: Box::new([102]),
                 tid: 101,
                 local: "127.0.0.1:50000".parse().unwrap(),
                 remote: "127.0.0.1:8080".parse().unwrap(),
