@@ -964,6 +964,12 @@ impl SocketTable {
         gone.len()
     }
 
+    /// Whether it tracks `cookie` (open, or closed and waiting for its
+    /// destroy), without building the socket's view.
+    pub fn contains(&self, cookie: u64) -> bool {
+        self.index.contains(cookie, &self.slots)
+    }
+
     pub fn get(&self, cookie: u64) -> Option<Socket> {
         let id = self.index.get(cookie, &self.slots)?;
         Some(self.view(self.slots.get(id)))

@@ -258,7 +258,7 @@ fn unseen_warnings(
 ) -> Vec<String> {
     sockets::unseen::warnings(
         now.sockets(),
-        |cookie| collector.table.get(cookie).is_some(),
+        |cookie| collector.table.contains(cookie),
         |owned| {
             owned
                 .owners

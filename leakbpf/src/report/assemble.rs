@@ -3,7 +3,7 @@
 //! and where they were opened, adds what the kernel says of them now
 //! (state, queues, idle time, fd), classifies and ranks. Pure: the snapshot
 //! and the frames come in from the caller.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use super::{
     classify::{self, Thresholds},
@@ -125,7 +125,9 @@ struct Gathered {
 /// Open sockets as the report shows them: per report group, each holder's
 /// hold on them.
 struct HeldGroups {
-    groups: HashMap<ReportKey, Gathered>,
+    /// FxHash: looked up once per socket shown (SipHash was a visible part
+    /// of a report of 100,000).
+    groups: rustc_hash::FxHashMap<ReportKey, Gathered>,
     /// Distinct sockets shown.
     distinct: usize,
     /// Sockets shown without a holder, unexplained.
@@ -137,7 +139,7 @@ struct HeldGroups {
 fn hold_by_group(table: &SocketTable, snapshot: &Snapshot, options: &Options<'_>) -> HeldGroups {
     let age_s = |socket: &Socket| options.now_ns.saturating_sub(socket.opened_ns) as f64 / 1e9;
     let mut out = HeldGroups {
-        groups: HashMap::new(),
+        groups: rustc_hash::FxHashMap::default(),
         distinct: 0,
         holder_missing: 0,
     };
@@ -273,7 +275,8 @@ fn group(
     reports.sort_unstable_by(|a, b| b.age_s.total_cmp(&a.age_s).then(a.cookie.cmp(&b.cookie)));
     reports.shrink_to_fit();
     let mut states: BTreeMap<TcpState, usize> = BTreeMap::new();
-    let mut remotes: HashMap<std::net::SocketAddr, usize> = HashMap::new();
+    let mut remotes: rustc_hash::FxHashMap<std::net::SocketAddr, usize> =
+        rustc_hash::FxHashMap::default();
     for report in &reports {
         *states.entry(report.state).or_default() += 1;
         *remotes.entry(report.remote).or_default() += 1;
