@@ -587,7 +587,9 @@ struct CookieIndex {
     ids: hashbrown::HashTable<u32>,
 }
 
-fn cookie_hash(cookie: u64) -> u64 {
+/// How cookie indexes hash (FxHash: cookies are the kernel's counter);
+/// the snapshot's index ([`crate::sockets::ByCookie`]) uses it too.
+pub(crate) fn cookie_hash(cookie: u64) -> u64 {
     use std::hash::BuildHasher as _;
     rustc_hash::FxBuildHasher.hash_one(cookie)
 }

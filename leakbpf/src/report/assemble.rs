@@ -45,7 +45,7 @@ struct Held {
     exe: Option<std::sync::Arc<std::path::Path>>,
     fd: Option<i32>,
     /// Other holders' pids.
-    shared_with: Vec<u32>,
+    shared_with: Box<[u32]>,
 }
 
 /// A report group: one holder, one way of opening, one opener, one stack.
@@ -162,7 +162,7 @@ fn hold_by_group(table: &SocketTable, snapshot: &Snapshot, options: &Options<'_>
                 holder: socket.opener.clone(),
                 exe: None,
                 fd: socket.fd,
-                shared_with: Vec::new(),
+                shared_with: Box::default(),
             }]
         } else {
             Vec::new()
@@ -338,7 +338,7 @@ fn socket_report(
     SocketReport {
         cookie: socket.cookie,
         fd: held.fd,
-        shared_with: held.shared_with.as_slice().into(),
+        shared_with: held.shared_with.clone(),
         tid: socket.opener.tid,
         local: live.local.unwrap_or(socket.endpoints.local),
         remote: socket.endpoints.remote,

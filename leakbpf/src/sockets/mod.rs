@@ -20,6 +20,8 @@ pub mod unseen;
 
 use anyhow::{Context, Result};
 
+use crate::socket_table::cookie_hash;
+
 pub use self::{
     diag::{DEFAULT_STATES, DiagSocket},
     procfs::{Names, Owner, Owners, WalkStats},
@@ -79,11 +81,6 @@ pub struct ByCookie {
     /// Positions in `sockets`, hashed by their cookie; built by
     /// [`Self::finish`].
     index: hashbrown::HashTable<u32>,
-}
-
-fn cookie_hash(cookie: u64) -> u64 {
-    use std::hash::BuildHasher as _;
-    rustc_hash::FxBuildHasher.hash_one(cookie)
 }
 
 impl ByCookie {

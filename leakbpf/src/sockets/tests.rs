@@ -301,9 +301,9 @@ fn shared_sockets_list_every_owner_and_pid_filter_excludes_others() {
     drop(child);
 }
 
-#[test]
-fn join_drops_fileless_and_unheld_sockets() {
-    let socket = |cookie, inode| DiagSocket {
+/// An established loopback socket as the dump lists it.
+fn diag_socket(cookie: u64, inode: u64) -> DiagSocket {
+    DiagSocket {
         cookie,
         inode,
         uid: 0,
@@ -315,7 +315,11 @@ fn join_drops_fileless_and_unheld_sockets() {
         send_queue: 0,
         last_data_recv_ms: None,
         last_data_sent_ms: None,
-    };
+    }
+}
+
+#[test]
+fn join_drops_fileless_and_unheld_sockets() {
     let owner = |pid, fd| Owner::new(pid, fd, "", None);
     let mut owners: procfs::OwnersByInode = [
         (0, smallvec::smallvec![owner(1, 3)]),
@@ -327,7 +331,7 @@ fn join_drops_fileless_and_unheld_sockets() {
     let mut joined = ByCookie::default();
     for (cookie, inode) in [(3, 6), (1, 0), (2, 5), (3, 6)] {
         joined.push(OwnedSocket {
-            socket: socket(cookie, inode),
+            socket: diag_socket(cookie, inode),
             owners: Owners::new(),
         });
     }
@@ -345,19 +349,7 @@ fn join_drops_fileless_and_unheld_sockets() {
 #[test]
 fn a_socket_listed_twice_is_kept_once_and_found() {
     let owned = |cookie, inode| OwnedSocket {
-        socket: DiagSocket {
-            cookie,
-            inode,
-            uid: 0,
-            family: Family::Ipv4,
-            local: "127.0.0.1:1".parse().unwrap(),
-            remote: "127.0.0.1:2".parse().unwrap(),
-            state: state::ESTABLISHED,
-            recv_queue: 0,
-            send_queue: 0,
-            last_data_recv_ms: None,
-            last_data_sent_ms: None,
-        },
+        socket: diag_socket(cookie, inode),
         owners: Owners::new(),
     };
     let found: ByCookie = [
