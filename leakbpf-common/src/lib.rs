@@ -168,6 +168,25 @@ pub mod go {
 /// Frames a stack holds at most (the kernel's default `perf_event_max_stack`).
 pub const MAX_STACK_DEPTH: usize = 127;
 
+/// A user stack the kernel side walked itself along the frame pointers
+/// (`USER_STACKS` map value, keyed by its id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserStack {
+    /// Frames in `ips`.
+    pub depth: u32,
+    pub _pad: u32,
+    /// A 64-bit hash of the frames; the id is 30 bits of it.
+    pub hash: u64,
+    /// Instruction pointers, innermost first.
+    pub ips: [u64; MAX_STACK_DEPTH],
+}
+
+/// Ids of [`UserStack`]s have this bit set and the one above clear: apart
+/// from the kernel stack map's indices (below 2^14) and the ids user space
+/// gives stacks that came through the ring (2^31 and above).
+pub const USER_STACK_ID_BIT: u32 = 1 << 30;
+
 /// A user stack copied into the ring (see [`kind::STACK`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -273,8 +292,11 @@ pub struct KernelOffsets {
     pub fdt_fd: u32,
     pub file_private_data: u32,
     pub socket_sk: u32,
-    /// `pt_regs.sp`: the user stack pointer saved at syscall entry.
+    /// `pt_regs.sp`, `.bp`, `.ip`: the user registers saved at syscall
+    /// entry, where the walk of the user stack starts.
     pub pt_regs_sp: u32,
+    pub pt_regs_bp: u32,
+    pub pt_regs_ip: u32,
     // task_struct identity, for the exit event
     pub task_pid: u32,
     pub task_tgid: u32,
@@ -338,4 +360,6 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::HookConfig {}
+    // SAFETY: as above (two u32, then u64s).
+    unsafe impl aya::Pod for super::UserStack {}
 }

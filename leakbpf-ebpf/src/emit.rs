@@ -4,22 +4,25 @@ use core::ffi::c_void;
 
 use crate::shared::HOOKS;
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{
+        BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+    },
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_current_task_btf, bpf_get_smp_processor_id,
             bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user, bpf_task_pt_regs,
         },
     },
     macros::map,
-    maps::{PerCpuArray, RingBuf, StackTrace},
+    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
     programs::tracing::StackIdContext,
 };
 use aya_log_ebpf::warn;
 use leakbpf_common::{
     CloseEvent, DEFAULT_RING_BYTES, Endpoints, EventHeader, MAX_STACK_DEPTH, OpenEvent,
-    STACK_INLINE, STACK_NOT_TAKEN, StackEvent, StackId, Task, USER_STACK_TOP_WORDS, kind, lost,
+    STACK_INLINE, STACK_NOT_TAKEN, StackEvent, StackId, Task, USER_STACK_ID_BIT,
+    USER_STACK_TOP_WORDS, UserStack, kind, lost,
 };
 
 /// Default size; user space may resize it before load (`--ring-bytes`).
@@ -32,6 +35,17 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 /// ring instead ([`inline_user_stack`]).
 #[map]
 pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+/// User stacks walked here ([`walk_user_stack`]), by id: 30 bits of a
+/// hash of the frames. An open shares an entry only if the entry's 64-bit
+/// hash and depth are its stack's; a stack whose id another holds travels
+/// in the ring instead.
+#[map]
+pub static USER_STACKS: HashMap<u32, UserStack> = HashMap::with_max_entries(16384, 0);
+
+/// Each CPU's stack under construction (too big for the BPF stack).
+#[map]
+static WALK: PerCpuArray<UserStack> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::COUNT, 0);
@@ -80,27 +94,48 @@ fn process_start_ns() -> u64 {
     unsafe { crate::sock::read::<u64>(leader, off.task_start_boottime) }.unwrap_or(0)
 }
 
-/// (user stack id, kernel stack id); a failure is kept as `-errno`,
-/// counted and logged (`--log-kernel`). A user stack the map cannot take (a
-/// hash collision: EEXIST, or a full map: ENOMEM) is copied whole into the
-/// ring just before the open event, so no stack is lost to the map.
-/// Without `kernel`, the kernel stack
-/// is [`STACK_NOT_TAKEN`].
+/// The user registers saved at syscall entry: where the user stack is.
+#[derive(Clone, Copy)]
+pub struct UserRegs {
+    pub ip: u64,
+    pub bp: u64,
+    pub sp: u64,
+}
+
+/// The current task's user registers, if readable (process context only).
 #[inline(always)]
-pub fn stack_ids<C: StackIdContext>(ctx: &C, kernel: bool, cookie: u64) -> (StackId, StackId) {
-    let user = match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
-        Ok(id) => id as StackId,
-        Err(err) if (err == -17 || err == -12) && inline_user_stack(ctx, cookie) => STACK_INLINE,
-        Err(err) => {
-            count_lost(lost::USER_STACK);
-            warn!(
-                ctx,
-                "user stack of pid {} not recorded: error {}",
-                (bpf_get_current_pid_tgid() >> 32) as u32,
-                err
-            );
-            err
-        }
+pub fn user_regs() -> Option<UserRegs> {
+    let off = crate::sock::offsets();
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    if regs == 0 {
+        return None;
+    }
+    // SAFETY: reads of the kernel's saved registers, checked by the helper.
+    unsafe {
+        Some(UserRegs {
+            ip: crate::sock::read(regs, off.pt_regs_ip).ok()?,
+            bp: crate::sock::read(regs, off.pt_regs_bp).ok()?,
+            sp: crate::sock::read(regs, off.pt_regs_sp).ok()?,
+        })
+    }
+}
+
+/// (user stack id, kernel stack id); a failure is kept as `-errno`,
+/// counted and logged (`--log-kernel`). The user stack is walked here
+/// ([`walk_user_stack`]) and kept in [`USER_STACKS`]; one that cannot be
+/// kept there is copied whole into the ring just before the open event,
+/// so no stack is lost to the map. Without `kernel`, the kernel stack is
+/// [`STACK_NOT_TAKEN`].
+#[inline(always)]
+pub fn stack_ids<C: StackIdContext>(
+    ctx: &C,
+    regs: Option<UserRegs>,
+    kernel: bool,
+    cookie: u64,
+) -> (StackId, StackId) {
+    let user = match regs.and_then(|regs| walk_user_stack(&regs)) {
+        Some(walked) => keep_user_stack(ctx, walked, cookie),
+        None => kernel_user_stack_id(ctx, cookie),
     };
     if !kernel {
         return (user, STACK_NOT_TAKEN);
@@ -119,6 +154,180 @@ pub fn stack_ids<C: StackIdContext>(ctx: &C, kernel: bool, cookie: u64) -> (Stac
         }
     };
     (user, kernel)
+}
+
+/// The user stack by the kernel's own walker (`bpf_get_stackid`), for a
+/// task whose registers do not look like a 64-bit process's.
+#[inline(always)]
+fn kernel_user_stack_id<C: StackIdContext>(ctx: &C, cookie: u64) -> StackId {
+    match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
+        Ok(id) => id as StackId,
+        Err(err) if (err == -17 || err == -12) && inline_user_stack(ctx, cookie) => STACK_INLINE,
+        Err(err) => {
+            count_lost(lost::USER_STACK);
+            warn!(
+                ctx,
+                "user stack of pid {} not recorded: error {}",
+                (bpf_get_current_pid_tgid() >> 32) as u32,
+                err
+            );
+            err
+        }
+    }
+}
+
+/// A frame this far above the last one ends the walk: no stack frame is
+/// that big, and the main thread's stack is 8 MiB by default.
+const MAX_FRAME_SPAN: u64 = 8 << 20;
+
+/// Walks the user stack along its frame pointers into this CPU's [`WALK`]
+/// buffer: the instruction pointer, then each frame's return address.
+///
+/// The kernel's walker (`bpf_get_stackid` with `BPF_F_USER_STACK`) stops
+/// only when a read faults, and nearly every walk ends that way: the
+/// outermost frame's saved pointer is 0, or code built without frame
+/// pointers left another value in rbp. The fault and its fixup cost more
+/// than the rest of the walk. This walk stops before reading a frame that
+/// cannot be the caller's: a caller's frame lies above its callee's (the
+/// stack grows down), 8-byte aligned, within [`MAX_FRAME_SPAN`]. Along a
+/// real chain it returns the frames the kernel's walker returns; after
+/// it, it leaves out what the kernel's walker would read from garbage.
+/// None for a task whose registers are not a 64-bit process's (a 32-bit
+/// task's frames are 8 bytes; the kernel's walker knows them).
+#[inline(always)]
+// A plain counted loop: the shape every supported verifier bounds.
+#[allow(clippy::needless_range_loop)]
+fn walk_user_stack(regs: &UserRegs) -> Option<&'static mut UserStack> {
+    if regs.sp >> 32 == 0 && regs.ip >> 32 == 0 {
+        return None;
+    }
+    // SAFETY: this CPU's slot; no other program runs on this CPU meanwhile
+    // (BPF programs do not nest on one CPU for these hooks).
+    let stack = unsafe { &mut *WALK.get_ptr_mut(0)? };
+    stack.ips[0] = regs.ip;
+    let mut hash = mix(0xcbf2_9ce4_8422_2325, regs.ip);
+    let mut depth = 1;
+    let mut fp = regs.bp;
+    let mut low = regs.sp;
+    for slot in 1..MAX_STACK_DEPTH {
+        if fp < low || fp & 7 != 0 || fp - low > MAX_FRAME_SPAN {
+            break;
+        }
+        // [saved frame pointer, return address]
+        let Ok(frame) = (unsafe { aya_ebpf::helpers::bpf_probe_read_user(fp as *const [u64; 2]) })
+        else {
+            break;
+        };
+        if frame[1] == 0 {
+            break;
+        }
+        stack.ips[slot] = frame[1];
+        hash = mix(hash, frame[1]);
+        depth = slot + 1;
+        low = fp + 16;
+        fp = frame[0];
+    }
+    stack.depth = depth as u32;
+    stack.hash = hash;
+    Some(stack)
+}
+
+/// Folds one frame into a stack's hash.
+#[inline(always)]
+fn mix(hash: u64, ip: u64) -> u64 {
+    let hash = (hash ^ ip).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    hash ^ (hash >> 29)
+}
+
+/// The id of a walked stack: 30 bits of its hash, marked with
+/// [`USER_STACK_ID_BIT`].
+#[inline(always)]
+fn user_stack_id(stack: &UserStack) -> u32 {
+    ((stack.hash >> 32) as u32 ^ stack.hash as u32) & (USER_STACK_ID_BIT - 1) | USER_STACK_ID_BIT
+}
+
+/// True if `a` and `b` hold the same frames, as far as a 64-bit hash and
+/// the depth tell: two different stacks pass with odds of about 2^-64 per
+/// pair. (A frame-by-frame comparison is a loop bounded by a depth read
+/// from a map, which 6.1's verifier cannot bound.)
+#[inline(always)]
+fn same_stack(a: &UserStack, b: &UserStack) -> bool {
+    a.depth == b.depth && a.hash == b.hash
+}
+
+/// The id under which [`USER_STACKS`] holds `walked`, adding it if new.
+/// An id another stack holds (30 bits collide) or a full map sends the
+/// stack through the ring instead ([`STACK_INLINE`]).
+#[inline(always)]
+fn keep_user_stack<C: StackIdContext>(ctx: &C, walked: &UserStack, cookie: u64) -> StackId {
+    let id = user_stack_id(walked);
+    // SAFETY: a map value read only here, compared before use.
+    let known = unsafe { USER_STACKS.get(&id) };
+    let kept = match known {
+        Some(known) => same_stack(known, walked),
+        None => match USER_STACKS.insert(&id, walked, u64::from(BPF_NOEXIST)) {
+            Ok(()) => true,
+            // Another CPU added it just now: the same stack, or a collision.
+            Err(-17) => {
+                unsafe { USER_STACKS.get(&id) }.is_some_and(|known| same_stack(known, walked))
+            }
+            Err(_) => false,
+        },
+    };
+    if kept {
+        return id as StackId;
+    }
+    if send_walked_stack(walked, cookie) {
+        return STACK_INLINE;
+    }
+    count_lost(lost::USER_STACK);
+    // ENOSPC: neither the map nor the ring had room.
+    let err = -28;
+    warn!(
+        ctx,
+        "user stack of pid {} not recorded: error {}",
+        (bpf_get_current_pid_tgid() >> 32) as u32,
+        err
+    );
+    err
+}
+
+/// Sends a walked stack as a [`StackEvent`] record; false if the ring is full.
+#[inline(always)]
+fn send_walked_stack(walked: &UserStack, cookie: u64) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<StackEvent>(0) else {
+        return false;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points to a reserved, exclusively owned ring entry;
+    // every field is written before submit.
+    let copied = unsafe {
+        (*event).header = header(kind::STACK, cookie);
+        (*event)._pad = 0;
+        (*event).bytes = walked.depth * 8;
+        bpf_probe_read_kernel_buf(
+            (&raw mut (*event).ips).cast::<u8>(),
+            (&raw const walked.ips).cast::<u8>(),
+        )
+    };
+    if !copied {
+        entry.discard(0);
+        return false;
+    }
+    entry.submit(wakeup());
+    true
+}
+
+/// Copies the frames of a walked stack (a map value) into a ring entry.
+#[inline(always)]
+unsafe fn bpf_probe_read_kernel_buf(dst: *mut u8, src: *const u8) -> bool {
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            dst.cast::<c_void>(),
+            (MAX_STACK_DEPTH * 8) as u32,
+            src.cast::<c_void>(),
+        ) == 0
+    }
 }
 
 /// Copies the current user stack into a [`StackEvent`] record; false if
@@ -163,12 +372,12 @@ pub fn submit_open<C: StackIdContext>(
     endpoints: Endpoints,
     direction: u8,
     fd: i32,
-    sp_offset: u32,
     kernel_stack: bool,
 ) {
     // Stacks first: an inline user stack must precede its open in the ring.
     let kernel_stack = kernel_stack && HOOKS.load().kernel_stacks != 0;
-    let (user_stack_id, kernel_stack_id) = stack_ids(ctx, kernel_stack, cookie);
+    let regs = user_regs();
+    let (user_stack_id, kernel_stack_id) = stack_ids(ctx, regs, kernel_stack, cookie);
     let request_stack_id = if direction == leakbpf_common::direction::CONNECT {
         crate::go_request::request_stack_id()
     } else {
@@ -194,14 +403,8 @@ pub fn submit_open<C: StackIdContext>(
         (*event)._pad2 = 0;
         (*event).user_sp = 0;
         let top = &raw mut (*event).user_stack_top;
-        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as u64;
-        let sp = if regs == 0 {
-            Err(-1)
-        } else {
-            bpf_probe_read_kernel((regs + u64::from(sp_offset)) as *const u64)
-        };
-        let copied = match sp {
-            Ok(sp) => {
+        let copied = match regs {
+            Some(UserRegs { sp, .. }) => {
                 (*event).user_sp = sp;
                 bpf_probe_read_user(
                     top.cast::<c_void>(),
@@ -209,7 +412,7 @@ pub fn submit_open<C: StackIdContext>(
                     sp as *const c_void,
                 ) == 0
             }
-            Err(_) => false,
+            None => false,
         };
         if !copied {
             (*top) = [0; USER_STACK_TOP_WORDS];

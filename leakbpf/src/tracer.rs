@@ -3,9 +3,9 @@
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
 };
-use leakbpf_common::{HookConfig, lost};
+use leakbpf_common::{HookConfig, USER_STACK_ID_BIT, UserStack, lost};
 use tokio::io::{Interest, unix::AsyncFd};
 
 pub use crate::completeness::LostCounts;
@@ -15,6 +15,12 @@ use crate::{
     hooks::{Capabilities, HookChoice, HookSet},
     kernel::{offsets, tracefs, verifier::MissingHelper},
 };
+
+/// True for the id of a user stack the kernel side walked itself (kept in
+/// `USER_STACKS`), false for a stack map index.
+fn is_walked(id: u32) -> bool {
+    id & (USER_STACK_ID_BIT << 1 | USER_STACK_ID_BIT) == USER_STACK_ID_BIT
+}
 
 /// Knobs shared by every command that traces.
 // Each bool is a command-line switch of its own, not a state.
@@ -46,6 +52,9 @@ pub struct Tracer {
     hooks: HookSet,
     ring: AsyncFd<RingBuf<MapData>>,
     stacks: StackTraceMap<MapData>,
+    /// User stacks the kernel side walked itself (ids with
+    /// `USER_STACK_ID_BIT`).
+    user_stacks: AyaHashMap<MapData, u32, UserStack>,
     lost: PerCpuArray<MapData, u64>,
     undecodable: u64,
     /// With `--log-kernel`: the reader of the kernel side's aya-log records.
@@ -158,6 +167,8 @@ impl Tracer {
 
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS")?)?;
         let stacks = StackTraceMap::try_from(ebpf.take_map("STACKS").context("map STACKS")?)?;
+        let user_stacks =
+            AyaHashMap::try_from(ebpf.take_map("USER_STACKS").context("map USER_STACKS")?)?;
         let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("map LOST")?)?;
         // SAFETY: the ring buffer owns its fd and keeps it open until the
         // AsyncFd that owns the ring is dropped.
@@ -168,6 +179,7 @@ impl Tracer {
             hooks,
             ring,
             stacks,
+            user_stacks,
             lost,
             undecodable: 0,
             kernel_log,
@@ -250,6 +262,11 @@ impl Tracer {
 
     /// Instruction pointers of a recorded stack, innermost first.
     pub fn stack(&self, id: u32) -> Option<Vec<u64>> {
+        if is_walked(id) {
+            let stack = self.user_stacks.get(&id, 0).ok()?;
+            let depth = (stack.depth as usize).min(stack.ips.len());
+            return Some(stack.ips[..depth].to_vec());
+        }
         let trace = self.stacks.get(&id, 0).ok()?;
         Some(trace.frames().iter().map(|frame| frame.ip).collect())
     }
@@ -259,11 +276,19 @@ impl Tracer {
     /// the kernel reuses a freed id for another stack). Without this the
     /// map only fills, and a long run starts losing stacks.
     pub fn prune_stacks(&mut self, keep: impl Fn(u32) -> bool) -> (usize, Vec<u32>) {
-        let ids: Vec<u32> = self.stacks.stack_ids().filter_map(Result::ok).collect();
+        let mut ids: Vec<u32> = self.stacks.stack_ids().filter_map(Result::ok).collect();
+        ids.extend(self.user_stacks.keys().filter_map(Result::ok));
         let pruned = ids
             .iter()
             .copied()
-            .filter(|id| !keep(*id) && self.stacks.remove(id).is_ok())
+            .filter(|id| {
+                !keep(*id)
+                    && if is_walked(*id) {
+                        self.user_stacks.remove(id).is_ok()
+                    } else {
+                        self.stacks.remove(id).is_ok()
+                    }
+            })
             .collect();
         (ids.len(), pruned)
     }
@@ -383,6 +408,18 @@ fn hook_config(options: &TracerOptions, hooks: HookSet, go_on: bool) -> HookConf
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn walked_stack_ids_are_told_from_stack_map_indices() {
+        use leakbpf_common::USER_STACK_ID_BIT as WALKED;
+        assert!(!super::is_walked(0));
+        assert!(!super::is_walked(16383));
+        assert!(super::is_walked(WALKED));
+        assert!(super::is_walked(WALKED | 0x2bad_cafe & (WALKED - 1)));
+        // Ids the resolver gives stacks that came through the ring.
+        assert!(!super::is_walked(1 << 31));
+        assert!(!super::is_walked(1 << 31 | WALKED));
+    }
+
     use super::*;
 
     #[test]

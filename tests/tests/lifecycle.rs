@@ -107,6 +107,7 @@ fn counts_opens_and_closes_per_process() {
             "accept stack {user:?}"
         );
         assert!(user.iter().any(|s| s == "main"), "accept stack {user:?}");
+        assert_walked_by_leakbpf(accept);
     }
     // Connects: the client's pid, the server's address, a kernel stack.
     for connect in opens(&events, cpid, "connect") {
@@ -155,6 +156,16 @@ fn counts_opens_and_closes_per_process() {
     assert_eq!(stopped.summary["hooks"], expected_hooks().as_str());
 }
 
+/// The user stack of `open` was walked by leakbpf's own kernel code (its
+/// id carries bit 30: the `USER_STACKS` map), not by the kernel's walker,
+/// which costs a page fault at the end of nearly every walk.
+fn assert_walked_by_leakbpf(open: &Value) {
+    let id = open["user_stack_id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no user stack id: {open}"));
+    assert_eq!(id >> 30, 1, "a user stack not walked by leakbpf: {open}");
+}
+
 /// Go keeps frame pointers: a net.Dial stack reaches main through the dialer.
 #[test]
 fn go_connect_stacks_show_the_dialer() {
@@ -186,6 +197,7 @@ fn go_connect_stacks_show_the_dialer() {
             user.iter().any(|s| s == "main.dialOne"),
             "Go stack {user:?}"
         );
+        assert_walked_by_leakbpf(connect);
     }
     assert_eq!(of(&events, "close", pid).len(), 0);
     dialer.kill();

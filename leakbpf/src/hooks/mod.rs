@@ -300,6 +300,7 @@ fn probe_trampolines(object: &[u8], btf: &Btf) -> Trampolines {
     let mut ebpf = match EbpfLoader::new()
         .map_max_entries("EVENTS", 4096)
         .map_max_entries("STACKS", 1)
+        .map_max_entries("USER_STACKS", 1)
         .load(object)
     {
         Ok(ebpf) => ebpf,

@@ -67,8 +67,10 @@ const STRUCT_MEMBERS: &[StructMember] = &[
     member!(file_private_data: "file"."private_data", POINTER),
     member!(socket_sk: "socket"."sk", POINTER),
     member!(sk_socket: "sock"."sk_socket", POINTER),
-    // The user stack pointer at syscall entry (x86_64 `struct pt_regs`).
+    // The user registers at syscall entry (x86_64 `struct pt_regs`).
     member!(pt_regs_sp: "pt_regs"."sp", 8),
+    member!(pt_regs_bp: "pt_regs"."bp", 8),
+    member!(pt_regs_ip: "pt_regs"."ip", 8),
     member!(task_pid: "task_struct"."pid", 4),
     member!(task_tgid: "task_struct"."tgid", 4),
     member!(task_comm: "task_struct"."comm", 16),
