@@ -88,10 +88,12 @@ pub fn current_task() -> Task {
 fn process_start_ns() -> u64 {
     let off = crate::sock::offsets();
     let task = unsafe { bpf_get_current_task_btf() } as u64;
-    let Ok(leader) = (unsafe { crate::sock::read::<u64>(task, off.task_group_leader) }) else {
+    // SAFETY: BTF-checked loads from the current task and its leader.
+    let leader: u64 = unsafe { crate::sock::load(task, off.task_group_leader) };
+    if leader == 0 {
         return 0;
-    };
-    unsafe { crate::sock::read::<u64>(leader, off.task_start_boottime) }.unwrap_or(0)
+    }
+    unsafe { crate::sock::load(leader, off.task_start_boottime) }
 }
 
 /// The user registers saved at syscall entry: where the user stack is.
@@ -110,12 +112,12 @@ pub fn user_regs() -> Option<UserRegs> {
     if regs == 0 {
         return None;
     }
-    // SAFETY: reads of the kernel's saved registers, checked by the helper.
+    // SAFETY: BTF-checked loads of the kernel's saved registers.
     unsafe {
         Some(UserRegs {
-            ip: crate::sock::read(regs, off.pt_regs_ip).ok()?,
-            bp: crate::sock::read(regs, off.pt_regs_bp).ok()?,
-            sp: crate::sock::read(regs, off.pt_regs_sp).ok()?,
+            ip: crate::sock::load(regs, off.pt_regs_ip),
+            bp: crate::sock::load(regs, off.pt_regs_bp),
+            sp: crate::sock::load(regs, off.pt_regs_sp),
         })
     }
 }

@@ -15,6 +15,16 @@ pub fn offsets() -> KernelOffsets {
     OFFSETS.load()
 }
 
+/// Loads a `T` at `base + offset` through a BTF-typed kernel pointer
+/// (`bpf_get_current_task_btf`, `bpf_task_pt_regs`, or a struct pointer
+/// loaded through one): a plain load the verifier checks against BTF and
+/// the JIT guards against faults, where [`read`] is a helper call. The
+/// offsets come from the frozen `.rodata`, so the verifier sees constants.
+#[inline(always)]
+pub unsafe fn load<T: Copy>(base: u64, offset: u32) -> T {
+    unsafe { core::ptr::read_volatile((base + u64::from(offset)) as *const T) }
+}
+
 /// Reads a `T` at `base + offset` in kernel memory.
 #[inline(always)]
 pub unsafe fn read<T>(base: u64, offset: u32) -> Result<T, i32> {

@@ -5,7 +5,7 @@ use aya_ebpf::{
     bindings::bpf_sock,
     helpers::{
         bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_task, bpf_get_socket_cookie},
+        generated::{bpf_get_current_task_btf, bpf_get_socket_cookie},
     },
     macros::{cgroup_sock, tracepoint},
     programs::{SockContext, TracePointContext},
@@ -15,7 +15,7 @@ use leakbpf_common::{direction, lost};
 
 use crate::{
     emit::{count_lost, submit_close, submit_open},
-    sock::{IPPROTO_TCP, offsets, read, tcp_endpoints},
+    sock::{IPPROTO_TCP, load, offsets, read, tcp_endpoints},
 };
 
 /// `syscalls:sys_exit_accept` and `sys_exit_accept4`. The accepted socket
@@ -42,14 +42,22 @@ fn try_sys_exit_accept(ctx: &TracePointContext) -> Result<(), i32> {
     if ret < 0 {
         return Ok(());
     }
-    let task = unsafe { bpf_get_current_task() };
-    let files: u64 = unsafe { read(task, off.task_files)? };
-    let fdt: u64 = unsafe { read(files, off.files_fdt)? };
-    let max_fds: u32 = unsafe { read(fdt, off.fdt_max_fds)? };
+    // BTF-checked loads down to the fd array (the array's slots, and what
+    // a `void *` points to, are read with the helper).
+    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    let files: u64 = unsafe { load(task, off.task_files) };
+    if files == 0 {
+        return Err(-1);
+    }
+    let fdt: u64 = unsafe { load(files, off.files_fdt) };
+    if fdt == 0 {
+        return Err(-1);
+    }
+    let max_fds: u32 = unsafe { load(fdt, off.fdt_max_fds) };
     if ret >= i64::from(max_fds) {
         return Err(-1);
     }
-    let fd_array: u64 = unsafe { read(fdt, off.fdt_fd)? };
+    let fd_array: u64 = unsafe { load(fdt, off.fdt_fd) };
     let file: u64 = unsafe { bpf_probe_read_file(fd_array, ret as u64)? };
     let socket: u64 = unsafe { read(file, off.file_private_data)? };
     let sk: u64 = unsafe { read(socket, off.socket_sk)? };

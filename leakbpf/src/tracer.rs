@@ -91,15 +91,17 @@ impl Tracer {
             options.hooks,
             HookChoice::Auto | HookChoice::Set(HookSet::Fentry)
         );
+        let offsets = offsets::read_offsets();
         let caps = Capabilities::probe(
             btf.as_ref()
+                .zip(offsets.as_ref().ok())
                 .filter(|_| probe_trampolines)
-                .map(|btf| (EBPF_OBJECT, btf)),
+                .map(|(btf, offsets)| (EBPF_OBJECT, btf, offsets)),
             options.cgroup_root.as_deref(),
         );
         let hooks = caps.choose(options.hooks)?;
         let btf = btf.context("reading kernel BTF (/sys/kernel/btf/vmlinux)")?;
-        let offsets = offsets::read_offsets().context("reading kernel offsets")?;
+        let offsets = offsets.context("reading kernel offsets")?;
         let go_off = (options.go_uprobes && !go_requests::uprobes_available()).then(|| {
             "Go request sites are not named: this kernel has no uprobes \
              (/sys/bus/event_source/devices/uprobe)"

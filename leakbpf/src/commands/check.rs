@@ -19,8 +19,11 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let btf = aya::Btf::from_sys_fs().ok();
+    let offsets = crate::kernel::offsets::read_offsets().ok();
     let caps = Capabilities::probe(
-        btf.as_ref().map(|btf| (crate::tracer::EBPF_OBJECT, btf)),
+        btf.as_ref()
+            .zip(offsets.as_ref())
+            .map(|(btf, offsets)| (crate::tracer::EBPF_OBJECT, btf, offsets)),
         args.tracer.cgroup_root.as_deref(),
     );
     let yes_no = |present: bool| if present { "yes" } else { "no" };

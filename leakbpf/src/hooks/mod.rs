@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::{Btf, Ebpf, EbpfLoader, programs::FEntry};
+use leakbpf_common::KernelOffsets;
 
 use crate::kernel::{
     cgroup::{self, CgroupRoot},
@@ -168,11 +169,15 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    /// Probes the running kernel. With `trampoline_probe` (the eBPF object
-    /// and the kernel's BTF), one fentry program is loaded to see whether
-    /// trampolines work; without it they count as refused (not asked for).
+    /// Probes the running kernel. With `trampoline_probe` (the eBPF object,
+    /// the kernel's BTF and the offsets read from it), one fentry program is
+    /// loaded to see whether trampolines work; without it they count as
+    /// refused (not asked for).
     /// `cgroup_root` is `--cgroup-root`, if given.
-    pub fn probe(trampoline_probe: Option<(&[u8], &Btf)>, cgroup_root: Option<&Path>) -> Self {
+    pub fn probe(
+        trampoline_probe: Option<(&[u8], &Btf, &KernelOffsets)>,
+        cgroup_root: Option<&Path>,
+    ) -> Self {
         let tracefs = tracefs::Tracefs::find()
             .ok()
             .map(|t| t.root().to_path_buf());
@@ -195,7 +200,7 @@ impl Capabilities {
             kprobes: fs::metadata("/sys/bus/event_source/devices/kprobe").is_ok(),
             functions,
             trampolines: match trampoline_probe {
-                Some((object, btf)) => probe_trampolines(object, btf),
+                Some((object, btf, offsets)) => probe_trampolines(object, btf, offsets),
                 None => {
                     Trampolines::Refused("not probed: another hook set was asked for".to_owned())
                 }
@@ -294,10 +299,12 @@ impl Capabilities {
 
 /// Loads (then drops) the fentry set's first fentry program: BPF_PROG_LOAD
 /// is where a kernel without trampolines says no. The maps are made tiny:
-/// nothing runs.
-fn probe_trampolines(object: &[u8], btf: &Btf) -> Trampolines {
+/// nothing runs. The real offsets go in: the program loads fields through
+/// BTF-typed pointers at them, and the verifier checks each against BTF.
+fn probe_trampolines(object: &[u8], btf: &Btf, offsets: &KernelOffsets) -> Trampolines {
     let refused = |err: &dyn fmt::Display| Trampolines::Refused(err.to_string());
     let mut ebpf = match EbpfLoader::new()
+        .override_global("OFFSETS", offsets, true)
         .map_max_entries("EVENTS", 4096)
         .map_max_entries("STACKS", 1)
         .map_max_entries("USER_STACKS", 1)
