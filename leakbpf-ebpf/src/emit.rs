@@ -134,8 +134,17 @@ pub fn stack_ids<C: StackIdContext>(
     regs: Option<UserRegs>,
     kernel: bool,
     cookie: u64,
+    preemptible: bool,
 ) -> (StackId, StackId) {
-    let user = match regs.and_then(|regs| walk_user_stack(&regs)) {
+    // The walk builds the stack in a per-CPU buffer: a program that can be
+    // preempted (fentry/fexit: migration disabled, preemption not) could
+    // have it overwritten by another open on its CPU, and leaves the walk
+    // to the kernel's walker. Tracepoint, raw tracepoint and kprobe
+    // programs run with preemption disabled.
+    let walked = regs
+        .filter(|_| !preemptible)
+        .and_then(|regs| walk_user_stack(&regs));
+    let user = match walked {
         Some(walked) => keep_user_stack(ctx, walked, cookie),
         None => kernel_user_stack_id(ctx, cookie),
     };
@@ -375,11 +384,12 @@ pub fn submit_open<C: StackIdContext>(
     direction: u8,
     fd: i32,
     kernel_stack: bool,
+    preemptible: bool,
 ) {
     // Stacks first: an inline user stack must precede its open in the ring.
     let kernel_stack = kernel_stack && HOOKS.load().kernel_stacks != 0;
     let regs = user_regs();
-    let (user_stack_id, kernel_stack_id) = stack_ids(ctx, regs, kernel_stack, cookie);
+    let (user_stack_id, kernel_stack_id) = stack_ids(ctx, regs, kernel_stack, cookie, preemptible);
     let request_stack_id = if direction == leakbpf_common::direction::CONNECT {
         crate::go_request::request_stack_id()
     } else {

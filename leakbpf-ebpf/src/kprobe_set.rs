@@ -43,7 +43,7 @@ fn open<C: aya_ebpf::programs::tracing::StackIdContext>(ctx: &C, sk: u64, direct
     {
         // 0 when the state tracepoint's run for this socket was skipped
         // (nested on one CPU): user space asks sock_diag for it.
-        submit_open(ctx, cookie, endpoints, direction, -1, true);
+        submit_open(ctx, cookie, endpoints, direction, -1, true, false);
     }
 }
 

@@ -83,7 +83,7 @@ fn state_changed(ctx: &BtfTracePointContext) {
     // path) see the same value.
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
     if opens {
-        submit_open(ctx, cookie, ep, direction::CONNECT, -1, true);
+        submit_open(ctx, cookie, ep, direction::CONNECT, -1, true, false);
     } else {
         submit(StateEvent {
             header: header(kind::STATE, cookie),

@@ -24,7 +24,7 @@ pub fn fentry_tcp_connect(ctx: FEntryContext) -> i32 {
     let off = offsets();
     if let Some(endpoints) = unsafe { tcp_endpoints(sk as u64, &off) } {
         let cookie = unsafe { bpf_get_socket_cookie(sk) };
-        submit_open(&ctx, cookie, endpoints, direction::CONNECT, -1, true);
+        submit_open(&ctx, cookie, endpoints, direction::CONNECT, -1, true, true);
     }
     0
 }
@@ -59,7 +59,7 @@ fn accepted(ctx: &FExitContext, sk: *mut c_void) {
     if let Some(endpoints) = unsafe { tcp_endpoints(sk as u64, &off) } {
         let cookie = unsafe { bpf_get_socket_cookie(sk) };
         // The fd is installed after inet_csk_accept returns: unknown here.
-        submit_open(ctx, cookie, endpoints, direction::ACCEPT, -1, true);
+        submit_open(ctx, cookie, endpoints, direction::ACCEPT, -1, true, true);
     }
 }
 
