@@ -39,7 +39,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
-// bpf_probe_read_kernel and bpf_get_current_task are GPL-only helpers.
+// bpf_probe_read_kernel, bpf_get_current_task_btf and bpf_task_pt_regs are
+// GPL-only helpers.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
