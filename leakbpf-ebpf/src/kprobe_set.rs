@@ -11,7 +11,7 @@ use leakbpf_common::direction;
 
 use crate::{
     emit::{submit_close, submit_open},
-    sock::{is_tcp, offsets, read, tcp_endpoints},
+    sock::{offsets, tcp_socket},
 };
 
 /// `int tcp_connect(struct sock *sk)`, in connect().
@@ -38,9 +38,7 @@ pub fn kretprobe_inet_csk_accept(ctx: RetProbeContext) -> u32 {
 #[inline(always)]
 fn open<C: aya_ebpf::programs::tracing::StackIdContext>(ctx: &C, sk: u64, direction: u8) {
     let off = offsets();
-    if let Some(endpoints) = unsafe { tcp_endpoints(sk, &off) }
-        && let Ok(cookie) = unsafe { read::<u64>(sk, off.sk_cookie) }
-    {
+    if let Some((endpoints, cookie)) = unsafe { tcp_socket(sk, &off) } {
         // 0 when the state tracepoint's run for this socket was skipped
         // (nested on one CPU): user space asks sock_diag for it.
         submit_open(ctx, cookie, endpoints, direction, -1, true, false);
@@ -54,13 +52,10 @@ pub fn kprobe_tcp_close(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let off = offsets();
-    if unsafe { is_tcp(sk, &off) }
-        && let Ok(cookie) = unsafe { read::<u64>(sk, off.sk_cookie) }
+    if let Some((endpoints, cookie)) = unsafe { tcp_socket(sk, &off) }
         && cookie != 0
     {
-        let family: u16 = unsafe { read(sk, off.sk_family) }.unwrap_or(0);
-        let state: u8 = unsafe { read(sk, off.sk_state) }.unwrap_or(0);
-        submit_close(cookie, family, state);
+        submit_close(cookie, endpoints.family, endpoints.state);
     }
     0
 }

@@ -15,7 +15,7 @@ use leakbpf_common::{
 
 use crate::{
     emit::{header, submit, submit_open},
-    sock::{offsets, read, tcp_endpoints},
+    sock::{load, offsets, read, tcp_endpoints_btf},
 };
 
 const TCP_SYN_SENT: i32 = tcp_state::SYN_SENT as i32;
@@ -75,7 +75,7 @@ fn state_changed(ctx: &BtfTracePointContext) {
     // The tuple as it is now (a connect's source port is chosen after its
     // open; the reports take it from sock_diag, or from a held socket's
     // last state change here).
-    let Some(mut ep) = (unsafe { tcp_endpoints(sk_addr, &off) }) else {
+    let Some(mut ep) = (unsafe { tcp_endpoints_btf(sk_addr, &off) }) else {
         return;
     };
     ep.state = new_state as u8;
@@ -96,16 +96,13 @@ fn state_changed(ctx: &BtfTracePointContext) {
 
 /// True once the socket's owner released it: inet_release clears
 /// `socket->sk` before the protocol closes the sock (and an orphan has no
-/// socket at all).
+/// socket at all). `sk` is the tracepoint's BTF-typed argument: plain loads.
 #[inline(always)]
 unsafe fn released(sk: u64, off: &leakbpf_common::KernelOffsets) -> bool {
-    let socket: u64 = unsafe { read(sk, off.sk_socket) }.unwrap_or(0);
-    if socket == 0 {
-        return true;
-    }
-    unsafe { read::<u64>(socket, off.socket_sk) }
-        .ok()
-        .is_none_or(|owner| owner != sk)
+    // SAFETY: BTF-checked loads from `struct sock` and the `struct socket`
+    // it points to (the JIT guards each against faults).
+    let socket: u64 = unsafe { load(sk, off.sk_socket) };
+    socket == 0 || unsafe { load::<u64>(socket, off.socket_sk) } != sk
 }
 
 /// `tcp:tcp_destroy_sock`: the kernel frees the socket. The tracepoint

@@ -13,7 +13,7 @@ use leakbpf_common::direction;
 
 use crate::{
     emit::{submit_close, submit_open},
-    sock::{is_tcp, offsets, read, tcp_endpoints},
+    sock::{offsets, tcp_endpoints_btf},
 };
 
 /// `int tcp_connect(struct sock *sk)`: called from connect() once the socket
@@ -22,7 +22,7 @@ use crate::{
 pub fn fentry_tcp_connect(ctx: FEntryContext) -> i32 {
     let sk: *mut c_void = ctx.arg(0);
     let off = offsets();
-    if let Some(endpoints) = unsafe { tcp_endpoints(sk as u64, &off) } {
+    if let Some(endpoints) = unsafe { tcp_endpoints_btf(sk as u64, &off) } {
         let cookie = unsafe { bpf_get_socket_cookie(sk) };
         submit_open(&ctx, cookie, endpoints, direction::CONNECT, -1, true, true);
     }
@@ -56,7 +56,7 @@ fn accepted(ctx: &FExitContext, sk: *mut c_void) {
         return;
     }
     let off = offsets();
-    if let Some(endpoints) = unsafe { tcp_endpoints(sk as u64, &off) } {
+    if let Some(endpoints) = unsafe { tcp_endpoints_btf(sk as u64, &off) } {
         let cookie = unsafe { bpf_get_socket_cookie(sk) };
         // The fd is installed after inet_csk_accept returns: unknown here.
         submit_open(ctx, cookie, endpoints, direction::ACCEPT, -1, true, true);
@@ -69,11 +69,9 @@ fn accepted(ctx: &FExitContext, sk: *mut c_void) {
 pub fn fentry_tcp_close(ctx: FEntryContext) -> i32 {
     let sk: *mut c_void = ctx.arg(0);
     let off = offsets();
-    if unsafe { is_tcp(sk as u64, &off) } {
+    if let Some(endpoints) = unsafe { tcp_endpoints_btf(sk as u64, &off) } {
         let cookie = unsafe { bpf_get_socket_cookie(sk) };
-        let family: u16 = unsafe { read(sk as u64, off.sk_family) }.unwrap_or(0);
-        let state: u8 = unsafe { read(sk as u64, off.sk_state) }.unwrap_or(0);
-        submit_close(cookie, family, state);
+        submit_close(cookie, endpoints.family, endpoints.state);
     }
     0
 }
