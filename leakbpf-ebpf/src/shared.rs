@@ -9,12 +9,10 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use leakbpf_common::{
-    DestroyEvent, ExitEvent, HookConfig, StateEvent, Task, direction, kind, tcp_state,
-};
+use leakbpf_common::{DestroyEvent, ExitEvent, HookConfig, Task, direction, kind, tcp_state};
 
 use crate::{
-    emit::{header, submit, submit_open},
+    emit::{header, submit, submit_open, submit_state},
     sock::{load, offsets, read, tcp_endpoints_btf},
 };
 
@@ -85,12 +83,7 @@ fn state_changed(ctx: &BtfTracePointContext) {
     if opens {
         submit_open(ctx, cookie, ep, direction::CONNECT, -1, true, false);
     } else {
-        submit(StateEvent {
-            header: header(kind::STATE, cookie),
-            endpoints: ep,
-            old_state: old_state as u8,
-            _pad: [0; 7],
-        });
+        submit_state(cookie, ep, old_state as u8);
     }
 }
 
