@@ -24,15 +24,26 @@ const HOLDERS: usize = 6;
 const MILLION_HOLDERS: usize = 56;
 const ROUNDS: usize = 5;
 
-pub fn bench(root: &Path, leakbpf: &Path, only: &[String]) -> Result<()> {
+pub fn bench(root: &Path, leakbpf: &Path, only: &[String], against: Option<&Path>) -> Result<()> {
     if let Some(part) = only
         .iter()
-        .find(|p| !["churn", "memory", "go", "million"].contains(&p.as_str()))
+        .find(|p| !["churn", "memory", "go", "million", "pair"].contains(&p.as_str()))
     {
-        bail!("--only takes churn, memory, go or million, not {part:?}");
+        bail!("--only takes churn, memory, go, million or pair, not {part:?}");
     }
     let run = |part: &str| only.is_empty() || only.iter().any(|p| p == part);
+    if only.iter().any(|p| p == "pair") && against.is_none() {
+        bail!("--only pair needs --against PATH (the build to compare with)");
+    }
     let connbench = build_connbench(root)?;
+    if let Some(against) = against
+        && run("pair")
+    {
+        pair_table(&connbench, leakbpf, against)?;
+    }
+    if only.iter().all(|p| p == "pair") && !only.is_empty() {
+        return Ok(());
+    }
     if run("churn") {
         churn_table(&connbench, leakbpf)?;
     }
@@ -313,6 +324,140 @@ fn churn_table(connbench: &Path, leakbpf: &Path) -> Result<()> {
         println!("| **total** | | | **{sum:.0}** |");
     }
     Ok(())
+}
+
+/// Rounds of the paired comparison (an even number: each build is attached
+/// first in half of them).
+const PAIR_ROUNDS: usize = 6;
+
+/// Program name -> BPF ns per connection over one churn.
+type PerConnection = std::collections::BTreeMap<String, f64>;
+
+/// `trace` as the paired comparison runs it.
+const PAIR_ARGS: &[&str] = &["trace", "--format", "json", "--output", "/dev/null"];
+
+/// The kernel cost of two builds, both tracing the same churn at once.
+/// Apart, each run meets a different machine (this VM's run-to-run spread
+/// is ±10%, as large as most single changes); together, every connection
+/// runs both builds' programs. The build attached second runs after the
+/// first on each hook and finds the socket's and the task's cache lines
+/// warm, which makes it about a microsecond cheaper here: so the order
+/// alternates, and the effect is the mean of the two orders' differences
+/// (the order's own part cancels).
+fn pair_table(connbench: &Path, leakbpf: &Path, against: &Path) -> Result<()> {
+    Command::new("sysctl")
+        .args(["-qw", "kernel.bpf_stats_enabled=1"])
+        .run()?;
+    // (this build attached first, this build's programs, the other's)
+    let mut rounds: Vec<(bool, PerConnection, PerConnection)> = Vec::new();
+    for index in 0..PAIR_ROUNDS {
+        let this_first = index % 2 == 1;
+        let (first, second) = if this_first {
+            (leakbpf, against)
+        } else {
+            (against, leakbpf)
+        };
+        let existing = prog_stats()?;
+        let first_tracer = Tracer::start(first, PAIR_ARGS)?;
+        let after_first = prog_stats()?;
+        let second_tracer = Tracer::start(second, PAIR_ARGS)?;
+        let before = prog_stats()?;
+        let connections: f64 = CHURN.parse()?;
+        churn(connbench)?;
+        let after = prog_stats()?;
+        first_tracer.stop()?;
+        second_tracer.stop()?;
+        let mut firsts = PerConnection::new();
+        let mut seconds = PerConnection::new();
+        for (id, start) in &before {
+            if existing.contains_key(id) {
+                continue;
+            }
+            let Some(end) = after.get(id) else { continue };
+            let ns = end.ns.saturating_sub(start.ns) as f64 / connections;
+            let side = if after_first.contains_key(id) {
+                &mut firsts
+            } else {
+                &mut seconds
+            };
+            *side.entry(end.name.clone()).or_default() += ns;
+        }
+        rounds.push(if this_first {
+            (true, firsts, seconds)
+        } else {
+            (false, seconds, firsts)
+        });
+    }
+    print_pair(&rounds);
+    Ok(())
+}
+
+/// The paired rounds, then each program's effect.
+fn print_pair(rounds: &[(bool, PerConnection, PerConnection)]) {
+    let mut names: Vec<String> = rounds
+        .iter()
+        .flat_map(|(_, this, other)| this.keys().chain(other.keys()).cloned())
+        .collect();
+    names.sort();
+    names.dedup();
+    names.retain(|name| {
+        rounds.iter().any(|(_, this, other)| {
+            this.get(name).copied().unwrap_or(0.0) + other.get(name).copied().unwrap_or(0.0) >= 1.0
+        })
+    });
+    println!(
+        "| BPF ns per connection, both builds tracing at once | attached first | {} | total |",
+        names.join(" | ")
+    );
+    println!("|---|---|{}---|", "---|".repeat(names.len()));
+    let total = |side: &PerConnection| side.values().sum::<f64>();
+    for (round, (this_first, this, other)) in rounds.iter().enumerate() {
+        for (label, side, first) in [
+            ("this build", this, *this_first),
+            ("--against", other, !*this_first),
+        ] {
+            let cells: Vec<String> = names
+                .iter()
+                .map(|name| format!("{:.0}", side.get(name).copied().unwrap_or(0.0)))
+                .collect();
+            println!(
+                "| round {}: {label} | {} | {} | {:.0} |",
+                round + 1,
+                if first { "yes" } else { "no" },
+                cells.join(" | "),
+                total(side)
+            );
+        }
+    }
+    // this − other, per order; the effect is the mean of the two orders'.
+    let effect = |value: &dyn Fn(&PerConnection) -> f64| {
+        let mean = |this_first: bool| {
+            let diffs: Vec<f64> = rounds
+                .iter()
+                .filter(|(first, _, _)| *first == this_first)
+                .map(|(_, this, other)| value(this) - value(other))
+                .collect();
+            diffs.iter().sum::<f64>() / diffs.len().max(1) as f64
+        };
+        (mean(false), mean(true))
+    };
+    println!();
+    println!(
+        "| this build − --against, ns per connection | attached second | attached first | effect (mean of the two) |"
+    );
+    println!("|---|---|---|---|");
+    for name in names.iter().map(Some).chain([None]) {
+        let value = |side: &PerConnection| match name {
+            Some(name) => side.get(name.as_str()).copied().unwrap_or(0.0),
+            None => total(side),
+        };
+        let (second, first) = effect(&value);
+        println!(
+            "| {} | {second:+.0} | {first:+.0} | **{:+.0}** |",
+            name.map_or("total", String::as_str),
+            f64::midpoint(second, first)
+        );
+    }
 }
 
 /// Runs one churn under `setting`.

@@ -45,6 +45,11 @@ enum Task {
         /// older commit's build, for a before/after in one session).
         #[arg(long, value_name = "PATH")]
         leakbpf: Option<PathBuf>,
+        /// Also run the paired kernel comparison: this build and the one at PATH traced at
+        /// once, which is attached first alternating round by round, bpf_stats per program
+        /// for each (`--only pair` runs only that).
+        #[arg(long, value_name = "PATH")]
+        against: Option<PathBuf>,
     },
     /// Run every fuzz target (decoder, socket table, .gopclntab) for a bounded time.
     Fuzz {
@@ -100,14 +105,24 @@ fn run(task: Task) -> Result<()> {
             require_root("the kernel matrix")?;
             run_matrix(&root, &binary, kernels, sets)
         }
-        Task::Bench { only, leakbpf } => {
+        Task::Bench {
+            only,
+            leakbpf,
+            against,
+        } => {
+            let against = against
+                .map(|path| {
+                    std::fs::canonicalize(&path)
+                        .with_context(|| format!("--against {}", path.display()))
+                })
+                .transpose()?;
             let binary = match leakbpf {
                 Some(path) => std::fs::canonicalize(&path)
                     .with_context(|| format!("--leakbpf {}", path.display()))?,
                 None => build(&root)?,
             };
             require_root("the benchmarks")?;
-            bench::bench(&root, &binary, &only)
+            bench::bench(&root, &binary, &only, against.as_deref())
         }
         Task::Fuzz { seconds } => fuzz::fuzz(&root, seconds),
         Task::Test => {
