@@ -173,11 +173,23 @@ pub struct Comm {
 impl Comm {
     /// From the kernel's NUL-padded bytes; invalid UTF-8 becomes `?`.
     pub fn from_kernel(raw: &[u8; common::COMM_LEN]) -> Comm {
-        let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-        let mut bytes = [0u8; common::COMM_LEN];
-        bytes[..len].copy_from_slice(&raw[..len]);
-        // ASCII (nearly every name) is checked a word at a time.
-        if !bytes[..len].is_ascii() && std::str::from_utf8(&bytes[..len]).is_err() {
+        // The 16 bytes as one word: the first NUL, the mask of what comes
+        // before it, and the ASCII test without a byte loop or a copy of
+        // variable length (every open and close decodes a name).
+        const ONES: u128 = u128::from_le_bytes([0x01; common::COMM_LEN]);
+        const HIGHS: u128 = u128::from_le_bytes([0x80; common::COMM_LEN]);
+        let word = u128::from_le_bytes(*raw);
+        // The lowest flagged byte is the first NUL (flags above it may be
+        // false, never below).
+        let zeros = word.wrapping_sub(ONES) & !word & HIGHS;
+        let len = (zeros.trailing_zeros() / 8) as usize;
+        let kept = if len == common::COMM_LEN {
+            word
+        } else {
+            word & ((1u128 << (len * 8)) - 1)
+        };
+        let mut bytes = kept.to_le_bytes();
+        if kept & HIGHS != 0 && std::str::from_utf8(&bytes[..len]).is_err() {
             for byte in &mut bytes[..len] {
                 if !byte.is_ascii() {
                     *byte = b'?';
@@ -337,10 +349,28 @@ impl TcpState {
     ];
 
     pub fn from_kernel(value: u8) -> Self {
-        Self::KNOWN
-            .into_iter()
-            .find(|state| state.to_kernel() == value)
-            .unwrap_or(TcpState::Unknown(value))
+        use TcpState::{
+            BoundInactive, Close, CloseWait, Closing, Established, FinWait1, FinWait2, LastAck,
+            Listen, NewSynRecv, SynRecv, SynSent, TimeWait, Unknown,
+        };
+        use common::tcp_state as n;
+        // The inverse of `to_kernel` (a unit test holds them together).
+        match value {
+            n::ESTABLISHED => Established,
+            n::SYN_SENT => SynSent,
+            n::SYN_RECV => SynRecv,
+            n::FIN_WAIT1 => FinWait1,
+            n::FIN_WAIT2 => FinWait2,
+            n::TIME_WAIT => TimeWait,
+            n::CLOSE => Close,
+            n::CLOSE_WAIT => CloseWait,
+            n::LAST_ACK => LastAck,
+            n::LISTEN => Listen,
+            n::CLOSING => Closing,
+            n::NEW_SYN_RECV => NewSynRecv,
+            n::BOUND_INACTIVE => BoundInactive,
+            other => Unknown(other),
+        }
     }
 
     /// The kernel's number for it.
@@ -746,6 +776,22 @@ mod tests {
         assert_eq!(Comm::from_kernel(&raw).as_str(), "a-very-long-com");
         raw[1] = 0xff;
         assert_eq!(Comm::from_kernel(&raw).as_str(), "a?very-long-com");
+        // No NUL at all: all 16 bytes.
+        let full = *b"sixteen-chars-xx";
+        assert_eq!(Comm::from_kernel(&full).as_str(), "sixteen-chars-xx");
+        // What follows the first NUL is not the name, and is not kept.
+        let mut tail = [0u8; 16];
+        tail[..3].copy_from_slice(b"zsh");
+        tail[4..7].copy_from_slice(b"old");
+        assert_eq!(Comm::from_kernel(&tail), Comm::from("zsh"));
+        assert_eq!(Comm::from_kernel(&[0; 16]).as_str(), "");
+        // Valid UTF-8 stays; in a name that is not, every non-ASCII byte
+        // becomes `?`.
+        let mut utf8 = [0u8; 16];
+        utf8[..5].copy_from_slice("héé".as_bytes());
+        assert_eq!(Comm::from_kernel(&utf8).as_str(), "héé");
+        utf8[4] = 0;
+        assert_eq!(Comm::from_kernel(&utf8).as_str(), "h???");
         assert_eq!(Comm::from("sixteen-chars-xx").as_str(), "sixteen-chars-x");
         assert_eq!(Comm::from("ééééééééé").as_str(), "ééééééé");
         assert_eq!(size_of::<Comm>(), 17);
@@ -753,9 +799,14 @@ mod tests {
 
     #[test]
     fn tcp_states_round_trip_and_sort_by_name() {
-        for value in 0..=20u8 {
+        for value in 0..=u8::MAX {
             assert_eq!(TcpState::from_kernel(value).to_kernel(), value);
         }
+        for state in TcpState::KNOWN {
+            assert_eq!(TcpState::from_kernel(state.to_kernel()), state);
+        }
+        assert_eq!(TcpState::from_kernel(0), TcpState::Unknown(0));
+        assert_eq!(TcpState::from_kernel(14), TcpState::Unknown(14));
         assert_eq!(TcpState::from_kernel(8), TcpState::CloseWait);
         assert_eq!(TcpState::CloseWait.name(), "CLOSE_WAIT");
         let mut states = [
