@@ -332,6 +332,7 @@ pub enum TcpState {
 }
 
 impl TcpState {
+    #[cfg(test)]
     const KNOWN: [TcpState; 13] = [
         TcpState::Established,
         TcpState::SynSent,
