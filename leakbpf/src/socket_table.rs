@@ -242,9 +242,9 @@ const FREED: u32 = u32::MAX;
 /// every connection.
 #[derive(Debug, Default)]
 struct Origins {
-    /// Each origin, its reference count, and the id of its group in
-    /// [`Groups`] as last seen (checked before use: groups come and go).
-    records: Vec<(Origin, u32, u32)>,
+    /// Each origin, its reference count, and its group in [`Groups`] as
+    /// last seen (checked before use: groups come and go).
+    records: Vec<(Origin, u32, GroupRef)>,
     index: FastMap<Origin, u32>,
     free: Vec<u32>,
     /// Origins whose count reached 0 since the last sweep.
@@ -362,45 +362,67 @@ impl Origins {
         }
         let (origin, _, cached) = &mut self.records[id as usize];
         *cached = groups.insert(origin.group_key());
-        *cached
+        cached.id
     }
 
     /// Like [`Origins::group`], but `None` where the group was forgotten.
+    /// The cached reference is checked by its generation, not by building
+    /// and comparing the 40-byte key.
     fn existing_group(&mut self, id: u32, groups: &Groups) -> Option<u32> {
         let (origin, _, cached) = &mut self.records[id as usize];
-        let key = origin.group_key();
-        if !groups.holds(*cached, &key) {
-            *cached = groups.find(&key)?;
+        if !groups.holds(*cached) {
+            *cached = groups.find(&origin.group_key())?;
         }
-        Some(*cached)
+        Some(cached.id)
     }
 }
 
+/// A group's place in [`Groups`] and the generation it was made in: a
+/// place freed and reused gets a new generation, so a stale reference
+/// is told apart without comparing keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct GroupRef {
+    id: u32,
+    generation: u32,
+}
+
 /// No group cached.
-const NO_GROUP: u32 = u32::MAX;
+const NO_GROUP: GroupRef = GroupRef {
+    id: u32::MAX,
+    generation: 0,
+};
 
 /// Per-group open/close counts in an arena: an origin keeps the id of its
 /// group, so counting an open or a close is an index, not a hash of the
 /// 40-byte key.
 #[derive(Debug, Default)]
 struct Groups {
-    records: Vec<Option<(GroupKey, GroupCounts)>>,
+    /// Each group (`None` once forgotten) and the generation of its place.
+    records: Vec<(Option<(GroupKey, GroupCounts)>, u32)>,
     index: FastMap<GroupKey, u32>,
     free: Vec<u32>,
+    /// The generation the next group is made in (0 is [`NO_GROUP`]'s).
+    generation: u32,
 }
 
 impl Groups {
-    fn holds(&self, id: u32, key: &GroupKey) -> bool {
-        matches!(self.records.get(id as usize), Some(Some((k, _))) if k == key)
+    /// Whether `group` still names the group it was made for.
+    fn holds(&self, group: GroupRef) -> bool {
+        matches!(self.records.get(group.id as usize), Some((Some(_), generation)) if *generation == group.generation)
     }
 
-    fn find(&self, key: &GroupKey) -> Option<u32> {
-        self.index.get(key).copied()
+    fn find(&self, key: &GroupKey) -> Option<GroupRef> {
+        let id = *self.index.get(key)?;
+        Some(GroupRef {
+            id,
+            generation: self.records[id as usize].1,
+        })
     }
 
     /// A new group, counts 0 (`key` must not be in it yet).
-    fn insert(&mut self, key: GroupKey) -> u32 {
-        let record = Some((key, GroupCounts::default()));
+    fn insert(&mut self, key: GroupKey) -> GroupRef {
+        self.generation = self.generation.wrapping_add(1).max(1);
+        let record = (Some((key, GroupCounts::default())), self.generation);
         let id = if let Some(id) = self.free.pop() {
             self.records[id as usize] = record;
             id
@@ -409,19 +431,22 @@ impl Groups {
             u32::try_from(self.records.len() - 1).unwrap_or(u32::MAX)
         };
         self.index.insert(key, id);
-        id
+        GroupRef {
+            id,
+            generation: self.generation,
+        }
     }
 
     fn counts_mut(&mut self, id: u32) -> &mut GroupCounts {
-        match &mut self.records[id as usize] {
+        match &mut self.records[id as usize].0 {
             Some((_, counts)) => counts,
             None => unreachable!("group {id} was checked just before"),
         }
     }
 
     fn get(&self, key: &GroupKey) -> Option<GroupCounts> {
-        let id = self.find(key)?;
-        self.records[id as usize].map(|(_, counts)| counts)
+        let id = *self.index.get(key)?;
+        self.records[id as usize].0.map(|(_, counts)| counts)
     }
 
     fn retain(&mut self, keep: impl Fn(&GroupKey) -> bool) {
@@ -430,7 +455,7 @@ impl Groups {
         self.index.retain(|key, id| {
             let kept = keep(key);
             if !kept {
-                records[*id as usize] = None;
+                records[*id as usize].0 = None;
                 free.push(*id);
             }
             kept
@@ -587,6 +612,62 @@ struct CookieIndex {
     ids: hashbrown::HashTable<u32>,
 }
 
+/// Open sockets per opener. The opener whose count changed last keeps its
+/// change aside (`recent`) until another opener's comes: sockets come in
+/// runs from one process, whose key would otherwise be hashed at every
+/// open and every close.
+#[derive(Debug, Default)]
+struct OpenCounts {
+    by_opener: FastMap<(u32, u64), u32>,
+    recent: Option<((u32, u64), i64)>,
+}
+
+impl OpenCounts {
+    /// One more (`1`) or one fewer (`-1`) open socket of `opener`.
+    fn add(&mut self, opener: (u32, u64), change: i64) {
+        match &mut self.recent {
+            Some((key, pending)) if *key == opener => *pending += change,
+            _ => {
+                self.flush();
+                self.recent = Some((opener, change));
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some((opener, change)) = self.recent.take()
+            && change != 0
+        {
+            let n = self.by_opener.entry(opener).or_default();
+            *n = Self::sum(*n, change);
+        }
+    }
+
+    /// Counts never go below 0 (a count is only taken back for a socket
+    /// that added it).
+    fn sum(n: u32, change: i64) -> u32 {
+        u32::try_from((i64::from(n) + change).max(0)).unwrap_or(u32::MAX)
+    }
+
+    fn get(&self, opener: (u32, u64)) -> u32 {
+        let n = self.by_opener.get(&opener).copied().unwrap_or(0);
+        match self.recent {
+            Some((key, change)) if key == opener => Self::sum(n, change),
+            _ => n,
+        }
+    }
+
+    /// Folds the pending change in and drops the openers with none open
+    /// (a count that reaches 0 stays until then: a churning process would
+    /// otherwise remove and re-insert it with every connection). Returns
+    /// the openers with sockets open.
+    fn settle(&mut self) -> &FastMap<(u32, u64), u32> {
+        self.flush();
+        self.by_opener.retain(|_, open| *open > 0);
+        &self.by_opener
+    }
+}
+
 /// How cookie indexes hash (FxHash: cookies are the kernel's counter);
 /// the snapshot's index ([`crate::sockets::ByCookie`]) uses it too.
 pub(crate) fn cookie_hash(cookie: u64) -> u64 {
@@ -614,11 +695,19 @@ impl CookieIndex {
     }
 
     fn remove(&mut self, cookie: u64, slots: &Slots) -> Option<u32> {
-        let entry = self
-            .ids
+        Some(self.entry(cookie, slots)?.remove().0)
+    }
+
+    /// The index entry of `cookie`: one probe to look at its slot and then
+    /// perhaps remove it.
+    fn entry(
+        &mut self,
+        cookie: u64,
+        slots: &Slots,
+    ) -> Option<hashbrown::hash_table::OccupiedEntry<'_, u32>> {
+        self.ids
             .find_entry(cookie_hash(cookie), |&id| slots.get(id).cookie == cookie)
-            .ok()?;
-        Some(entry.remove().0)
+            .ok()
     }
 
     fn ids(&self) -> impl Iterator<Item = u32> + '_ {
@@ -644,7 +733,7 @@ pub struct SocketTable {
     exited: Vec<(u32, u64)>,
     /// Open sockets per opener (pid, start): what an exit needs to know
     /// without scanning every socket.
-    open_by_opener: FastMap<(u32, u64), u32>,
+    open_counts: OpenCounts,
     /// Cookies released or destroyed since [`SocketTable::record_departures`]:
     /// a snapshot taken meanwhile may still list them, and must not bring
     /// them back as pre-existing (their close will never come again).
@@ -732,25 +821,11 @@ impl SocketTable {
             self.closed.remove(&cookie);
         } else {
             let opener = self.opener_of(&slot);
-            Self::uncount_open(&mut self.open_by_opener, opener);
+            self.open_counts.add(opener, -1);
         }
         self.origins.release(slot.origin);
         self.slots.remove(id);
         true
-    }
-
-    fn count_open(&mut self, opener: (u32, u64)) {
-        *self.open_by_opener.entry(opener).or_default() += 1;
-    }
-
-    /// A socket of `opener` is no longer open (closed, destroyed or
-    /// forgotten). A count that reaches 0 stays until the next sweep: a
-    /// churning process would otherwise remove and re-insert it with every
-    /// connection.
-    fn uncount_open(open_by_opener: &mut FastMap<(u32, u64), u32>, opener: (u32, u64)) {
-        if let Some(n) = open_by_opener.get_mut(&opener) {
-            *n = n.saturating_sub(1);
-        }
     }
 
     /// Forgets the open/close counts of groups `keep` rejects that have no
@@ -777,10 +852,7 @@ impl SocketTable {
 
     /// Open sockets the process `pid` started at `start_ns` opened.
     pub fn open_by(&self, pid: u32, start_ns: u64) -> u32 {
-        self.open_by_opener
-            .get(&(pid, start_ns))
-            .copied()
-            .unwrap_or(0)
+        self.open_counts.get((pid, start_ns))
     }
 
     fn open(&mut self, open: &Open) -> Applied {
@@ -803,7 +875,7 @@ impl SocketTable {
         );
         let group = self.origins.group(origin, &mut self.groups);
         self.groups.counts_mut(group).opened += 1;
-        self.count_open((open.task.pid, open.task.start_ns));
+        self.open_counts.add((open.task.pid, open.task.start_ns), 1);
         let id = self.slots.insert(slot);
         self.index.insert(id, &self.slots);
         Applied::Opened
@@ -832,7 +904,7 @@ impl SocketTable {
             return Applied::DroppedFull;
         }
         self.stats.preexisting += 1;
-        self.count_open((holder.pid, holder.start_ns));
+        self.open_counts.add((holder.pid, holder.start_ns), 1);
         let origin = self.origins.intern(Origin {
             opener: TaskKey::of(holder),
             direction: Direction::Preexisting,
@@ -871,9 +943,10 @@ impl SocketTable {
     }
 
     fn close(&mut self, close: &Close) -> Applied {
-        let Some(id) = self.index.get(close.cookie, &self.slots) else {
+        let Some(entry) = self.index.entry(close.cookie, &self.slots) else {
             return Applied::Untracked;
         };
+        let id = *entry.get();
         let slot = *self.slots.get(id);
         if slot.closed {
             // A socket is released once; a second release is a lost destroy
@@ -881,14 +954,14 @@ impl SocketTable {
             return Applied::Untracked;
         }
         self.stats.closed += 1;
-        let opener = self.opener_of(&slot);
-        Self::uncount_open(&mut self.open_by_opener, opener);
+        let opener = &self.origins.get(slot.origin).opener;
+        self.open_counts.add((opener.pid, opener.start_ns), -1);
         if let Some(group) = self.origins.existing_group(slot.origin, &self.groups) {
             self.groups.counts_mut(group).closed += 1;
         }
         let lifetime_ns = close.time_ns.saturating_sub(slot.opened_ns);
         if self.limits.forget_closed {
-            self.index.remove(close.cookie, &self.slots);
+            entry.remove();
             self.origins.release(slot.origin);
             self.slots.remove(id);
         } else {
@@ -921,12 +994,11 @@ impl SocketTable {
         for cookie in expired {
             self.remove(cookie);
         }
-        self.open_by_opener.retain(|_, open| *open > 0);
+        let open_by_opener = self.open_counts.settle();
         if !self.exited.is_empty() {
             // Through the per-opener index: no scan of every socket.
             let exited: std::collections::HashSet<(u32, u64)> =
                 std::mem::take(&mut self.exited).into_iter().collect();
-            let open_by_opener = &self.open_by_opener;
             self.groups.retain(|key| {
                 let opener = (key.pid, key.start_ns);
                 !exited.contains(&opener) || open_by_opener.contains_key(&opener)
@@ -1616,21 +1688,34 @@ mod tests {
                     for socket in table.open_sockets() {
                         *by_opener.entry((socket.opener.pid, socket.opener.start_ns)).or_default() += 1;
                     }
-                    let indexed: FastMap<(u32, u64), u32> = table
-                        .open_by_opener
-                        .iter()
-                        .filter(|&(_, &open)| open > 0)
-                        .map(|(&opener, &open)| (opener, open))
-                        .collect();
-                    prop_assert_eq!(&by_opener, &indexed);
+                    // (Read without settling: the pending change of the
+                    // last opener must count as it is.)
+                    let counts = &table.open_counts;
+                    let known = counts.by_opener.keys().chain(counts.recent.iter().map(|(opener, _)| opener));
+                    for &opener in by_opener.keys().chain(known) {
+                        prop_assert_eq!(
+                            table.open_by(opener.0, opener.1),
+                            by_opener.get(&opener).copied().unwrap_or(0)
+                        );
+                    }
                     // The group arena agrees with its index.
                     let groups = &table.groups;
                     for (key, &id) in &groups.index {
-                        prop_assert!(groups.holds(id, key));
+                        let found = groups.find(key).unwrap();
+                        prop_assert_eq!(found.id, id);
+                        prop_assert!(groups.holds(found));
+                        prop_assert!(matches!(&groups.records[id as usize].0, Some((k, _)) if k == key));
                     }
-                    prop_assert_eq!(groups.records.iter().flatten().count(), groups.index.len());
+                    prop_assert_eq!(groups.records.iter().filter(|(record, _)| record.is_some()).count(), groups.index.len());
                     for &id in &groups.free {
-                        prop_assert!(groups.records[id as usize].is_none());
+                        prop_assert!(groups.records[id as usize].0.is_none());
+                    }
+                    // Every origin's cached group, where still held, is the
+                    // group of its key.
+                    for (origin, refs, cached) in &table.origins.records {
+                        if *refs != FREED && groups.holds(*cached) {
+                            prop_assert_eq!(groups.find(&origin.group_key()), Some(*cached));
+                        }
                     }
                     if step % 20 == 0 {
                         table.sweep(event.time_ns());
