@@ -1,9 +1,9 @@
 //! User-space pipeline: ring-buffer record bytes -> decode -> socket table,
 //! the work the reader does per event. Records are what the lean kernel side
-//! sends for one loopback connection (connect open, accept open, the
-//! client's close, the server's reset CLOSE, the server's close: the mix `leakbpf agent` counts over
-//! `connbench churn`, 2 opens, 2 closes and 1.06 state changes per
-//! connection), for 10,000 connections from one stack,
+//! sends for one loopback connection: connect open, accept open, the
+//! client's close, the server's reset CLOSE, the server's close (the mix
+//! `leakbpf agent` counts over `connbench churn`: 2 opens, 2 closes and
+//! 1.06 state changes per connection). 10,000 connections from one stack,
 //! into a fresh table each pass (its growth included) and into one
 //! long-lived table (the reader's steady state).
 //! `cargo bench -p leakbpf --bench pipeline`; figures in BENCHMARKS.md.
