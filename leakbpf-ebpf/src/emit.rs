@@ -203,17 +203,22 @@ fn kernel_user_stack_id<C: StackIdContext>(ctx: &C, cookie: u64) -> StackId {
     match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
         Ok(id) => id as StackId,
         Err(err) if (err == -17 || err == -12) && inline_user_stack(ctx, cookie) => STACK_INLINE,
-        Err(err) => {
-            count_lost(lost::USER_STACK);
-            warn!(
-                ctx,
-                "user stack of pid {} not recorded: error {}",
-                (bpf_get_current_pid_tgid() >> 32) as u32,
-                err
-            );
-            err
-        }
+        Err(err) => user_stack_lost(ctx, err),
     }
+}
+
+/// Counts and logs (`--log-kernel`) a user stack that could not be kept;
+/// the open carries `err`.
+#[inline(always)]
+fn user_stack_lost<C: StackIdContext>(ctx: &C, err: StackId) -> StackId {
+    count_lost(lost::USER_STACK);
+    warn!(
+        ctx,
+        "user stack of pid {} not recorded: error {}",
+        (bpf_get_current_pid_tgid() >> 32) as u32,
+        err
+    );
+    err
 }
 
 /// A frame this far above the last one ends the walk: no stack frame is
@@ -320,42 +325,49 @@ fn keep_user_stack<C: StackIdContext>(ctx: &C, walked: &UserStack, cookie: u64) 
     if send_walked_stack(walked, cookie) {
         return STACK_INLINE;
     }
-    count_lost(lost::USER_STACK);
     // ENOSPC: neither the map nor the ring had room.
-    let err = -28;
-    warn!(
-        ctx,
-        "user stack of pid {} not recorded: error {}",
-        (bpf_get_current_pid_tgid() >> 32) as u32,
-        err
-    );
-    err
+    user_stack_lost(ctx, -28)
 }
 
-/// Sends a walked stack as a [`StackEvent`] record; false if the ring is full.
+/// Sends a user stack as a [`StackEvent`] record for the open of `cookie`
+/// that follows it. `fill` writes the frames into the entry and returns
+/// their size in bytes, or None if it could not. False if the ring is
+/// full or `fill` failed.
 #[inline(always)]
-fn send_walked_stack(walked: &UserStack, cookie: u64) -> bool {
+fn send_stack(cookie: u64, fill: impl FnOnce(*mut [u64; MAX_STACK_DEPTH]) -> Option<u32>) -> bool {
     let Some(mut entry) = EVENTS.reserve::<StackEvent>(0) else {
         return false;
     };
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points to a reserved, exclusively owned ring entry;
-    // every field is written before submit.
-    let copied = unsafe {
+    // the header and the byte count are written before submit, `ips` up to
+    // the byte count by `fill`.
+    let bytes = unsafe {
         (*event).header = header(kind::STACK, cookie);
         (*event)._pad = 0;
-        (*event).bytes = walked.depth * 8;
-        bpf_probe_read_kernel_buf(
-            (&raw mut (*event).ips).cast::<u8>(),
-            (&raw const walked.ips).cast::<u8>(),
-        )
+        fill(&raw mut (*event).ips)
     };
-    if !copied {
+    let Some(bytes) = bytes else {
         entry.discard(0);
         return false;
-    }
+    };
+    // SAFETY: as above.
+    unsafe { (*event).bytes = bytes };
     entry.submit(wakeup());
     true
+}
+
+/// Sends a walked stack (a map value) through the ring.
+#[inline(always)]
+fn send_walked_stack(walked: &UserStack, cookie: u64) -> bool {
+    send_stack(cookie, |ips| {
+        // SAFETY: both are MAX_STACK_DEPTH frames: the ring entry's and
+        // the map value's.
+        let copied = unsafe {
+            bpf_probe_read_kernel_buf(ips.cast::<u8>(), (&raw const walked.ips).cast::<u8>())
+        };
+        copied.then_some(walked.depth * 8)
+    })
 }
 
 /// Copies the frames of a walked stack (a map value) into a ring entry.
@@ -370,35 +382,21 @@ unsafe fn bpf_probe_read_kernel_buf(dst: *mut u8, src: *const u8) -> bool {
     }
 }
 
-/// Copies the current user stack into a [`StackEvent`] record; false if
-/// the ring is full or the stack cannot be read.
+/// Sends the current user stack, by the kernel's walker, through the ring.
 #[inline(always)]
 fn inline_user_stack<C: StackIdContext>(ctx: &C, cookie: u64) -> bool {
-    let Some(mut entry) = EVENTS.reserve::<StackEvent>(0) else {
-        return false;
-    };
-    let event = entry.as_mut_ptr();
-    // SAFETY: `event` points to a reserved, exclusively owned ring entry;
-    // the header and the byte count are written before submit, `ips` up to
-    // the byte count by the helper.
-    let copied = unsafe {
-        (*event).header = header(kind::STACK, cookie);
-        (*event)._pad = 0;
-        bpf_get_stack(
-            ctx.as_ptr(),
-            (&raw mut (*event).ips).cast::<c_void>(),
-            (MAX_STACK_DEPTH * 8) as u32,
-            u64::from(BPF_F_USER_STACK),
-        )
-    };
-    if copied <= 0 {
-        entry.discard(0);
-        return false;
-    }
-    // SAFETY: as above.
-    unsafe { (*event).bytes = copied as u32 };
-    entry.submit(wakeup());
-    true
+    send_stack(cookie, |ips| {
+        // SAFETY: the helper writes at most MAX_STACK_DEPTH frames.
+        let copied = unsafe {
+            bpf_get_stack(
+                ctx.as_ptr(),
+                ips.cast::<c_void>(),
+                (MAX_STACK_DEPTH * 8) as u32,
+                u64::from(BPF_F_USER_STACK),
+            )
+        };
+        (copied > 0).then_some(copied as u32)
+    })
 }
 
 /// Writes an open event straight into the ring (it is too big to build on
