@@ -87,7 +87,9 @@ pub struct EventHeader {
     pub kind: u32,
     /// CPU the event was taken on (ordering hints only).
     pub cpu: u32,
-    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds. 0 in the closes
+    /// and state changes of a lean kernel side ([`HookConfig::lean`]): no
+    /// report reads their time.
     pub time_ns: u64,
     /// The socket's cookie: its identity for its whole life.
     pub cookie: u64,
@@ -337,8 +339,8 @@ pub struct HookConfig {
     pub kernel_stacks: u32,
     /// 1: send only what the socket table of `trace` and the agent needs
     /// (no destroys: it forgets a socket at its close; closes name only the
-    /// pid; a state change after the connect carries no tuple). 0: every
-    /// fact, for `events`.
+    /// pid; closes and state changes carry no time). 0: every fact, for
+    /// `events`.
     pub lean: u32,
     /// 1: look up the Go request site of each connect (the Go uprobes are
     /// loaded; `--no-go-uprobes` clears it).

@@ -69,6 +69,24 @@ pub fn header(kind: u32, cookie: u64) -> EventHeader {
     }
 }
 
+/// The header of a close or a state change: without a time when lean.
+/// No report reads those times (they only order `events`' output and
+/// give its lifetimes), and the clock read was about 65 ns a record here,
+/// 6% of the programs' sampled time (perf, eighth session).
+#[inline(always)]
+fn lean_header(kind: u32, cookie: u64) -> EventHeader {
+    if HOOKS.load().lean != 0 {
+        EventHeader {
+            kind,
+            cpu: unsafe { bpf_get_smp_processor_id() },
+            time_ns: 0,
+            cookie,
+        }
+    } else {
+        header(kind, cookie)
+    }
+}
+
 /// The current task. Only meaningful in process context (syscalls, connect(),
 /// release), never in softirq.
 #[inline(always)]
@@ -495,7 +513,7 @@ pub fn submit_state(cookie: u64, endpoints: Endpoints, old_state: u8) {
     // SAFETY: `event` points to a reserved, exclusively owned ring entry;
     // every field is written before submit.
     unsafe {
-        (*event).header = header(kind::STATE, cookie);
+        (*event).header = lean_header(kind::STATE, cookie);
         (*event).endpoints = endpoints;
         (*event).old_state = old_state;
         zero(&raw mut (*event)._pad);
@@ -514,7 +532,7 @@ pub fn submit_close(cookie: u64, family: u16, state: u8) {
     // SAFETY: `event` points to a reserved, exclusively owned ring entry;
     // every field is written before submit.
     unsafe {
-        (*event).header = header(kind::CLOSE, cookie);
+        (*event).header = lean_header(kind::CLOSE, cookie);
         let task = &raw mut (*event).task;
         if HOOKS.load().lean != 0 {
             // The reports need only who released it.
