@@ -308,6 +308,13 @@ pub struct KernelOffsets {
     /// `task_struct.thread.fsbase` (x86-64): a Go thread's TLS base; the
     /// current goroutine's `g` is the word just below it.
     pub task_fsbase: u32,
+    /// task_struct -> css_set -> its cgroup on the v2 hierarchy -> kernfs
+    /// node -> id: what `bpf_get_current_cgroup_id` returns, by plain
+    /// loads.
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
     // tracepoint records
     /// `ret` in `syscalls:sys_exit_accept{,4}`.
     pub accept_exit_ret: u32,

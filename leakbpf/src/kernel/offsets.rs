@@ -78,6 +78,11 @@ const STRUCT_MEMBERS: &[StructMember] = &[
     member!(task_start_boottime: "task_struct"."start_boottime", 8),
     // x86-64's user TLS base: a Go thread keeps its current goroutine there.
     member!(task_fsbase: "task_struct"."thread.fsbase", 8),
+    // The task's cgroup id (see `bpf_get_current_cgroup_id`).
+    member!(task_cgroups: "task_struct"."cgroups", POINTER),
+    member!(css_set_dfl_cgrp: "css_set"."dfl_cgrp", POINTER),
+    member!(cgroup_kn: "cgroup"."kn", POINTER),
+    member!(kernfs_node_id: "kernfs_node"."id", 8),
 ];
 
 /// Reads every offset from the running kernel: BTF from
