@@ -4,7 +4,7 @@
 use std::{
     fmt,
     mem::size_of,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
 };
 
 use leakbpf_common::{self as common, direction, kind};
@@ -272,13 +272,127 @@ pub enum Family {
     Ipv6,
 }
 
-/// A socket's addresses and TCP state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A socket's addresses and TCP state, kept in the kernel's form (address
+/// bytes, an IPv4 address in the first four, and ports): 44 bytes copied
+/// whole from a record into the socket table, where two `SocketAddr`s are 64
+/// built field by field. [`SocketAddr`]s are made where they are printed or
+/// compared.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Endpoints {
-    pub family: Family,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
+    local_addr: [u8; 16],
+    remote_addr: [u8; 16],
+    /// An IPv6 link-local socket's interface (sock_diag's); both ends share
+    /// it.
+    scope_id: u32,
+    local_port: u16,
+    remote_port: u16,
+    family: Family,
     pub state: TcpState,
+}
+
+impl Endpoints {
+    /// From two addresses of one family (an IPv4 address beside an IPv6
+    /// one is taken as IPv4-mapped).
+    pub fn new(local: SocketAddr, remote: SocketAddr, state: TcpState) -> Endpoints {
+        let v6 = local.is_ipv6() || remote.is_ipv6();
+        let bytes = |addr: &SocketAddr| -> ([u8; 16], u32) {
+            match addr {
+                SocketAddr::V4(a) if v6 => (a.ip().to_ipv6_mapped().octets(), 0),
+                SocketAddr::V4(a) => {
+                    let mut out = [0; 16];
+                    out[..4].copy_from_slice(&a.ip().octets());
+                    (out, 0)
+                }
+                SocketAddr::V6(a) => (a.ip().octets(), a.scope_id()),
+            }
+        };
+        let (local_addr, local_scope) = bytes(&local);
+        let (remote_addr, remote_scope) = bytes(&remote);
+        Endpoints {
+            local_addr,
+            remote_addr,
+            scope_id: local_scope.max(remote_scope),
+            local_port: local.port(),
+            remote_port: remote.port(),
+            family: if v6 { Family::Ipv6 } else { Family::Ipv4 },
+            state,
+        }
+    }
+
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    pub fn local(&self) -> SocketAddr {
+        self.addr(&self.local_addr, self.local_port)
+    }
+
+    pub fn remote(&self) -> SocketAddr {
+        self.addr(&self.remote_addr, self.remote_port)
+    }
+
+    /// 0 while a connect has no source port yet, or once the socket is
+    /// unhashed.
+    pub fn local_port(&self) -> u16 {
+        self.local_port
+    }
+
+    pub fn remote_port(&self) -> u16 {
+        self.remote_port
+    }
+
+    /// The kernel's form: address bytes and the IPv6 scope (for the socket
+    /// table's slots, which keep it flat).
+    pub(crate) fn raw(&self) -> (&[u8; 16], &[u8; 16], u32) {
+        (&self.local_addr, &self.remote_addr, self.scope_id)
+    }
+
+    pub(crate) fn from_raw(
+        family: Family,
+        (local_addr, local_port): ([u8; 16], u16),
+        (remote_addr, remote_port): ([u8; 16], u16),
+        scope_id: u32,
+        state: TcpState,
+    ) -> Endpoints {
+        Endpoints {
+            local_addr,
+            remote_addr,
+            scope_id,
+            local_port,
+            remote_port,
+            family,
+            state,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_local_port(&mut self, port: u16) {
+        self.local_port = port;
+    }
+
+    fn addr(&self, bytes: &[u8; 16], port: u16) -> SocketAddr {
+        match self.family {
+            Family::Ipv6 => {
+                SocketAddrV6::new(Ipv6Addr::from(*bytes), port, 0, self.scope_id).into()
+            }
+            Family::Ipv4 => {
+                SocketAddrV4::new(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]), port)
+                    .into()
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Endpoints {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoints")
+            .field("family", &self.family)
+            .field("local", &self.local())
+            .field("remote", &self.remote())
+            .field("state", &self.state)
+            // The raw fields are what `local` and `remote` print.
+            .finish_non_exhaustive()
+    }
 }
 
 /// A stack id from the kernel's stack map, or why there is none.
@@ -584,22 +698,27 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
 fn endpoints(raw: &common::Endpoints) -> Result<Endpoints, DecodeError> {
-    let (family, local, remote) = match raw.family {
+    let (family, local_addr, remote_addr) = match raw.family {
+        // Only the first four bytes are the address: what follows is not
+        // promised to be zero, and equal tuples must compare equal.
         AF_INET => {
-            let v4 = |a: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]));
-            (Family::Ipv4, v4(&raw.local_addr), v4(&raw.remote_addr))
+            let v4 = |a: &[u8; 16]| u128::from_le_bytes(*a) & u128::from(u32::MAX);
+            (
+                Family::Ipv4,
+                v4(&raw.local_addr).to_le_bytes(),
+                v4(&raw.remote_addr).to_le_bytes(),
+            )
         }
-        AF_INET6 => (
-            Family::Ipv6,
-            IpAddr::V6(Ipv6Addr::from(raw.local_addr)),
-            IpAddr::V6(Ipv6Addr::from(raw.remote_addr)),
-        ),
+        AF_INET6 => (Family::Ipv6, raw.local_addr, raw.remote_addr),
         other => return Err(DecodeError::UnknownFamily(other)),
     };
     Ok(Endpoints {
+        local_addr,
+        remote_addr,
+        scope_id: 0,
+        local_port: raw.local_port,
+        remote_port: raw.remote_port,
         family,
-        local: SocketAddr::new(local, raw.local_port),
-        remote: SocketAddr::new(remote, raw.remote_port),
         state: TcpState::from_kernel(raw.state),
     })
 }
@@ -691,8 +810,8 @@ mod tests {
         assert_eq!(open.task.start_ns, 123_456);
         assert_eq!(open.direction, Direction::Connect);
         assert_eq!(open.fd, None);
-        assert_eq!(open.endpoints.local, "127.0.0.1:50000".parse().unwrap());
-        assert_eq!(open.endpoints.remote, "10.1.2.3:8080".parse().unwrap());
+        assert_eq!(open.endpoints.local(), "127.0.0.1:50000".parse().unwrap());
+        assert_eq!(open.endpoints.remote(), "10.1.2.3:8080".parse().unwrap());
         assert_eq!(open.endpoints.state, TcpState::Established);
         assert_eq!(open.user_stack, Stack::Id(5));
         assert_eq!(open.kernel_stack, Stack::Missing(17));
@@ -725,8 +844,8 @@ mod tests {
         };
         assert_eq!(change.old, TcpState::Established);
         assert_eq!(change.endpoints.state, TcpState::CloseWait);
-        assert_eq!(change.endpoints.family, Family::Ipv6);
-        assert_eq!(change.endpoints.remote, "[::1]:8080".parse().unwrap());
+        assert_eq!(change.endpoints.family(), Family::Ipv6);
+        assert_eq!(change.endpoints.remote(), "[::1]:8080".parse().unwrap());
     }
 
     #[test]

@@ -153,12 +153,11 @@ impl Snapshot {
             else {
                 continue;
             };
-            let endpoints = Endpoints {
-                family,
-                local: owned.socket.local,
-                remote: owned.socket.remote,
-                state: TcpState::from_kernel(owned.socket.state),
-            };
+            let endpoints = Endpoints::new(
+                owned.socket.local,
+                owned.socket.remote,
+                TcpState::from_kernel(owned.socket.state),
+            );
             table.insert_preexisting(
                 owned.socket.cookie,
                 &holder_task(first),

@@ -14,8 +14,6 @@
 /// FxHash, not SipHash. Nothing here is keyed by input an attacker picks.
 type FastMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-
 use crate::event::{
     Close, Destroy, Direction, Endpoints, Event, Exit, Family, Open, Stack, StateChange, Task,
     TcpState,
@@ -132,10 +130,11 @@ pub enum Applied {
     StateChanged {
         old: TcpState,
     },
-    /// Its last file reference was released after `lifetime_ns`.
-    Closed {
-        lifetime_ns: u64,
-    },
+    /// Its last file reference was released (the socket's `opened_ns`
+    /// gives its lifetime while the table remembers it). No payload wider
+    /// than a byte: the result then comes back in a register, where a
+    /// 16-byte one went through memory on every event.
+    Closed,
     /// The kernel freed a tracked socket; it is forgotten.
     Destroyed,
     /// The event is about a socket the table does not track (a listener,
@@ -523,42 +522,24 @@ impl Slot {
     }
 
     fn set_endpoints(&mut self, endpoints: &Endpoints) {
-        let bytes = |addr: &SocketAddr| -> ([u8; 16], u32) {
-            match addr {
-                SocketAddr::V4(v4) => {
-                    let mut out = [0; 16];
-                    out[..4].copy_from_slice(&v4.ip().octets());
-                    (out, 0)
-                }
-                SocketAddr::V6(v6) => (v6.ip().octets(), v6.scope_id()),
-            }
-        };
-        let (local, local_scope) = bytes(&endpoints.local);
-        let (remote, remote_scope) = bytes(&endpoints.remote);
-        self.local = local;
-        self.remote = remote;
-        self.scope_id = local_scope.max(remote_scope);
-        self.local_port = endpoints.local.port();
-        self.remote_port = endpoints.remote.port();
-        self.v6 = endpoints.family == Family::Ipv6;
+        let (local, remote, scope_id) = endpoints.raw();
+        self.local = *local;
+        self.remote = *remote;
+        self.scope_id = scope_id;
+        self.local_port = endpoints.local_port();
+        self.remote_port = endpoints.remote_port();
+        self.v6 = endpoints.family() == Family::Ipv6;
         self.state = endpoints.state;
     }
 
     fn endpoints(&self) -> Endpoints {
-        let addr = |bytes: &[u8; 16], port: u16| -> SocketAddr {
-            if self.v6 {
-                SocketAddrV6::new(Ipv6Addr::from(*bytes), port, 0, self.scope_id).into()
-            } else {
-                SocketAddrV4::new(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]), port)
-                    .into()
-            }
-        };
-        Endpoints {
-            family: if self.v6 { Family::Ipv6 } else { Family::Ipv4 },
-            local: addr(&self.local, self.local_port),
-            remote: addr(&self.remote, self.remote_port),
-            state: self.state,
-        }
+        Endpoints::from_raw(
+            if self.v6 { Family::Ipv6 } else { Family::Ipv4 },
+            (self.local, self.local_port),
+            (self.remote, self.remote_port),
+            self.scope_id,
+            self.state,
+        )
     }
 }
 
@@ -935,7 +916,7 @@ impl SocketTable {
         // The connect's open is taken before the source port is chosen, and
         // a socket moving to CLOSE is unhashed (its port reads 0): keep the
         // best-known tuple, take the new state.
-        if change.endpoints.local.port() != 0 {
+        if change.endpoints.local_port() != 0 {
             slot.set_endpoints(&change.endpoints);
         }
         slot.state = change.endpoints.state;
@@ -959,7 +940,6 @@ impl SocketTable {
         if let Some(group) = self.origins.existing_group(slot.origin, &self.groups) {
             self.groups.counts_mut(group).closed += 1;
         }
-        let lifetime_ns = close.time_ns.saturating_sub(slot.opened_ns);
         if self.limits.forget_closed {
             entry.remove();
             self.origins.release(slot.origin);
@@ -975,7 +955,7 @@ impl SocketTable {
                 },
             );
         }
-        Applied::Closed { lifetime_ns }
+        Applied::Closed
     }
 
     /// Forgets closed sockets whose destroy has not come within the
@@ -1106,7 +1086,7 @@ impl SocketTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Destroy, Family};
+    use crate::event::Destroy;
 
     fn task(pid: u32) -> Task {
         Task {
@@ -1119,12 +1099,11 @@ mod tests {
     }
 
     fn endpoints(local_port: u16, state: TcpState) -> Endpoints {
-        Endpoints {
-            family: Family::Ipv4,
-            local: format!("127.0.0.1:{local_port}").parse().unwrap(),
-            remote: "127.0.0.1:8080".parse().unwrap(),
+        Endpoints::new(
+            format!("127.0.0.1:{local_port}").parse().unwrap(),
+            "127.0.0.1:8080".parse().unwrap(),
             state,
-        }
+        )
     }
 
     fn open(cookie: u64, pid: u32, time_ns: u64) -> Event {
@@ -1235,16 +1214,11 @@ mod tests {
             ("[::1]:40000", "[2001:db8::1]:443"),
             ("[fe80::1%3]:40000", "[fe80::2%3]:22"),
         ] {
-            let endpoints = Endpoints {
-                family: if local.starts_with('[') {
-                    Family::Ipv6
-                } else {
-                    Family::Ipv4
-                },
-                local: local.parse().unwrap(),
-                remote: remote.parse().unwrap(),
-                state: TcpState::CloseWait,
-            };
+            let endpoints = Endpoints::new(
+                local.parse().unwrap(),
+                remote.parse().unwrap(),
+                TcpState::CloseWait,
+            );
             assert_eq!(
                 Slot::new(0, 0, 0, None, 0, &endpoints).endpoints(),
                 endpoints
@@ -1264,16 +1238,14 @@ mod tests {
         );
         let socket = table.get(1).unwrap();
         assert_eq!(
-            socket.endpoints.local.port(),
+            socket.endpoints.local_port(),
             40000,
             "tuple completed by the state event"
         );
         assert_eq!(table.open_sockets().count(), 1);
 
-        assert_eq!(
-            table.apply(&close(1, 100, 1_010)),
-            Applied::Closed { lifetime_ns: 1_000 }
-        );
+        assert_eq!(table.apply(&close(1, 100, 1_010)), Applied::Closed);
+        assert_eq!(table.get(1).unwrap().opened_ns, 10, "its lifetime's start");
         assert_eq!(table.open_sockets().count(), 0);
         assert_eq!(table.len(), 1, "remembered until destroyed");
         assert_eq!(
@@ -1295,11 +1267,11 @@ mod tests {
         table.apply(&state(1, 20, TcpState::Established));
         let mut closing = state(1, 30, TcpState::Close);
         if let Event::State(change) = &mut closing {
-            change.endpoints.local.set_port(0);
+            change.endpoints.set_local_port(0);
         }
         table.apply(&closing);
         let socket = table.get(1).unwrap();
-        assert_eq!(socket.endpoints.local.port(), 40000);
+        assert_eq!(socket.endpoints.local_port(), 40000);
         assert_eq!(socket.endpoints.state, TcpState::Close);
     }
 
@@ -1354,10 +1326,7 @@ mod tests {
         assert_eq!(still_open, [2, 3], "the exit of the opener closes nothing");
         assert_eq!(table.get(2).unwrap().opener.pid, 100);
         // Released later by the child that inherited it.
-        assert_eq!(
-            table.apply(&close(2, 101, 20)),
-            Applied::Closed { lifetime_ns: 20 }
-        );
+        assert_eq!(table.apply(&close(2, 101, 20)), Applied::Closed);
         assert_eq!(table.get(2).unwrap().closed.as_ref().unwrap().by_pid, 101);
         assert_eq!(table.stats().exits, 1);
     }
@@ -1497,10 +1466,8 @@ mod tests {
             (socket.direction, socket.fd),
             (Direction::Preexisting, Some(9))
         );
-        assert_eq!(
-            table.apply(&close(77, 300, 2_000)),
-            Applied::Closed { lifetime_ns: 1_000 }
-        );
+        assert_eq!(table.apply(&close(77, 300, 2_000)), Applied::Closed);
+        assert_eq!(table.get(77).unwrap().opened_ns, 1_000, "now_ns at seeding");
         assert_eq!(table.stats().preexisting, 1);
     }
 
@@ -1580,10 +1547,7 @@ mod tests {
         });
         table.apply(&open(1, 100, 0));
         table.apply(&open(2, 100, 0));
-        assert_eq!(
-            table.apply(&close(1, 100, 10)),
-            Applied::Closed { lifetime_ns: 10 }
-        );
+        assert_eq!(table.apply(&close(1, 100, 10)), Applied::Closed);
         assert!(table.get(1).is_none(), "nothing reports a released socket");
         assert_eq!(table.len(), 1);
         assert_eq!(table.open_by(100, 100_000), 1);
@@ -1664,7 +1628,7 @@ mod tests {
                     prop_assert!(after.destroyed >= before.destroyed);
                     match (event, &applied) {
                         // A socket is released once: a second release is ignored.
-                        (Event::Close(close), Applied::Closed { .. }) => {
+                        (Event::Close(close), Applied::Closed) => {
                             prop_assert!(released.insert(close.cookie), "released twice");
                         }
                         (Event::Open(open), Applied::Opened) => {

@@ -384,7 +384,7 @@ impl crate::report::assemble::FrameSource for Frames<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Direction, Endpoints, Family, TcpState};
+    use crate::event::{Direction, Endpoints, TcpState};
 
     /// The stack pipeline can move to another thread (the agent's).
     #[test]
@@ -413,12 +413,11 @@ mod tests {
             time_ns: 1,
             cookie: 42,
             task,
-            endpoints: Endpoints {
-                family: Family::Ipv4,
-                local: "127.0.0.1:1".parse().unwrap(),
-                remote: "127.0.0.1:2".parse().unwrap(),
-                state: TcpState::SynSent,
-            },
+            endpoints: Endpoints::new(
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.1:2".parse().unwrap(),
+                TcpState::SynSent,
+            ),
             direction: Direction::Connect,
             fd: Some(3),
             user_stack: stack,

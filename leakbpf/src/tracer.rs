@@ -362,7 +362,7 @@ fn resolve_cookies(out: &mut Vec<Event>, from: usize) -> u64 {
             && open.cookie == 0
         {
             if let Some(cookie) =
-                crate::sockets::diag::cookie_of(open.endpoints.local, open.endpoints.remote)
+                crate::sockets::diag::cookie_of(open.endpoints.local(), open.endpoints.remote())
             {
                 open.cookie = cookie;
             } else {
@@ -444,7 +444,7 @@ mod tests {
 
     use std::net::{TcpListener, TcpStream};
 
-    use crate::event::{Direction, Endpoints, Family, Open, Stack, Task, TcpState};
+    use crate::event::{Direction, Endpoints, Open, Stack, Task, TcpState};
 
     fn open(cookie: u64, local: std::net::SocketAddr, remote: std::net::SocketAddr) -> Event {
         Event::Open(Box::new(Open {
@@ -457,12 +457,7 @@ mod tests {
                 comm: "p".into(),
                 start_ns: 0,
             },
-            endpoints: Endpoints {
-                family: Family::Ipv4,
-                local,
-                remote,
-                state: TcpState::Established,
-            },
+            endpoints: Endpoints::new(local, remote, TcpState::Established),
             direction: Direction::Accept,
             fd: None,
             user_stack: Stack::Id(1),

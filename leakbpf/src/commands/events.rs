@@ -225,7 +225,7 @@ impl<W: std::io::Write> Printer<W> {
             let Some(socket) = socket else { continue };
             if !self
                 .filter
-                .matches(actor(&event, &socket), socket.endpoints.family)
+                .matches(actor(&event, &socket), socket.endpoints.family())
             {
                 continue;
             }
@@ -260,9 +260,9 @@ impl<W: std::io::Write> Printer<W> {
             comm: task.comm.as_str(),
             cgroup_id: task.cgroup_id,
             cookie: socket.cookie,
-            family: socket.endpoints.family,
-            local: socket.endpoints.local.to_string(),
-            remote: socket.endpoints.remote.to_string(),
+            family: socket.endpoints.family(),
+            local: socket.endpoints.local().to_string(),
+            remote: socket.endpoints.remote().to_string(),
             state: socket.endpoints.state,
             direction: socket.direction,
             old_state: None,
@@ -299,9 +299,10 @@ impl<W: std::io::Write> Printer<W> {
                 }
             }
             (Event::State(change), _) => record.old_state = Some(change.old),
-            (Event::Close(close), Applied::Closed { lifetime_ns }) => {
+            (Event::Close(close), Applied::Closed) => {
                 record.state = close.state;
-                record.lifetime_ms = Some(*lifetime_ns as f64 / 1e6);
+                let lifetime_ns = close.time_ns.saturating_sub(socket.opened_ns);
+                record.lifetime_ms = Some(lifetime_ns as f64 / 1e6);
             }
             _ => {}
         }

@@ -148,7 +148,7 @@ fn hold_by_group(table: &SocketTable, snapshot: &Snapshot, options: &Options<'_>
         if socket.opened_ns > snapshot.taken_ns || age_s(&socket) < options.min_age_s {
             continue;
         }
-        let family = socket.endpoints.family;
+        let family = socket.endpoints.family();
         let held = holders(&socket, snapshot);
         let found = !held.is_empty();
         let shown: Vec<Held> = if found {
@@ -340,8 +340,8 @@ fn socket_report(
         fd: held.fd,
         shared_with: held.shared_with.clone(),
         tid: socket.opener.tid,
-        local: live.local.unwrap_or(socket.endpoints.local),
-        remote: socket.endpoints.remote,
+        local: live.local.unwrap_or_else(|| socket.endpoints.local()),
+        remote: socket.endpoints.remote(),
         state: live.state.unwrap_or(socket.endpoints.state),
         age_s: now_ns.saturating_sub(socket.opened_ns) as f64 / 1e9,
         idle_s: live.idle_ms.map(|ms| ms as f64 / 1e3),
@@ -401,12 +401,11 @@ mod tests {
                 comm: format!("p{pid}").as_str().into(),
                 start_ns: 0,
             },
-            endpoints: Endpoints {
-                family: Family::Ipv4,
-                local: format!("127.0.0.1:{}", 40000 + cookie).parse().unwrap(),
-                remote: format!("127.0.0.1:{remote_port}").parse().unwrap(),
-                state: TcpState::Established,
-            },
+            endpoints: Endpoints::new(
+                format!("127.0.0.1:{}", 40000 + cookie).parse().unwrap(),
+                format!("127.0.0.1:{remote_port}").parse().unwrap(),
+                TcpState::Established,
+            ),
             direction: Direction::Connect,
             fd: None,
             user_stack: Stack::Id(stack),
