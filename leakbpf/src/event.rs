@@ -272,11 +272,10 @@ pub enum Family {
     Ipv6,
 }
 
-/// A socket's addresses and TCP state, kept in the kernel's form (address
-/// bytes, an IPv4 address in the first four, and ports): 44 bytes copied
-/// whole from a record into the socket table, where two `SocketAddr`s are 64
-/// built field by field. [`SocketAddr`]s are made where they are printed or
-/// compared.
+/// A socket's addresses and TCP state in the kernel's form: address bytes
+/// (IPv4 in the first four) and ports, 44 bytes copied whole from a record
+/// into the socket table (two `SocketAddr`s are 64, built field by field).
+/// [`SocketAddr`]s are made where they are printed or compared.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Endpoints {
     local_addr: [u8; 16],
@@ -335,34 +334,6 @@ impl Endpoints {
     /// unhashed.
     pub fn local_port(&self) -> u16 {
         self.local_port
-    }
-
-    pub fn remote_port(&self) -> u16 {
-        self.remote_port
-    }
-
-    /// The kernel's form: address bytes and the IPv6 scope (for the socket
-    /// table's slots, which keep it flat).
-    pub(crate) fn raw(&self) -> (&[u8; 16], &[u8; 16], u32) {
-        (&self.local_addr, &self.remote_addr, self.scope_id)
-    }
-
-    pub(crate) fn from_raw(
-        family: Family,
-        (local_addr, local_port): ([u8; 16], u16),
-        (remote_addr, remote_port): ([u8; 16], u16),
-        scope_id: u32,
-        state: TcpState,
-    ) -> Endpoints {
-        Endpoints {
-            local_addr,
-            remote_addr,
-            scope_id,
-            local_port,
-            remote_port,
-            family,
-            state,
-        }
     }
 
     #[cfg(test)]

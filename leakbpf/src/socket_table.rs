@@ -15,8 +15,7 @@
 type FastMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
 use crate::event::{
-    Close, Destroy, Direction, Endpoints, Event, Exit, Family, Open, Stack, StateChange, Task,
-    TcpState,
+    Close, Destroy, Direction, Endpoints, Event, Exit, Open, Stack, StateChange, Task, TcpState,
 };
 
 /// What the table knows of one socket.
@@ -466,31 +465,23 @@ impl Groups {
     }
 }
 
-/// One tracked socket as stored: 72 bytes. Its addresses are kept compact
-/// (two `SocketAddr`s and a state take 68 bytes): IPv4 in the first 4 bytes
-/// of each address.
+/// One tracked socket as stored: 72 bytes (a unit test holds it there).
+/// Whether it was released is not stored: its [`Closed`] in
+/// `SocketTable::closed` says so, and a flag here would take the slot to
+/// 80 bytes.
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     /// The key: [`CookieIndex`] holds slot numbers and compares this.
     cookie: u64,
     opened_ns: u64,
-    local: [u8; 16],
-    remote: [u8; 16],
+    /// The best-known tuple and the current state.
+    endpoints: Endpoints,
     /// Index into [`Origins`].
     origin: u32,
     /// The opening thread.
     tid: u32,
     /// The opener's fd, or -1.
     fd: i32,
-    /// IPv6 scope (sock_diag's interface of a link-local socket); both ends
-    /// share it.
-    scope_id: u32,
-    local_port: u16,
-    remote_port: u16,
-    v6: bool,
-    state: TcpState,
-    /// Released; its [`Closed`] is in `SocketTable::closed`.
-    closed: bool,
 }
 
 impl Slot {
@@ -502,44 +493,14 @@ impl Slot {
         time_ns: u64,
         endpoints: &Endpoints,
     ) -> Slot {
-        let mut slot = Slot {
+        Slot {
             cookie,
             opened_ns: time_ns,
-            local: [0; 16],
-            remote: [0; 16],
+            endpoints: *endpoints,
             origin,
             tid,
             fd: fd.unwrap_or(-1),
-            scope_id: 0,
-            local_port: 0,
-            remote_port: 0,
-            v6: false,
-            state: endpoints.state,
-            closed: false,
-        };
-        slot.set_endpoints(endpoints);
-        slot
-    }
-
-    fn set_endpoints(&mut self, endpoints: &Endpoints) {
-        let (local, remote, scope_id) = endpoints.raw();
-        self.local = *local;
-        self.remote = *remote;
-        self.scope_id = scope_id;
-        self.local_port = endpoints.local_port();
-        self.remote_port = endpoints.remote_port();
-        self.v6 = endpoints.family() == Family::Ipv6;
-        self.state = endpoints.state;
-    }
-
-    fn endpoints(&self) -> Endpoints {
-        Endpoints::from_raw(
-            if self.v6 { Family::Ipv6 } else { Family::Ipv4 },
-            (self.local, self.local_port),
-            (self.remote, self.remote_port),
-            self.scope_id,
-            self.state,
-        )
+        }
     }
 }
 
@@ -769,18 +730,23 @@ impl SocketTable {
             opener: origin.opener.task(slot.tid),
             direction: origin.direction,
             opened_ns: slot.opened_ns,
-            endpoints: slot.endpoints(),
+            endpoints: slot.endpoints,
             fd: (slot.fd >= 0).then_some(slot.fd),
             user_stack: origin.user_stack,
             leaf_caller: origin.leaf_caller,
             kernel_stack: origin.kernel_stack,
             request_stack: origin.request_stack,
-            closed: if slot.closed {
-                self.closed.get(&cookie).cloned()
-            } else {
-                None
-            },
+            closed: self.closed_of(cookie).cloned(),
         }
+    }
+
+    /// How socket `cookie` was released, if it was. The reports keep no
+    /// released socket, so their map stays empty and this hashes nothing.
+    fn closed_of(&self, cookie: u64) -> Option<&Closed> {
+        if self.closed.is_empty() {
+            return None;
+        }
+        self.closed.get(&cookie)
     }
 
     fn group_key_of(&self, slot: &Slot) -> GroupKey {
@@ -798,9 +764,7 @@ impl SocketTable {
             return false;
         };
         let slot = *self.slots.get(id);
-        if slot.closed {
-            self.closed.remove(&cookie);
-        } else {
+        if self.closed.remove(&cookie).is_none() {
             let opener = self.opener_of(&slot);
             self.open_counts.add(opener, -1);
         }
@@ -818,7 +782,7 @@ impl SocketTable {
             .index
             .ids()
             .map(|id| self.slots.get(id))
-            .filter(|slot| !slot.closed)
+            .filter(|slot| self.closed_of(slot.cookie).is_none())
             .map(|slot| self.group_key_of(slot))
             .collect();
         let before = self.groups.len();
@@ -912,28 +876,28 @@ impl SocketTable {
             return Applied::Untracked;
         };
         let slot = self.slots.get_mut(id);
-        let old = slot.state;
+        let old = slot.endpoints.state;
         // The connect's open is taken before the source port is chosen, and
         // a socket moving to CLOSE is unhashed (its port reads 0): keep the
         // best-known tuple, take the new state.
         if change.endpoints.local_port() != 0 {
-            slot.set_endpoints(&change.endpoints);
+            slot.endpoints = change.endpoints;
         }
-        slot.state = change.endpoints.state;
+        slot.endpoints.state = change.endpoints.state;
         Applied::StateChanged { old }
     }
 
     fn close(&mut self, close: &Close) -> Applied {
+        if self.closed_of(close.cookie).is_some() {
+            // A socket is released once; a second release is a lost destroy
+            // followed by cookie confusion we cannot resolve: ignore it.
+            return Applied::Untracked;
+        }
         let Some(entry) = self.index.entry(close.cookie, &self.slots) else {
             return Applied::Untracked;
         };
         let id = *entry.get();
         let slot = *self.slots.get(id);
-        if slot.closed {
-            // A socket is released once; a second release is a lost destroy
-            // followed by cookie confusion we cannot resolve: ignore it.
-            return Applied::Untracked;
-        }
         self.stats.closed += 1;
         let opener = &self.origins.get(slot.origin).opener;
         self.open_counts.add((opener.pid, opener.start_ns), -1);
@@ -945,7 +909,6 @@ impl SocketTable {
             self.origins.release(slot.origin);
             self.slots.remove(id);
         } else {
-            self.slots.get_mut(id).closed = true;
             self.closed.insert(
                 close.cookie,
                 Closed {
@@ -1007,7 +970,9 @@ impl SocketTable {
             .ids()
             .map(|id| self.slots.get(id))
             .filter(|slot| {
-                !slot.closed && slot.opened_ns < taken_ns && !still_open(&self.view(slot))
+                slot.opened_ns < taken_ns
+                    && self.closed_of(slot.cookie).is_none()
+                    && !still_open(&self.view(slot))
             })
             .map(|slot| slot.cookie)
             .collect();
@@ -1038,7 +1003,9 @@ impl SocketTable {
     pub fn open_sockets(&self) -> impl Iterator<Item = Socket> + '_ {
         self.index.ids().filter_map(|id| {
             let slot = self.slots.get(id);
-            (!slot.closed).then(|| self.view(slot))
+            self.closed_of(slot.cookie)
+                .is_none()
+                .then(|| self.view(slot))
         })
     }
 
@@ -1219,10 +1186,7 @@ mod tests {
                 remote.parse().unwrap(),
                 TcpState::CloseWait,
             );
-            assert_eq!(
-                Slot::new(0, 0, 0, None, 0, &endpoints).endpoints(),
-                endpoints
-            );
+            assert_eq!(Slot::new(0, 0, 0, None, 0, &endpoints).endpoints, endpoints);
         }
     }
 
