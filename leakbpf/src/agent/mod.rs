@@ -161,7 +161,7 @@ async fn run_loop(
             () = &mut stop => break,
         }
         agent.apply(&tracer, &mut batch);
-        batch.shrink_to(1024);
+        batch.shrink_to(crate::pump::BATCH_KEEP);
     }
     eprintln!("leakbpf: agent stopping; detaching");
     Ok(())

@@ -56,8 +56,8 @@ struct Probed {
 /// Attaches and detaches the Go uprobes as processes come and go.
 pub struct GoProbes {
     known: HashMap<Inode, Known>,
-    /// Observed processes and their binary.
-    pids: HashMap<u32, Inode>,
+    /// Observed processes and their binary (looked up at every open: FxHash).
+    pids: rustc_hash::FxHashMap<u32, Inode>,
     /// Why a Go binary could not be probed, once each.
     warnings: Vec<String>,
 }
@@ -86,7 +86,7 @@ impl GoProbes {
             .context("attaching go_process_exec to sched:sched_process_exec")?;
         let mut probes = GoProbes {
             known: HashMap::new(),
-            pids: HashMap::new(),
+            pids: rustc_hash::FxHashMap::default(),
             warnings: Vec::new(),
         };
         let pids: Vec<u32> = std::fs::read_dir("/proc")
