@@ -5,11 +5,13 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
+use rustc_hash::FxHashMap;
+
 use crate::{
     event::{Event, Open, Stack, Task},
     symbolize::{Frame, Symbolizer},
     tracer::Tracer,
-    unwind::{LeafUnwinder, insert_caller},
+    unwind::{LeafUnwinder, caller_at, insert_caller},
 };
 
 /// (pid, process start time, user stack id, recovered leaf caller): the
@@ -24,6 +26,11 @@ const INLINE_ID_BASE: u32 = 1 << 31;
 /// their opens were lost (counted as ring losses already).
 const PENDING_INLINE_MAX: usize = 4096;
 
+/// The maps keyed by pid, stack id or cookie hash with FxHash: every open
+/// looks up three of them, and SipHash was about 10% of the reader's CPU
+/// under churn (perf, tenth session). Their keys are the kernel's numbers
+/// and ids bounded by the stack maps, not free input: no flooding to fear.
+/// Stacks keyed by content (`inline_ids`) keep SipHash.
 #[derive(Default)]
 pub struct StackResolver {
     /// Symbolize each new user stack as soon as its open is seen, while
@@ -31,25 +38,28 @@ pub struct StackResolver {
     /// its sockets may outlive it (fork, SCM_RIGHTS) or it may exec.
     eager: bool,
     unwinder: LeafUnwinder,
-    /// (pid, user stack id) -> recovered caller: the same call path gives
-    /// the same answer, so each is unwound once.
-    callers: HashMap<(u32, u32), Option<u64>>,
+    /// (pid, user stack id) -> the word above the stack pointer that holds
+    /// the skipped caller's return address ([`LeafUnwinder::return_word`]):
+    /// the same call path keeps it in the same word, so each is unwound
+    /// once. The caller is read from each open's own words: two call sites
+    /// in one function share the walk (and the stack id), not the caller.
+    return_words: FxHashMap<(u32, u32), Option<usize>>,
     symbolizer: Symbolizer,
     /// Inline stacks by cookie, until their open comes (right after).
-    pending_inline: HashMap<u64, Vec<u64>>,
+    pending_inline: FxHashMap<u64, Vec<u64>>,
     /// Inline stacks by the id given to them.
-    inline: HashMap<u32, Arc<[u64]>>,
+    inline: FxHashMap<u32, Arc<[u64]>>,
     /// The same, by content: a stack that collides once collides again.
     inline_ids: HashMap<Arc<[u64]>, u32>,
     next_inline: u32,
     /// Symbolized stacks: the same stack is resolved once. User stacks by
     /// (pid, stack id, leaf caller), kernel stacks by stack id.
-    user_frames: Mutex<HashMap<UserStackKey, Slot>>,
-    kernel_frames: Mutex<HashMap<u32, Arc<[Frame]>>>,
+    user_frames: Mutex<FxHashMap<UserStackKey, Slot>>,
+    kernel_frames: Mutex<FxHashMap<u32, Arc<[Frame]>>>,
     /// Stack-map id -> the epoch an open last used it ([`Self::next_epoch`]):
     /// a stack that keeps opening sockets is kept, with its frames, even
     /// while none of its sockets is open, so churn does not re-symbolize.
-    last_seen: HashMap<u32, u64>,
+    last_seen: FxHashMap<u32, u64>,
     epoch: u64,
 }
 
@@ -73,7 +83,7 @@ impl StackResolver {
             // (its symbolized stacks stay: they name what ran then).
             Event::Exec(exec) => {
                 self.unwinder.forget(exec.task.pid);
-                self.callers.retain(|(p, _), _| *p != exec.task.pid);
+                self.return_words.retain(|(p, _), _| *p != exec.task.pid);
             }
             Event::Stack(stack) => {
                 if self.pending_inline.len() >= PENDING_INLINE_MAX {
@@ -117,17 +127,15 @@ impl StackResolver {
             return;
         };
         let pid = open.task.pid;
-        let caller = if let Some(caller) = self.callers.get(&(pid, id)) {
-            *caller
+        let word = if let Some(word) = self.return_words.get(&(pid, id)) {
+            *word
         } else {
             let ip = self.ips(source, id).and_then(|ips| ips.first().copied());
-            let caller = ip.and_then(|ip| {
-                self.unwinder
-                    .caller(pid, ip, open.user_sp, &open.user_stack_top)
-            });
-            self.callers.insert((pid, id), caller);
-            caller
+            let word = ip.and_then(|ip| self.unwinder.return_word(pid, ip));
+            self.return_words.insert((pid, id), word);
+            word
         };
+        let caller = word.and_then(|word| caller_at(word, open.user_sp, &open.user_stack_top));
         open.leaf_caller = caller;
         if self.eager {
             let start_ns = open.task.start_ns;
@@ -170,7 +178,7 @@ impl StackResolver {
     /// stacks stay while sockets it opened are open ([`Self::retain_user`]).
     fn forget(&mut self, pid: u32) {
         self.unwinder.forget(pid);
-        self.callers.retain(|(p, _), _| *p != pid);
+        self.return_words.retain(|(p, _), _| *p != pid);
         if !self.eager {
             self.user_frames
                 .get_mut()
@@ -211,7 +219,7 @@ impl StackResolver {
     /// Forgets everything cached under stack-map ids the kernel freed
     /// ([`Tracer::prune_stacks`]): a freed id comes back for another stack.
     pub fn forget_stacks(&mut self, freed: &std::collections::HashSet<u32>) {
-        self.callers.retain(|(_, id), _| !freed.contains(id));
+        self.return_words.retain(|(_, id), _| !freed.contains(id));
         self.user_frames
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner)

@@ -112,13 +112,13 @@ impl Default for LeafUnwinder {
 }
 
 impl LeafUnwinder {
-    /// The return address of the caller of the innermost frame at `ip`,
-    /// read from `stack_top` (the words at the user `sp`), when that frame
-    /// keeps no frame pointer. Process `pid` must still be running.
-    pub fn caller(&mut self, pid: u32, ip: u64, sp: u64, stack_top: &[u64]) -> Option<u64> {
-        if sp == 0 {
-            return None;
-        }
+    /// Which word above the user `sp` holds the return address of the
+    /// caller of the innermost frame at `ip`, when that frame keeps no
+    /// frame pointer (read it with [`caller_at`]). Process `pid` must still
+    /// be running. The word depends on `ip` alone, so it can be found once
+    /// per call path; the address in it is each call's own: one function
+    /// may reach the same frameless leaf from two call sites.
+    pub fn return_word(&mut self, pid: u32, ip: u64) -> Option<usize> {
         let mapping = self.mapping(pid, ip)?;
         let tables = self.tables(pid, &mapping)?;
         let address = tables.segments.address_of(mapping.file_offset_of(ip))?;
@@ -126,10 +126,7 @@ impl LeafUnwinder {
         if slot % 8 != 0 {
             return None;
         }
-        stack_top
-            .get((slot / 8) as usize)
-            .copied()
-            .filter(|&ra| ra != 0)
+        usize::try_from(slot / 8).ok()
     }
 
     /// Forgets a process (it exited).
@@ -159,6 +156,15 @@ impl LeafUnwinder {
             })
             .clone()
     }
+}
+
+/// The return address in word `word` of `stack_top` (the words at the
+/// user `sp`); None when the stack was not read (`sp` 0) or the word is 0.
+pub fn caller_at(word: usize, sp: u64, stack_top: &[u64]) -> Option<u64> {
+    if sp == 0 {
+        return None;
+    }
+    stack_top.get(word).copied().filter(|&ra| ra != 0)
 }
 
 /// Puts the recovered caller where the kernel's walk skipped it.
@@ -203,15 +209,13 @@ mod tests {
             .expect("getpid's file offset is in a PT_LOAD segment");
         // At a function's first instruction the return address is at [sp].
         assert_eq!(tables.return_address_slot(address), Some(0));
-        // And caller() reads it from the first stack word.
-        assert_eq!(
-            unwinder.caller(pid, getpid, 0x7000, &[0xabc, 0xdef]),
-            Some(0xabc)
-        );
-        assert_eq!(
-            unwinder.caller(pid, getpid, 0, &[0xabc]),
-            None,
-            "no sp, no answer"
-        );
+        // So the caller is the first stack word.
+        let word = unwinder.return_word(pid, getpid);
+        assert_eq!(word, Some(0));
+        assert_eq!(caller_at(0, 0x7000, &[0xabc, 0xdef]), Some(0xabc));
+        assert_eq!(caller_at(1, 0x7000, &[0xabc, 0xdef]), Some(0xdef));
+        assert_eq!(caller_at(0, 0, &[0xabc]), None, "no sp, no answer");
+        assert_eq!(caller_at(0, 0x7000, &[0]), None, "no address");
+        assert_eq!(caller_at(16, 0x7000, &[0xabc]), None, "beyond the words");
     }
 }

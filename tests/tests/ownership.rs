@@ -5,7 +5,9 @@
 //! report must be exact and say `complete`. Runs as root, one at a time.
 use std::{thread, time::Duration};
 
-use leakbpf_tests::{Fixture, c_fixture, groups, process, python, symbols, trace_json};
+use leakbpf_tests::{
+    Fixture, c_fixture, fixture_source, groups, process, python, symbols, trace_json,
+};
 use serde_json::Value;
 
 /// The accept-and-close sink: clients' sockets end in CLOSE_WAIT.
@@ -284,6 +286,56 @@ fn two_thousand_distinct_stacks_lose_none() {
             "{stack:?}"
         );
     }
+}
+
+/// One function connects at two call sites (tests/fixtures/two_sites.c).
+/// The frame-pointer walk of both is the same (glibc's `connect` keeps no
+/// frame, so both skip the function's own return address) and so is the
+/// kernel's stack id; only each connect's words at the stack pointer tell
+/// the sites apart. Two groups, one socket each, whose second frame is
+/// `connect_both` at the line of its own `connect` call.
+#[test]
+fn two_call_sites_in_one_function_are_two_groups() {
+    let (_listener, port) = listener();
+    let trace = trace_json(&[]);
+    let mut fixture = Fixture::spawn({
+        let mut c = std::process::Command::new(c_fixture("two_sites"));
+        c.arg(port.to_string());
+        c
+    });
+    fixture.ready();
+    thread::sleep(Duration::from_millis(500));
+    let report = trace.stop();
+    let pid = fixture.pid();
+    assert_complete(&report);
+    assert_eq!(open_of(&report, pid), 2);
+    let source = std::fs::read_to_string(fixture_source("two_sites.c")).expect("fixture source");
+    let line_of = |call: &str| {
+        1 + source
+            .lines()
+            .position(|line| line.contains(call))
+            .unwrap_or_else(|| panic!("{call} is not in two_sites.c")) as u64
+    };
+    let mut expected = vec![line_of("connect(first,"), line_of("connect(second,")];
+    let mut found: Vec<u64> = groups(&report, pid)
+        .into_iter()
+        .map(|group| {
+            assert_eq!(group["count"], 1, "{group:#}");
+            let caller = &group["stack"][1];
+            assert_eq!(caller["symbol"], "connect_both", "{group:#}");
+            caller["line"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no line: {group:#}"))
+        })
+        .collect();
+    found.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(
+        found,
+        expected,
+        "one group per call site: {:#}",
+        process(&report, pid).unwrap_or(&Value::Null)
+    );
 }
 
 /// The host's cgroup2 mount point, as this test process sees it.
