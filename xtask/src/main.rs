@@ -34,11 +34,11 @@ enum Task {
     Lint,
     /// Lint, unit tests, the privileged end-to-end tests, then the kernel matrix. Needs root.
     Test,
-    /// Measure leakbpf's cost on loopback connections, its memory per socket, and what the Go
-    /// request-site uprobes cost a Go program. Needs root.
+    /// Measure leakbpf's cost on loopback connections and on every syscall, its memory per
+    /// socket, and what the Go request-site uprobes cost a Go program. Needs root.
     Bench {
-        /// Only these parts: `churn`, `memory`, `go` (default: all three), or `million` (a
-        /// million tracked sockets; only when asked for).
+        /// Only these parts: `churn`, `syscalls`, `memory`, `go` (default: all four), or
+        /// `million` (a million tracked sockets; only when asked for).
         #[arg(long = "only", value_name = "PART")]
         only: Vec<String>,
         /// Measure this leakbpf binary instead of building the checkout (an
