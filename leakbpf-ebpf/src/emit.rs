@@ -235,16 +235,7 @@ pub fn stack_ids<C: StackIdContext>(
     }
     let kernel = match ctx.get_stackid(&STACKS, 0) {
         Ok(id) => id as StackId,
-        Err(err) => {
-            count_lost(lost::KERNEL_STACK);
-            warn!(
-                ctx,
-                "kernel stack of pid {} not recorded: error {}",
-                (bpf_get_current_pid_tgid() >> 32) as u32,
-                err
-            );
-            err
-        }
+        Err(err) => stack_lost(ctx, lost::KERNEL_STACK, "kernel", err),
     };
     (user, kernel)
 }
@@ -260,18 +251,25 @@ fn kernel_user_stack_id<C: StackIdContext>(ctx: &C, cookie: u64) -> StackId {
     }
 }
 
-/// Counts and logs (`--log-kernel`) a user stack that could not be kept;
-/// the open carries `err`.
+/// Counts (in `counter`) and logs (`--log-kernel`) a `which` ("user" or
+/// "kernel") stack that could not be kept; the open carries `err`.
 #[inline(always)]
-fn user_stack_lost<C: StackIdContext>(ctx: &C, err: StackId) -> StackId {
-    count_lost(lost::USER_STACK);
+fn stack_lost<C: StackIdContext>(ctx: &C, counter: u32, which: &str, err: StackId) -> StackId {
+    count_lost(counter);
     warn!(
         ctx,
-        "user stack of pid {} not recorded: error {}",
+        "{} stack of pid {} not recorded: error {}",
+        which,
         (bpf_get_current_pid_tgid() >> 32) as u32,
         err
     );
     err
+}
+
+/// [`stack_lost`] for the user stack.
+#[inline(always)]
+fn user_stack_lost<C: StackIdContext>(ctx: &C, err: StackId) -> StackId {
+    stack_lost(ctx, lost::USER_STACK, "user", err)
 }
 
 /// A frame this far above the last one ends the walk: no stack frame is
