@@ -26,7 +26,7 @@ const INLINE_ID_BASE: u32 = 1 << 31;
 /// their opens were lost (counted as ring losses already).
 const PENDING_INLINE_MAX: usize = 4096;
 
-/// The maps keyed by pid, stack id or cookie hash with FxHash: every open
+/// The maps keyed by pid, stack id or cookie use FxHash: every open
 /// looks up three of them, and SipHash was about 10% of the reader's CPU
 /// under churn (perf, tenth session). Their keys are the kernel's numbers
 /// and ids bounded by the stack maps, not free input: no flooding to fear.
