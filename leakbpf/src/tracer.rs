@@ -3,7 +3,7 @@
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
 };
 use leakbpf_common::{HookConfig, USER_STACK_ID_BIT, UserStack, lost};
 use tokio::io::{Interest, unix::AsyncFd};
@@ -55,6 +55,9 @@ pub struct Tracer {
     /// User stacks the kernel side walked itself (ids with
     /// `USER_STACK_ID_BIT`).
     user_stacks: AyaHashMap<MapData, u32, UserStack>,
+    /// Bumped before `user_stacks` loses entries: each CPU remembers the
+    /// last stack it kept there, for one generation.
+    user_stacks_generation: Array<MapData, u64>,
     lost: PerCpuArray<MapData, u64>,
     undecodable: u64,
     /// With `--log-kernel`: the reader of the kernel side's aya-log records.
@@ -171,6 +174,10 @@ impl Tracer {
         let stacks = StackTraceMap::try_from(ebpf.take_map("STACKS").context("map STACKS")?)?;
         let user_stacks =
             AyaHashMap::try_from(ebpf.take_map("USER_STACKS").context("map USER_STACKS")?)?;
+        let user_stacks_generation = Array::try_from(
+            ebpf.take_map("USER_STACKS_GENERATION")
+                .context("map USER_STACKS_GENERATION")?,
+        )?;
         let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("map LOST")?)?;
         // SAFETY: the ring buffer owns its fd and keeps it open until the
         // AsyncFd that owns the ring is dropped.
@@ -182,6 +189,7 @@ impl Tracer {
             ring,
             stacks,
             user_stacks,
+            user_stacks_generation,
             lost,
             undecodable: 0,
             kernel_log,
@@ -280,19 +288,35 @@ impl Tracer {
     pub fn prune_stacks(&mut self, keep: impl Fn(u32) -> bool) -> (usize, Vec<u32>) {
         let mut ids: Vec<u32> = self.stacks.stack_ids().filter_map(Result::ok).collect();
         ids.extend(self.user_stacks.keys().filter_map(Result::ok));
+        // The kernel side's CPUs each remember the last walked stack they
+        // kept, and reuse its id without looking: end that memory before
+        // an entry goes, or one would name a deleted (or reused) entry.
+        let walked_may_go =
+            ids.iter().any(|id| is_walked(*id) && !keep(*id)) && self.bump_user_stacks_generation();
         let pruned = ids
             .iter()
             .copied()
             .filter(|id| {
                 !keep(*id)
                     && if is_walked(*id) {
-                        self.user_stacks.remove(id).is_ok()
+                        walked_may_go && self.user_stacks.remove(id).is_ok()
                     } else {
                         self.stacks.remove(id).is_ok()
                     }
             })
             .collect();
         (ids.len(), pruned)
+    }
+
+    /// Starts a new generation of `USER_STACKS` entries; false if the map
+    /// refused the write (nothing may be deleted then).
+    fn bump_user_stacks_generation(&mut self) -> bool {
+        let next = self
+            .user_stacks_generation
+            .get(&0, 0)
+            .unwrap_or(0)
+            .wrapping_add(1);
+        self.user_stacks_generation.set(0, &next, 0).is_ok()
     }
 
     pub fn lost(&self) -> LostCounts {
