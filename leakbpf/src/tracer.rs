@@ -16,6 +16,17 @@ use crate::{
     kernel::{offsets, tracefs, verifier::MissingHelper},
 };
 
+/// Takes map `name` out of the loaded object, as the kind of map it is.
+fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("map {name} is missing"))?;
+    T::try_from(map).with_context(|| format!("map {name}"))
+}
+
 /// True for the id of a user stack the kernel side walked itself (kept in
 /// `USER_STACKS`), false for a stack map index.
 fn is_walked(id: u32) -> bool {
@@ -170,15 +181,11 @@ impl Tracer {
         // SAFETY: malloc_trim only releases free heap memory.
         unsafe { libc::malloc_trim(0) };
 
-        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("map EVENTS")?)?;
-        let stacks = StackTraceMap::try_from(ebpf.take_map("STACKS").context("map STACKS")?)?;
-        let user_stacks =
-            AyaHashMap::try_from(ebpf.take_map("USER_STACKS").context("map USER_STACKS")?)?;
-        let user_stacks_generation = Array::try_from(
-            ebpf.take_map("USER_STACKS_GENERATION")
-                .context("map USER_STACKS_GENERATION")?,
-        )?;
-        let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("map LOST")?)?;
+        let ring: RingBuf<MapData> = take_map(&mut ebpf, "EVENTS")?;
+        let stacks = take_map(&mut ebpf, "STACKS")?;
+        let user_stacks = take_map(&mut ebpf, "USER_STACKS")?;
+        let user_stacks_generation = take_map(&mut ebpf, "USER_STACKS_GENERATION")?;
+        let lost = take_map(&mut ebpf, "LOST")?;
         // SAFETY: the ring buffer owns its fd and keeps it open until the
         // AsyncFd that owns the ring is dropped.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
