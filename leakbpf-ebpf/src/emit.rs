@@ -44,7 +44,7 @@ pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 pub static USER_STACKS: HashMap<u32, UserStack> = HashMap::with_max_entries(16384, 0);
 
 /// Bumped by user space before it deletes entries of [`USER_STACKS`]:
-/// a [`Walk`]'s memory of the last stack it kept holds only within one
+/// a [`Walk`]'s memory of the stacks it kept holds only within one
 /// generation.
 #[map]
 pub static USER_STACKS_GENERATION: Array<u64> = Array::with_max_entries(1, 0);

@@ -67,7 +67,7 @@ pub struct Tracer {
     /// `USER_STACK_ID_BIT`).
     user_stacks: AyaHashMap<MapData, u32, UserStack>,
     /// Bumped before `user_stacks` loses entries: each CPU remembers the
-    /// last stack it kept there, for one generation.
+    /// last stacks it kept there, for one generation.
     user_stacks_generation: Array<MapData, u64>,
     lost: PerCpuArray<MapData, u64>,
     undecodable: u64,
@@ -295,8 +295,8 @@ impl Tracer {
     pub fn prune_stacks(&mut self, keep: impl Fn(u32) -> bool) -> (usize, Vec<u32>) {
         let mut ids: Vec<u32> = self.stacks.stack_ids().filter_map(Result::ok).collect();
         ids.extend(self.user_stacks.keys().filter_map(Result::ok));
-        // The kernel side's CPUs each remember the last walked stack they
-        // kept, and reuse its id without looking: end that memory before
+        // The kernel side's CPUs each remember the last walked stacks they
+        // kept, and reuse their ids without looking: end that memory before
         // an entry goes, or one would name a deleted (or reused) entry.
         let walked_may_go =
             ids.iter().any(|id| is_walked(*id) && !keep(*id)) && self.bump_user_stacks_generation();

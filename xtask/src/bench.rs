@@ -121,17 +121,10 @@ fn go_table(gobench: &Path, version: &str, leakbpf: &Path) -> Result<()> {
                 .into_iter()
                 .filter(|(id, _)| !existing.contains_key(id))
                 .collect();
-            let output = Command::new(gobench)
-                .arg(GO_REQUESTS)
-                .output()
-                .context("running gobench")?;
-            let text = String::from_utf8_lossy(&output.stdout);
-            times[index].push(
-                text.trim()
-                    .strip_prefix("ns_per_request ")
-                    .and_then(|n| n.parse().ok())
-                    .with_context(|| format!("gobench said {text:?}"))?,
-            );
+            times[index].push(measured(
+                Command::new(gobench).arg(GO_REQUESTS),
+                "ns_per_request",
+            )?);
             if index == 2 {
                 let after = prog_stats()?;
                 for (id, start) in before {
@@ -206,6 +199,21 @@ enum Setting {
 }
 
 impl Setting {
+    /// Starts what this setting attaches (nothing when untraced); `existing`
+    /// are the programs loaded before, to tell bpftrace's apart.
+    fn start(
+        self,
+        leakbpf: &Path,
+        script: &Path,
+        existing: &std::collections::BTreeMap<u64, ProgStats>,
+    ) -> Result<Option<Tracer>> {
+        Ok(match self {
+            Setting::Untraced => None,
+            Setting::Leakbpf(_, args) => Some(Tracer::start(leakbpf, args)?),
+            Setting::Bpftrace => Some(Tracer::start_bpftrace(script, existing)?),
+        })
+    }
+
     fn label(self) -> &'static str {
         match self {
             Setting::Untraced => "nothing attached",
@@ -352,23 +360,11 @@ fn syscall_table(connbench: &Path, leakbpf: &Path) -> Result<()> {
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); SETTINGS.len()];
     for _ in 0..ROUNDS {
         for (index, setting) in SETTINGS.iter().enumerate() {
-            let existing = prog_stats()?;
-            let tracer = match setting {
-                Setting::Untraced => None,
-                Setting::Leakbpf(_, args) => Some(Tracer::start(leakbpf, args)?),
-                Setting::Bpftrace => Some(Tracer::start_bpftrace(&script, &existing)?),
-            };
-            let output = Command::new(connbench)
-                .args(["syscalls", SYSCALLS])
-                .output()
-                .context("running connbench syscalls")?;
-            let text = String::from_utf8_lossy(&output.stdout);
-            times[index].push(
-                text.trim()
-                    .strip_prefix("ns_per_syscall ")
-                    .and_then(|n| n.parse().ok())
-                    .with_context(|| format!("connbench said {text:?}"))?,
-            );
+            let tracer = setting.start(leakbpf, &script, &prog_stats()?)?;
+            times[index].push(measured(
+                Command::new(connbench).args(["syscalls", SYSCALLS]),
+                "ns_per_syscall",
+            )?);
             if let Some(tracer) = tracer {
                 tracer.stop()?;
             }
@@ -535,11 +531,7 @@ fn round(setting: Setting, connbench: &Path, leakbpf: &Path, script: &Path) -> R
         lost: 0,
         programs: std::collections::BTreeMap::new(),
     };
-    let tracer = match setting {
-        Setting::Untraced => None,
-        Setting::Leakbpf(_, args) => Some(Tracer::start(leakbpf, args)?),
-        Setting::Bpftrace => Some(Tracer::start_bpftrace(script, &existing)?),
-    };
+    let tracer = setting.start(leakbpf, script, &existing)?;
     // Its programs: those loaded since (nothing else loads any meanwhile).
     let before: Vec<(u64, ProgStats)> = prog_stats()?
         .into_iter()
@@ -679,17 +671,24 @@ fn start_holder(connbench: &Path) -> Result<std::process::Child> {
 }
 
 fn churn(connbench: &Path, connections: &str) -> Result<f64> {
-    let output = Command::new(connbench)
-        .args(["churn", connections])
+    measured(
+        Command::new(connbench).args(["churn", connections]),
+        "ns_per_connection",
+    )
+}
+
+/// Runs a load generator and reads the `KEY NUMBER` line it ends with.
+fn measured(command: &mut Command, key: &str) -> Result<f64> {
+    let output = command
         .output()
-        .context("running connbench churn")?;
+        .with_context(|| format!("running {command:?}"))?;
     let text = String::from_utf8_lossy(&output.stdout);
     text.trim()
-        .strip_prefix("ns_per_connection ")
-        .and_then(|n| n.parse().ok())
+        .strip_prefix(key)
+        .and_then(|n| n.trim().parse().ok())
         .with_context(|| {
             format!(
-                "connbench said {text:?} {}",
+                "{command:?} said {text:?} {}",
                 String::from_utf8_lossy(&output.stderr)
             )
         })
