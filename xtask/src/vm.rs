@@ -321,21 +321,29 @@ pub fn run_in_vm_with(
         sh_quote(&script.to_string_lossy())
     );
 
-    // A guest that never reaches its first line is booted once more: with
-    // qemu 10's software CPUs and the matrix's VMs sharing 2 cores, Debian's
-    // 5.10 once stalled in boot for the whole timeout ("rcu_sched kthread
-    // starved", 2026-12-02 CI) where the same VM booted in 82 s the run before.
+    // A guest that never reaches its first line is booted once more: it ran
+    // nothing of ours. With qemu 10's software CPUs and the matrix's VMs
+    // sharing 2 cores, Debian's 5.10 once stalled in boot for the whole
+    // timeout ("rcu_sched kthread starved", 2026-12-02 CI) where the same VM
+    // booted in 82 s the run before; and qemu itself once aborted while the
+    // 6.1 guest set up its PCI devices ("msix_table_mmio_write: Assertion
+    // failed", 2026-12-03 CI), where the same VM passed on the next run.
     let mut attempt = 0;
     loop {
         attempt += 1;
         let vng_cmd = vng_command(&vng, &vmlinuz, &busybox, options, &rw_dir, &exec);
-        let (output, hung) = run_vng(vng_cmd, kernel, options.echo, timeout)?;
-        if hung && attempt == 1 {
-            eprintln!(
-                "xtask: {} did not boot within {} s; booting it once more",
-                kernel.release(),
-                BOOT_LIMIT.as_secs()
-            );
+        let (output, booted) = run_vng(vng_cmd, kernel, options.echo, timeout)?;
+        if attempt == 1 && !booted {
+            let why = if output.timed_out {
+                format!("did not boot within {} s", BOOT_LIMIT.as_secs())
+            } else {
+                format!(
+                    "died before its first line (vng exit {}): {}",
+                    code_str(output.exit_code),
+                    output.stderr_tail(3).replace('\n', " | ")
+                )
+            };
+            eprintln!("xtask: {} {why}; booting it once more", kernel.release());
             continue;
         }
         return Ok(output);
@@ -373,8 +381,8 @@ fn vng_command(
 
 /// Spawns vng in its own process group (vng, its shell, virtme-run, qemu),
 /// collects its output, and stops the VM at the timeout, or at
-/// [`BOOT_LIMIT`] if the guest has not said it is ready (then the second
-/// value is true).
+/// [`BOOT_LIMIT`] if the guest has not said it is ready. The second value:
+/// whether it said so (its first line came).
 fn run_vng(
     mut vng_cmd: Command,
     kernel: &KernelSpec,
@@ -402,7 +410,6 @@ fn run_vng(
 
     let deadline = start + timeout;
     let mut timed_out = false;
-    let mut hung = false;
     let status = loop {
         if let Some(status) = child.try_wait().context("cannot wait for vng")? {
             break status;
@@ -413,7 +420,6 @@ fn run_vng(
         }
         if start.elapsed() >= BOOT_LIMIT && !ready.load(std::sync::atomic::Ordering::Relaxed) {
             timed_out = true;
-            hung = true;
             break stop_vm(&mut child)?;
         }
         thread::sleep(Duration::from_millis(50));
@@ -433,7 +439,7 @@ fn run_vng(
         boot: markers.ready_uptime,
         wall,
     };
-    Ok((output, hung))
+    Ok((output, ready.load(std::sync::atomic::Ordering::Relaxed)))
 }
 
 /// Stops a VM at its timeout without leaving orphans behind: kills qemu
