@@ -275,7 +275,7 @@ fn group(
     reports.sort_unstable_by(|a, b| b.age_s.total_cmp(&a.age_s).then(a.cookie.cmp(&b.cookie)));
     reports.shrink_to_fit();
     let mut states: BTreeMap<TcpState, usize> = BTreeMap::new();
-    let mut remotes: rustc_hash::FxHashMap<std::net::SocketAddr, usize> =
+    let mut remotes: rustc_hash::FxHashMap<super::model::Address, usize> =
         rustc_hash::FxHashMap::default();
     for report in &reports {
         *states.entry(report.state).or_default() += 1;
@@ -340,8 +340,11 @@ fn socket_report(
         fd: held.fd,
         shared_with: held.shared_with.clone(),
         tid: socket.opener.tid,
-        local: live.local.unwrap_or_else(|| socket.endpoints.local()),
-        remote: socket.endpoints.remote(),
+        local: live
+            .local
+            .unwrap_or_else(|| socket.endpoints.local())
+            .into(),
+        remote: socket.endpoints.remote().into(),
         state: live.state.unwrap_or(socket.endpoints.state),
         age_s: now_ns.saturating_sub(socket.opened_ns) as f64 / 1e9,
         idle_s: live.idle_ms.map(|ms| ms as f64 / 1e3),

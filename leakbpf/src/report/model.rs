@@ -210,13 +210,8 @@ pub struct SocketReport {
     pub shared_with: Box<[u32]>,
     /// Thread that opened it (0 for pre-existing sockets).
     pub tid: u32,
-    /// Addresses as `Display` writes them (an IPv6 scope included), not as
-    /// serde would (which drops the scope); not strings in memory: a report
-    /// may hold 100,000 of them.
-    #[serde(serialize_with = "display")]
-    pub local: SocketAddr,
-    #[serde(serialize_with = "display")]
-    pub remote: SocketAddr,
+    pub local: Address,
+    pub remote: Address,
     pub state: TcpState,
     pub age_s: f64,
     /// Time since data last moved (tcp_info), where known.
@@ -225,6 +220,85 @@ pub struct SocketReport {
     pub unread_bytes: Option<u32>,
     /// Bytes queued to send, not yet acknowledged.
     pub unsent_bytes: Option<u32>,
+}
+
+/// A socket address in 24 bytes, where `SocketAddr` takes 32: a report may
+/// hold 100,000 sockets, two addresses each, and the 100k report's peak
+/// memory is within a few MiB of its target (BENCHMARKS.md). Compares,
+/// hashes and displays as the `SocketAddr` it was made from (flow info
+/// aside, which a TCP socket's addresses do not carry). Serialized as
+/// `Display` writes it (an IPv6 scope included), not as serde would write
+/// a `SocketAddr` (which drops the scope), and not kept as a string.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Address {
+    ip: [u8; 16],
+    scope_id: u32,
+    port: u16,
+    v6: bool,
+}
+
+impl From<SocketAddr> for Address {
+    fn from(addr: SocketAddr) -> Address {
+        match addr {
+            SocketAddr::V4(v4) => {
+                let mut ip = [0; 16];
+                ip[..4].copy_from_slice(&v4.ip().octets());
+                Address {
+                    ip,
+                    scope_id: 0,
+                    port: v4.port(),
+                    v6: false,
+                }
+            }
+            SocketAddr::V6(v6) => Address {
+                ip: v6.ip().octets(),
+                scope_id: v6.scope_id(),
+                port: v6.port(),
+                v6: true,
+            },
+        }
+    }
+}
+
+impl From<Address> for SocketAddr {
+    fn from(addr: Address) -> SocketAddr {
+        if addr.v6 {
+            SocketAddr::V6(std::net::SocketAddrV6::new(
+                addr.ip.into(),
+                addr.port,
+                0,
+                addr.scope_id,
+            ))
+        } else {
+            let [a, b, c, d, ..] = addr.ip;
+            SocketAddr::from(([a, b, c, d], addr.port))
+        }
+    }
+}
+
+impl std::str::FromStr for Address {
+    type Err = std::net::AddrParseError;
+    fn from_str(text: &str) -> Result<Address, Self::Err> {
+        text.parse::<SocketAddr>().map(Address::from)
+    }
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        SocketAddr::from(*self).fmt(f)
+    }
+}
+
+impl std::fmt::Debug for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        SocketAddr::from(*self).fmt(f)
+    }
+}
+
+impl Serialize for Address {
+    fn serialize<S: serde::Serializer>(&self, out: S) -> Result<S::Ok, S::Error> {
+        display(self, out)
+    }
 }
 
 fn display<S: serde::Serializer>(
@@ -240,6 +314,31 @@ mod tests {
     /// (BENCHMARKS.md: the report's peak).
     #[test]
     fn a_socket_report_stays_small() {
-        assert!(size_of::<super::SocketReport>() <= 144);
+        assert!(size_of::<super::SocketReport>() <= 128);
+        assert_eq!(size_of::<super::Address>(), 24);
+    }
+
+    #[test]
+    fn an_address_is_the_socket_address_it_was_made_from() {
+        use std::net::SocketAddr;
+        for text in [
+            "127.0.0.1:8080",
+            "10.1.2.3:0",
+            "[::1]:443",
+            "[fe80::1%3]:22",
+            "[::ffff:10.0.0.1]:80",
+        ] {
+            let addr: SocketAddr = text.parse().unwrap();
+            let compact = super::Address::from(addr);
+            assert_eq!(SocketAddr::from(compact), addr);
+            assert_eq!(compact.to_string(), text);
+            assert_eq!(
+                serde_json::to_string(&compact).unwrap(),
+                format!("\"{text}\"")
+            );
+        }
+        let v4: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let v6: SocketAddr = "[::7f00:1]:80".parse().unwrap();
+        assert_ne!(super::Address::from(v4), super::Address::from(v6));
     }
 }
