@@ -154,8 +154,8 @@ impl Snapshot {
                 continue;
             };
             let endpoints = Endpoints::new(
-                owned.socket.local,
-                owned.socket.remote,
+                owned.socket.local.into(),
+                owned.socket.remote.into(),
                 TcpState::from_kernel(owned.socket.state),
             );
             table.insert_preexisting(
@@ -210,7 +210,7 @@ fn live_facts(diag: &DiagSocket) -> LiveFacts {
     };
     LiveFacts {
         state: Some(TcpState::from_kernel(diag.state)),
-        local: Some(diag.local),
+        local: Some(diag.local.into()),
         unread_bytes: Some(diag.unread_bytes()),
         unsent_bytes: Some(diag.send_queue),
         idle_ms,

@@ -1,10 +1,11 @@
 //! The report model every output format renders: processes, their groups of
 //! outstanding sockets (by direction and opening stack), and the sockets.
 //! Field names are the `--format json` contract (version 1).
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+pub use crate::event::Address;
 use crate::{
     event::{Direction, TcpState},
     symbolize::Frame,
@@ -220,92 +221,6 @@ pub struct SocketReport {
     pub unread_bytes: Option<u32>,
     /// Bytes queued to send, not yet acknowledged.
     pub unsent_bytes: Option<u32>,
-}
-
-/// A socket address in 24 bytes, where `SocketAddr` takes 32: a report may
-/// hold 100,000 sockets, two addresses each, and the 100k report's peak
-/// memory is within a few MiB of its target (BENCHMARKS.md). Compares,
-/// hashes and displays as the `SocketAddr` it was made from (flow info
-/// aside, which a TCP socket's addresses do not carry). Serialized as
-/// `Display` writes it (an IPv6 scope included), not as serde would write
-/// a `SocketAddr` (which drops the scope), and not kept as a string.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Address {
-    ip: [u8; 16],
-    scope_id: u32,
-    port: u16,
-    v6: bool,
-}
-
-impl From<SocketAddr> for Address {
-    fn from(addr: SocketAddr) -> Address {
-        match addr {
-            SocketAddr::V4(v4) => {
-                let mut ip = [0; 16];
-                ip[..4].copy_from_slice(&v4.ip().octets());
-                Address {
-                    ip,
-                    scope_id: 0,
-                    port: v4.port(),
-                    v6: false,
-                }
-            }
-            SocketAddr::V6(v6) => Address {
-                ip: v6.ip().octets(),
-                scope_id: v6.scope_id(),
-                port: v6.port(),
-                v6: true,
-            },
-        }
-    }
-}
-
-impl From<Address> for SocketAddr {
-    fn from(addr: Address) -> SocketAddr {
-        if addr.v6 {
-            SocketAddr::V6(std::net::SocketAddrV6::new(
-                addr.ip.into(),
-                addr.port,
-                0,
-                addr.scope_id,
-            ))
-        } else {
-            let [a, b, c, d, ..] = addr.ip;
-            SocketAddr::from(([a, b, c, d], addr.port))
-        }
-    }
-}
-
-impl std::str::FromStr for Address {
-    type Err = std::net::AddrParseError;
-    fn from_str(text: &str) -> Result<Address, Self::Err> {
-        text.parse::<SocketAddr>().map(Address::from)
-    }
-}
-
-impl std::fmt::Display for Address {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        SocketAddr::from(*self).fmt(f)
-    }
-}
-
-impl std::fmt::Debug for Address {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        SocketAddr::from(*self).fmt(f)
-    }
-}
-
-impl Serialize for Address {
-    fn serialize<S: serde::Serializer>(&self, out: S) -> Result<S::Ok, S::Error> {
-        display(self, out)
-    }
-}
-
-fn display<S: serde::Serializer>(
-    value: &impl std::fmt::Display,
-    out: S,
-) -> Result<S::Ok, S::Error> {
-    out.collect_str(value)
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
 
-use crate::event::Family;
+use crate::event::{Address, Family};
 
 /// Kernel TCP state numbers (`include/net/tcp_states.h`), as in
 /// [`DiagSocket::state`].
@@ -65,8 +65,8 @@ pub struct DiagSocket {
     /// Owner uid, as seen from this process's user namespace.
     pub uid: u32,
     pub family: Family,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
+    pub local: Address,
+    pub remote: Address,
     /// Kernel TCP state number, see [`state`].
     pub state: u8,
     /// `idiag_rqueue`. For a listener: connections waiting for `accept`.
@@ -264,8 +264,8 @@ fn convert(response: &InetResponse) -> DiagSocket {
         } else {
             Family::Ipv4
         },
-        local: socket_addr(id.source_address, id.source_port, id.interface_id),
-        remote: socket_addr(id.destination_address, id.destination_port, id.interface_id),
+        local: socket_addr(id.source_address, id.source_port, id.interface_id).into(),
+        remote: socket_addr(id.destination_address, id.destination_port, id.interface_id).into(),
         state: header.state,
         recv_queue: header.recv_queue,
         send_queue: header.send_queue,
@@ -354,6 +354,13 @@ mod tests {
         assert_eq!(ALL_STATES, 0x3ffe);
         assert_eq!(DEFAULT_STATES & state_bit(state::LISTEN), 0);
         assert_ne!(DEFAULT_STATES & state_bit(state::CLOSE_WAIT), 0);
+    }
+
+    /// The snapshot holds one per TCP socket on the host at once, while
+    /// the report is built (BENCHMARKS.md: the report's peak).
+    #[test]
+    fn a_diag_socket_stays_small() {
+        assert!(size_of::<DiagSocket>() <= 96, "{}", size_of::<DiagSocket>());
     }
 
     #[test]
