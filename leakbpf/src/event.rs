@@ -79,11 +79,11 @@ impl Event {
 /// A socket address in 24 bytes, where `SocketAddr` takes 32: the report
 /// and the snapshot it is built from each hold every socket (100,000 and
 /// more), two addresses each, and the 100k report's peak memory is within
-/// a few MiB of its target (BENCHMARKS.md). Compares,
-/// hashes and displays as the `SocketAddr` it was made from (flow info
-/// aside, which a TCP socket's addresses do not carry). Serialized as
-/// `Display` writes it (an IPv6 scope included), not as serde would write
-/// a `SocketAddr` (which drops the scope), and not kept as a string.
+/// a few MiB of its target (BENCHMARKS.md). Compares, hashes and displays
+/// as the `SocketAddr` it was made from (flow info aside, which a TCP
+/// socket's addresses do not carry). Serialized as `Display` writes it (an
+/// IPv6 scope included), not as serde would write a `SocketAddr` (which
+/// drops the scope), and not kept as a string.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Address {
     ip: [u8; 16],
@@ -695,19 +695,12 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     }
 }
 
-/// An open, read field by field from the record into its box: read whole
-/// into a local first, its 300 bytes were copied twice more on the way to
-/// the heap, and the decoder spent most of its time there (perf, eleventh
-/// session).
+/// An open, read field by field from the record into its box. Read whole
+/// into a local first, the record (264 bytes) and then the `Open` (320)
+/// were copied on their way to the heap, most of the decoder's time
+/// (perf, eleventh session).
 fn decode_open(header: &common::EventHeader, bytes: &[u8]) -> Result<Event, DecodeError> {
-    let need = size_of::<common::OpenEvent>();
-    if bytes.len() < need {
-        return Err(DecodeError::Short {
-            what: "open record",
-            need,
-            got: bytes.len(),
-        });
-    }
+    check_len::<common::OpenEvent>(bytes, "open record")?;
     // Never dereferenced as a whole: each field is read unaligned.
     #[allow(clippy::cast_ptr_alignment)]
     let raw = bytes.as_ptr().cast::<common::OpenEvent>();
@@ -745,8 +738,8 @@ fn decode_open(header: &common::EventHeader, bytes: &[u8]) -> Result<Event, Deco
     )))
 }
 
-/// Reads a plain-old-data record from the front of `bytes`.
-fn read_record<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
+/// Fails unless `bytes` holds a whole `T` (a `what`).
+fn check_len<T>(bytes: &[u8], what: &'static str) -> Result<(), DecodeError> {
     let need = size_of::<T>();
     if bytes.len() < need {
         return Err(DecodeError::Short {
@@ -755,6 +748,12 @@ fn read_record<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeErr
             got: bytes.len(),
         });
     }
+    Ok(())
+}
+
+/// Reads a plain-old-data record from the front of `bytes`.
+fn read_record<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
+    check_len::<T>(bytes, what)?;
     // SAFETY: the length was checked; every T used here is a #[repr(C)]
     // struct of integers and byte arrays, valid for any bit pattern.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
