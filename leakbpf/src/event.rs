@@ -89,27 +89,20 @@ pub struct Address {
     ip: [u8; 16],
     scope_id: u32,
     port: u16,
-    v6: bool,
+    family: Family,
 }
 
 impl From<SocketAddr> for Address {
     fn from(addr: SocketAddr) -> Address {
-        match addr {
-            SocketAddr::V4(v4) => {
-                let mut ip = [0; 16];
-                ip[..4].copy_from_slice(&v4.ip().octets());
-                Address {
-                    ip,
-                    scope_id: 0,
-                    port: v4.port(),
-                    v6: false,
-                }
-            }
-            SocketAddr::V6(v6) => Address {
-                ip: v6.ip().octets(),
-                scope_id: v6.scope_id(),
-                port: v6.port(),
-                v6: true,
+        let (ip, scope_id) = addr_bytes(&addr);
+        Address {
+            ip,
+            scope_id,
+            port: addr.port(),
+            family: if addr.is_ipv6() {
+                Family::Ipv6
+            } else {
+                Family::Ipv4
             },
         }
     }
@@ -117,16 +110,29 @@ impl From<SocketAddr> for Address {
 
 impl From<Address> for SocketAddr {
     fn from(addr: Address) -> SocketAddr {
-        if addr.v6 {
-            SocketAddr::V6(std::net::SocketAddrV6::new(
-                addr.ip.into(),
-                addr.port,
-                0,
-                addr.scope_id,
-            ))
-        } else {
-            let [a, b, c, d, ..] = addr.ip;
-            SocketAddr::from(([a, b, c, d], addr.port))
+        socket_addr(&addr.ip, addr.port, addr.scope_id, addr.family)
+    }
+}
+
+/// An address as the kernel keeps it, 16 bytes (an IPv4 address in the
+/// first four), and its scope.
+fn addr_bytes(addr: &SocketAddr) -> ([u8; 16], u32) {
+    match addr {
+        SocketAddr::V4(a) => {
+            let mut out = [0; 16];
+            out[..4].copy_from_slice(&a.ip().octets());
+            (out, 0)
+        }
+        SocketAddr::V6(a) => (a.ip().octets(), a.scope_id()),
+    }
+}
+
+/// The address [`addr_bytes`] gave `bytes` and `scope_id`.
+fn socket_addr(bytes: &[u8; 16], port: u16, scope_id: u32, family: Family) -> SocketAddr {
+    match family {
+        Family::Ipv6 => SocketAddrV6::new(Ipv6Addr::from(*bytes), port, 0, scope_id).into(),
+        Family::Ipv4 => {
+            SocketAddrV4::new(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]), port).into()
         }
     }
 }
@@ -383,12 +389,7 @@ impl Endpoints {
         let bytes = |addr: &SocketAddr| -> ([u8; 16], u32) {
             match addr {
                 SocketAddr::V4(a) if v6 => (a.ip().to_ipv6_mapped().octets(), 0),
-                SocketAddr::V4(a) => {
-                    let mut out = [0; 16];
-                    out[..4].copy_from_slice(&a.ip().octets());
-                    (out, 0)
-                }
-                SocketAddr::V6(a) => (a.ip().octets(), a.scope_id()),
+                _ => addr_bytes(addr),
             }
         };
         let (local_addr, local_scope) = bytes(&local);
@@ -428,15 +429,7 @@ impl Endpoints {
     }
 
     fn addr(&self, bytes: &[u8; 16], port: u16) -> SocketAddr {
-        match self.family {
-            Family::Ipv6 => {
-                SocketAddrV6::new(Ipv6Addr::from(*bytes), port, 0, self.scope_id).into()
-            }
-            Family::Ipv4 => {
-                SocketAddrV4::new(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]), port)
-                    .into()
-            }
-        }
+        socket_addr(bytes, port, self.scope_id, self.family)
     }
 }
 
@@ -846,6 +839,30 @@ mod tests {
             local_addr: local,
             remote_addr: remote,
         }
+    }
+
+    #[test]
+    fn an_address_is_the_socket_address_it_was_made_from() {
+        assert_eq!(size_of::<Address>(), 24);
+        for text in [
+            "127.0.0.1:8080",
+            "10.1.2.3:0",
+            "[::1]:443",
+            "[fe80::1%3]:22",
+            "[::ffff:10.0.0.1]:80",
+        ] {
+            let addr: SocketAddr = text.parse().unwrap();
+            let compact = Address::from(addr);
+            assert_eq!(SocketAddr::from(compact), addr);
+            assert_eq!(compact.to_string(), text);
+            assert_eq!(
+                serde_json::to_string(&compact).unwrap(),
+                format!("\"{text}\"")
+            );
+        }
+        let v4: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let v6: SocketAddr = "[::7f00:1]:80".parse().unwrap();
+        assert_ne!(Address::from(v4), Address::from(v6));
     }
 
     /// The record sizes are an ABI between the two halves: pin them.

@@ -275,7 +275,7 @@ fn group(
     reports.sort_unstable_by(|a, b| b.age_s.total_cmp(&a.age_s).then(a.cookie.cmp(&b.cookie)));
     reports.shrink_to_fit();
     let mut states: BTreeMap<TcpState, usize> = BTreeMap::new();
-    let mut remotes: rustc_hash::FxHashMap<super::model::Address, usize> =
+    let mut remotes: rustc_hash::FxHashMap<crate::event::Address, usize> =
         rustc_hash::FxHashMap::default();
     for report in &reports {
         *states.entry(report.state).or_default() += 1;
